@@ -1,0 +1,99 @@
+"""``hoyersweep train``: one DeepHoyer trial from the command line, without Ray."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any
+
+from trainables.config import OPTIMIZERS, ConfigError, TrialConfig
+from trainables.data import DATASETS, DataError
+from trainables.deephoyer import run_trial
+from trainables.pruning import THRESHOLD_MODES
+from trainables.regularizers import REG_NAMES
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``train``; defaults come from ``TrialConfig`` so there is one source."""
+    d = TrialConfig()
+    parser.add_argument("--dataset", default=d.dataset, choices=DATASETS)
+    parser.add_argument("--data-dir", default=d.data_dir, help="folder of the dataset files (not needed for digits)")
+    parser.add_argument("--model", default=d.model, help="lenet300_100, lenet5, resnet20/32/56 or module:function")
+    parser.add_argument("--reg", default=d.reg, choices=REG_NAMES)
+    parser.add_argument("--strength", type=float, default=d.strength, help="regularization strength λ")
+    parser.add_argument("--threshold", type=float, default=d.threshold)
+    parser.add_argument("--threshold-mode", default=d.threshold_mode, choices=THRESHOLD_MODES)
+    parser.add_argument("--pretrain-epochs", type=int, default=d.pretrain_epochs)
+    parser.add_argument("--init-checkpoint", default=d.init_checkpoint, help="dense weights to start from")
+    parser.add_argument("--epochs", type=int, default=d.epochs, help="epochs of regularized training")
+    parser.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
+    parser.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--json", action="store_true", help="print only one JSON object with the final metrics")
+
+
+def config_from_args(args: argparse.Namespace) -> TrialConfig:
+    names = set(TrialConfig.__dataclass_fields__)
+    return TrialConfig.from_dict({key: value for key, value in vars(args).items() if key in names})
+
+
+def json_safe(value: Any) -> Any:
+    """Replace NaN/inf by None so the output is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [json_safe(item) for item in value]
+    return value
+
+
+def _print_progress(metrics: dict[str, Any], _state: object) -> None:
+    print(
+        f"epoch {metrics['epoch']:3d} {metrics['phase']:<8} loss {metrics['loss']:.4f} "
+        f"val_acc {metrics['val_accuracy']:.4f} nonzero {metrics['nonzero_frac']:.4f} flops {metrics['flops_frac']:.4f}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def train_command(args: argparse.Namespace) -> int:
+    """Run one trial; the final metrics as JSON (``--json``) or a short table."""
+    config = config_from_args(args)
+    result = run_trial(config, report=None if args.json else _print_progress)
+    if args.json:
+        print(json.dumps(json_safe(result)))
+        return 0 if result["status"] == "ok" else 1
+    print(f"status        {result['status']} {result['message']}".rstrip())
+    for key in ("val_accuracy", "test_accuracy", "nonzero_frac", "flops_frac", "loss", "wall_time_s"):
+        print(f"{key:<13} {result[key]:.4f}")
+    print(f"{'layer':<16} {'nonzero':>9} {'frac':>7} {'rows':>9} {'cols':>9}")
+    for layer in result["layers"]:
+        print(
+            f"{layer['name']:<16} {layer['nonzero']:>9} {layer['nonzero_frac']:>7.4f} "
+            f"{layer['rows_live']:>4}/{layer['rows_total']:<4} {layer['cols_live']:>4}/{layer['cols_total']:<4}"
+        )
+    return 0 if result["status"] == "ok" else 1
+
+
+USER_ERRORS = (ConfigError, DataError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m trainables.cli`` (the same as ``hoyersweep train``)."""
+    parser = argparse.ArgumentParser(prog="hoyersweep train", description=__doc__)
+    add_train_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return train_command(args)
+    except USER_ERRORS as error:
+        parser.exit(2, f"hoyersweep train: error: {error}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""The plain configuration of one DeepHoyer trial, with one-line errors naming the bad field.
+
+A dataclass rather than a pydantic model so that the trainable core needs torch alone (the
+GPU image and bare workers may lack the sweep stack); ``sweeps/`` validates user specs with
+pydantic and converts them to this.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from trainables.pruning import THRESHOLD_MODES
+from trainables.regularizers import REG_NAMES
+
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+
+
+class ConfigError(ValueError):
+    """A trial setting is invalid; the message is one line and names the field."""
+
+
+@dataclass
+class TrialConfig:
+    """Everything one trial needs; every field has a sensible default for the digits data.
+
+    Phases: ``pretrain_epochs`` of dense training without the regularizer (or weights from
+    ``init_checkpoint``), then ``epochs`` of training with ``strength`` × ``reg``, then pruning
+    at ``threshold`` (``threshold_mode``), then ``finetune_epochs`` with the mask held and no
+    regularizer.  ``pretrain_cache_dir`` shares the dense pretraining between trials that
+    agree on everything it depends on.
+    """
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    model: str = "lenet300_100"
+    reg: str = "hs"
+    strength: float = 2e-4
+    threshold: float = 0.02
+    threshold_mode: str = "abs"
+    pretrain_epochs: int = 0
+    init_checkpoint: str | None = None
+    pretrain_cache_dir: str | None = None
+    epochs: int = 20
+    finetune_epochs: int = 5
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    finetune_lr: float | None = None
+    lr_schedule: str = "cosine"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    eval_batch_size: int = 2048
+    seed: int = 0
+    device: str = "auto"
+    num_threads: int | None = None
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    include_bias: bool = False
+    augment: bool | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrialConfig:
+        """Build and validate a config; unknown keys are an error naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown trial setting(s): {', '.join(unknown)}")
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid field."""
+        _check_choice("reg", self.reg, REG_NAMES)
+        _check_choice("threshold_mode", self.threshold_mode, THRESHOLD_MODES)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        for name in ("strength", "threshold", "weight_decay", "momentum"):
+            _check_number(name, getattr(self, name), minimum=0.0)
+        for name in ("lr",):
+            _check_number(name, getattr(self, name), minimum=0.0, strict=True)
+        if self.finetune_lr is not None:
+            _check_number("finetune_lr", self.finetune_lr, minimum=0.0, strict=True)
+        for name in ("pretrain_epochs", "epochs", "finetune_epochs"):
+            _check_int(name, getattr(self, name), minimum=0)
+        for name in ("batch_size", "eval_batch_size"):
+            _check_int(name, getattr(self, name), minimum=1)
+        if self.num_threads is not None:
+            _check_int("num_threads", self.num_threads, minimum=1)
+        _check_int("seed", self.seed, minimum=0)
+        _check_int("split_seed", self.split_seed, minimum=0)
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.pretrain_epochs and self.init_checkpoint:
+            raise ConfigError("pretrain_epochs and init_checkpoint are exclusive: pretrain or load, not both")
+        if not (self.device == "auto" or self.device == "cpu" or self.device.startswith(("cuda", "mps"))):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _check_number(name: str, value: float, minimum: float, strict: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    if value < minimum or (strict and value == minimum):
+        relation = ">" if strict else "≥"
+        raise ConfigError(f"{name} must be {relation} {minimum}, got {value}")
+
+
+def _check_int(name: str, value: int, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer ≥ {minimum}, got {value!r}")

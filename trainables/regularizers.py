@@ -1,0 +1,155 @@
+"""DeepHoyer sparsity regularizers (Yang, Wen & Li, ICLR 2020).
+
+Each regularizer is a pure function of one weight tensor that returns a scalar tensor,
+differentiable almost everywhere:
+
+- ``l1``: ‖w‖₁ (the classic, scale-dependent baseline);
+- ``hoyer``: ‖w‖₁ / ‖w‖₂, scale invariant;
+- ``hoyer_square`` (HS): ‖w‖₁² / ‖w‖₂², scale invariant, the paper's element-wise regularizer;
+- ``group_lasso``: Σ of group L2 norms;
+- ``group_hoyer_square`` (Group-HS): HS of the vector of group norms.
+
+Groups, as in the paper: for a Linear weight (out, in) both the rows and the columns; for a
+Conv weight (out, in, kh, kw) both the filters (norm over dims 1, 2, 3) and the input
+channels (norm over dims 0, 2, 3).  Group regularizers sum the two groupings.  A tensor of
+another rank (e.g. a 1-D bias) is treated element-wise: every entry is its own group.
+
+An all-zero tensor gives 0 with a zero (finite) gradient, never NaN: the ratios use a safe
+denominator and ``torch.where``, and ``torch.linalg.vector_norm``'s backward masks zero norms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Literal
+
+import torch
+from torch import nn
+
+Regularizer = Callable[[torch.Tensor], torch.Tensor]
+RegName = Literal["none", "l1", "hoyer", "hs", "group_lasso", "group_hs"]
+REG_NAMES: tuple[str, ...] = ("none", "l1", "hoyer", "hs", "group_lasso", "group_hs")
+DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _safe_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """numerator / denominator, and 0 (with zero gradient) where the denominator is 0."""
+    nonzero = denominator > 0
+    safe = torch.where(nonzero, denominator, torch.ones_like(denominator))
+    return torch.where(nonzero, numerator / safe, torch.zeros_like(numerator))
+
+
+def l1(w: torch.Tensor) -> torch.Tensor:
+    """‖w‖₁."""
+    return w.abs().sum()
+
+
+def hoyer(w: torch.Tensor) -> torch.Tensor:
+    """Hoyer regularizer ‖w‖₁ / ‖w‖₂ (scale invariant; 0 for an all-zero tensor)."""
+    sum_sq = w.pow(2).sum()
+    nonzero = sum_sq > 0
+    l2 = torch.sqrt(torch.where(nonzero, sum_sq, torch.ones_like(sum_sq)))
+    return torch.where(nonzero, w.abs().sum() / l2, torch.zeros_like(sum_sq))
+
+
+def hoyer_square(w: torch.Tensor) -> torch.Tensor:
+    """Hoyer-Square ‖w‖₁² / ‖w‖₂² (scale invariant; 0 for an all-zero tensor)."""
+    return _safe_ratio(w.abs().sum().pow(2), w.pow(2).sum())
+
+
+def group_norms(w: torch.Tensor) -> list[torch.Tensor]:
+    """The vectors of group L2 norms of ``w``: [rows/filters, columns/input channels].
+
+    Rank ≥ 2: output units (norm over every dim but 0) and input units (every dim but 1).
+    Rank < 2: a single grouping in which each entry is its own group.
+    """
+    if w.dim() < 2:
+        return [w.reshape(-1).abs()]
+    dims = tuple(range(w.dim()))
+    out_units = torch.linalg.vector_norm(w, ord=2, dim=dims[1:])
+    in_units = torch.linalg.vector_norm(w, ord=2, dim=(0,) + dims[2:])
+    return [out_units, in_units]
+
+
+def group_lasso(w: torch.Tensor) -> torch.Tensor:
+    """Σ of the L2 norms of the rows/filters plus Σ of those of the columns/input channels."""
+    return sum(norms.sum() for norms in group_norms(w))
+
+
+def group_hoyer_square(w: torch.Tensor) -> torch.Tensor:
+    """Group-HS: HS(row/filter norms) + HS(column/input-channel norms)."""
+    return sum(hoyer_square(norms) for norms in group_norms(w))
+
+
+def _zero(w: torch.Tensor) -> torch.Tensor:
+    return w.new_zeros(())
+
+
+REGULARIZERS: dict[str, Regularizer] = {
+    "none": _zero,
+    "l1": l1,
+    "hoyer": hoyer,
+    "hs": hoyer_square,
+    "group_lasso": group_lasso,
+    "group_hs": group_hoyer_square,
+}
+
+
+def get_regularizer(name: str) -> Regularizer:
+    """The regularizer called ``name`` (one of ``REG_NAMES``); ValueError otherwise."""
+    try:
+        return REGULARIZERS[name]
+    except KeyError:
+        raise ValueError(f"unknown regularizer {name!r}; choose one of {', '.join(REG_NAMES)}") from None
+
+
+def prunable_weights(
+    model: nn.Module,
+    layer_types: tuple[type[nn.Module], ...] = DEFAULT_LAYER_TYPES,
+    include_bias: bool = False,
+) -> Iterator[tuple[str, nn.Module, str]]:
+    """Yield ``(module_name, module, param_name)`` for the parameters that are regularized and pruned.
+
+    By default these are the ``weight`` of every Linear and Conv layer; biases and
+    normalisation layers (BatchNorm, LayerNorm, …) are excluded because their scale is not a
+    measure of connectivity.  Pass other ``layer_types`` or ``include_bias=True`` to change
+    that; the same selection is used by the pruning code so both always agree.
+    Works on modules already reparametrised by ``torch.nn.utils.prune`` (``weight_orig``).
+    """
+    names = ("weight", "bias") if include_bias else ("weight",)
+    for module_name, module in model.named_modules():
+        if not isinstance(module, layer_types):
+            continue
+        for name in names:
+            if getattr(module, name, None) is not None:
+                yield module_name, module, name
+
+
+def _trainable_tensor(module: nn.Module, name: str) -> torch.Tensor:
+    """The parameter behind ``module.name`` (``name_orig`` once torch's pruning reparametrised it)."""
+    original = getattr(module, name + "_orig", None)
+    return original if original is not None else getattr(module, name)
+
+
+def model_regularization(
+    model: nn.Module,
+    reg: str,
+    layer_types: tuple[type[nn.Module], ...] = DEFAULT_LAYER_TYPES,
+    include_bias: bool = False,
+) -> torch.Tensor:
+    """Sum of regularizer ``reg`` over the prunable tensors of ``model`` (per layer, as in the paper).
+
+    The selection of tensors is ``prunable_weights(model, layer_types, include_bias)``: by
+    default Linear and Conv weights, with biases and normalisation layers excluded.
+    """
+    fn = get_regularizer(reg)
+    tensors: Iterable[torch.Tensor] = (
+        _trainable_tensor(module, name) for _, module, name in prunable_weights(model, layer_types, include_bias)
+    )
+    total = None
+    for tensor in tensors:
+        value = fn(tensor)
+        total = value if total is None else total + value
+    if total is None:
+        return torch.zeros(())
+    return total
