@@ -424,29 +424,30 @@ def default_reference(
     Known objectives use their natural worst value: accuracies (``val_``,
     ``train_``, ``test_accuracy``, maximised) -> 0, ``nonzero_frac`` (minimised)
     -> 1 (dense), ``sparsity`` (maximised) -> 0.  Any other objective uses the
-    worst finite value observed among the eligible rows of ``df``, pushed out
+    worst value observed among the eligible rows of ``df`` (ok status and
+    finite in every objective, i.e. the rows that can reach a front), pushed out
     by ``margin`` times the observed range; with the default ``margin=0`` the
     points attaining that worst value add no volume.  Raises ``ValueError`` if
-    such an objective has no ``df`` or no eligible values.  With the default
+    such an objective is given without ``df`` or ``df`` has no eligible rows.  With the default
     objectives, ``default_reference()`` is ``[0.0, 1.0]``.
     """
     objs = _coerce_objectives(objectives)
     if margin < 0 or not math.isfinite(margin):
         raise ValueError(f"margin must be finite and >= 0, got {margin!r}")
-    ref = np.empty(len(objs))
-    for j, obj in enumerate(objs):
-        known = _KNOWN_WORST.get((obj.name, obj.direction))
-        if known is not None:
-            ref[j] = known
-            continue
-        if df is None:
-            raise ValueError(f"no known worst value for objective {obj.name!r}; pass df to use the observed worst")
-        v = _objective_values(df, [obj])[:, 0]
-        v = v[_eligible(df, v[:, None], status_col, ok_status)]
-        if v.size == 0:
-            raise ValueError(f"objective {obj.name!r} has no eligible finite values for a reference point")
-        worst = v.max() + margin * (v.max() - v.min())  # minimisation form
-        ref[j] = -worst if obj.direction == "max" else worst
+    ref = np.array([_KNOWN_WORST.get((o.name, o.direction), np.nan) for o in objs])
+    unknown = [j for j in range(len(objs)) if np.isnan(ref[j])]
+    if not unknown:
+        return ref + 0.0
+    if df is None:
+        name = objs[unknown[0]].name
+        raise ValueError(f"no known worst value for objective {name!r}; pass df to use the observed worst")
+    v = _objective_values(df, objs)
+    v = v[_eligible(df, v, status_col, ok_status)]
+    if len(v) == 0:
+        raise ValueError(f"no eligible rows to derive a reference for {[objs[j].name for j in unknown]}")
+    for j in unknown:
+        worst = v[:, j].max() + margin * (v[:, j].max() - v[:, j].min())  # minimisation form
+        ref[j] = -worst if objs[j].direction == "max" else worst
     return ref + 0.0
 
 

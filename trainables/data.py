@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import math
+import numbers
 import os
 import zlib
 from collections.abc import Callable, Iterator
@@ -326,7 +327,7 @@ def _read_bytes(path: Path) -> bytes:
 
 def _check_val_fraction(val_fraction: float) -> None:
     """``val_fraction`` must lie strictly between 0 and 1."""
-    if not isinstance(val_fraction, (int, float)) or not 0.0 < float(val_fraction) < 1.0:
+    if not isinstance(val_fraction, numbers.Real) or not 0.0 < float(val_fraction) < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
 
 

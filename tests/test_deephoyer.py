@@ -1,0 +1,137 @@
+"""The trial pipeline on digits: real training, reproducibility, resume, divergence, sparsity."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from trainables import ConfigError, TrialConfig, run_trial
+from trainables.deephoyer import FINAL_METRICS
+
+FAST = dict(epochs=3, finetune_epochs=2, batch_size=128)
+
+
+def test_reports_every_epoch_and_returns_final_metrics():
+    reports = []
+    result = run_trial(dict(FAST), report=lambda metrics, state: reports.append(metrics))
+    assert [r["epoch"] for r in reports] == [1, 2, 3, 4, 5]
+    assert [r["phase"] for r in reports] == ["train"] * 3 + ["finetune"] * 2
+    for r in reports:
+        assert {"val_accuracy", "nonzero_frac", "flops_frac", "loss"} <= set(r)
+    assert result["status"] == "ok"
+    for key in FINAL_METRICS:
+        assert math.isfinite(result[key]), key
+    assert 0 < result["nonzero_frac"] <= 1
+    assert {layer["name"] for layer in result["layers"]} == {"fc1.weight", "fc2.weight", "fc3.weight"}
+    assert result["nonzero"] == sum(layer["nonzero"] for layer in result["layers"])
+
+
+def test_same_config_and_seed_give_the_same_numbers():
+    first, second = run_trial(dict(FAST, seed=3)), run_trial(dict(FAST, seed=3))
+    for key in FINAL_METRICS + ("nonzero",):
+        assert first[key] == second[key], key
+    other = run_trial(dict(FAST, seed=4))
+    assert (other["loss"], other["nonzero"]) != (first["loss"], first["nonzero"])
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop_after_epoch", [2, 4])  # inside regularized training, inside fine-tuning
+def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path, stop_after_epoch):
+    config = dict(FAST, optimizer="sgd", lr=0.05)
+    reference = run_trial(config)
+    checkpoint = tmp_path / "state.pt"
+
+    def save_then_die(metrics, state):
+        state.save(checkpoint)
+        if metrics["epoch"] == stop_after_epoch:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run_trial(config, report=save_then_die)
+    epochs_after_resume = []
+    resumed = run_trial(config, report=lambda m, s: epochs_after_resume.append(m["epoch"]), resume_from=checkpoint)
+    assert epochs_after_resume == list(range(stop_after_epoch + 1, 6))
+    assert resumed["epochs"] == 5
+    for key in FINAL_METRICS + ("nonzero",):
+        assert resumed[key] == pytest.approx(reference[key], abs=1e-6), key
+
+
+def test_diverging_run_stops_and_says_so():
+    result = run_trial(dict(FAST, optimizer="sgd", lr=1e12, reg="l1", strength=1.0))
+    assert result["status"] == "diverged"
+    assert "non-finite" in result["message"]
+    assert math.isnan(result["val_accuracy"]) and result["epochs"] < 5
+
+
+def test_hoyer_square_is_clearly_sparser_than_plain_pruning_at_the_same_threshold():
+    common = dict(threshold=0.02, epochs=20, finetune_epochs=5, val_fraction=0.2)
+    dense = run_trial(dict(common, reg="hs", strength=0.0))
+    sparse = run_trial(dict(common, reg="hs", strength=3e-4))
+    assert sparse["nonzero_frac"] < 0.5 * dense["nonzero_frac"], (sparse["nonzero_frac"], dense["nonzero_frac"])
+    assert sparse["val_accuracy"] > dense["val_accuracy"] - 0.04
+    assert sparse["test_accuracy"] > dense["test_accuracy"] - 0.04
+    assert sparse["test_accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("model", ["lenet5", "resnet20"])
+def test_conv_models_with_group_hs_count_filters_and_channels(model):
+    result = run_trial(dict(model=model, reg="group_hs", strength=1e-3, threshold=0.05, epochs=1, finetune_epochs=1, batch_size=256))
+    assert result["status"] == "ok"
+    convs = [layer for layer in result["layers"] if len(layer["shape"]) == 4]
+    assert convs and all(layer["rows_total"] == layer["shape"][0] for layer in convs)
+    assert 0 < result["flops_frac"] <= 1
+
+
+def test_pretrain_cache_is_reused(tmp_path):
+    config = dict(FAST, pretrain_epochs=2, pretrain_cache_dir=str(tmp_path))
+    phases = []
+    run_trial(config, report=lambda m, s: phases.append(m["phase"]))
+    assert phases.count("pretrain") == 2 and len(list(tmp_path.glob("dense-*.pt"))) == 1
+    phases.clear()
+    run_trial(dict(config, strength=1e-3), report=lambda m, s: phases.append(m["phase"]))
+    assert "pretrain" not in phases
+
+
+def test_bad_settings_name_the_field():
+    with pytest.raises(ConfigError, match="strength"):
+        run_trial(dict(strength=-1.0))
+    with pytest.raises(ConfigError, match="unknown trial setting.*lambda"):
+        TrialConfig.from_dict({"lambda": 1.0})
+    with pytest.raises(ConfigError, match="unknown model 'vgg'"):
+        run_trial(dict(model="vgg", epochs=1))
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "trainables.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_json_prints_exactly_one_object():
+    done = _cli("--epochs", "2", "--finetune-epochs", "1", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert set(FINAL_METRICS) <= set(result) and isinstance(result["layers"], list)
+
+
+@pytest.mark.parametrize(
+    "args, field",
+    [(["--strength", "-1"], "strength"), (["--model", "nope"], "unknown model"), (["--dataset", "mnist", "--data-dir", "/nonexistent"], "/nonexistent")],
+)
+def test_cli_bad_values_are_one_line_errors(args, field):
+    done = _cli(*args, "--epochs", "1")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and field in lines[0], done.stderr
+
+
+def test_runs_on_cuda_when_asked_and_available():
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            run_trial(dict(FAST, device="cuda"))
+    else:
+        assert run_trial(dict(FAST, device="cuda"))["status"] == "ok"
