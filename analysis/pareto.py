@@ -202,29 +202,48 @@ def _nondominated_2d(v: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _nondominated_nd(v: np.ndarray) -> np.ndarray:
+def _weakly_dominates(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``out[i, j] = all(a[i] <= b[j])``, built one objective at a time (faster than a 3-D broadcast)."""
+    out = a[:, None, 0] <= b[None, :, 0]
+    for j in range(1, a.shape[1]):
+        out &= a[:, None, j] <= b[None, :, j]
+    return out
+
+
+def _nondominated_nd(v: np.ndarray, block_cells: int = 1 << 22) -> np.ndarray:
     """Non-dominated mask for finite minimisation values of shape ``(n, k)``, any ``k >= 1``.
 
-    Rows are lexicographically sorted and de-duplicated; the first remaining
-    unique point is then always non-dominated, and every remaining point it
-    weakly dominates is discarded in one vectorised step.  One numpy pass per
-    front member: O(n * |front| * k) time, at worst O(n^2 k), O(n k) memory.
+    Rows are lexicographically sorted and de-duplicated, so a point can only be
+    dominated by points before it.  The remaining points are processed in
+    blocks of ``b`` from the head: block members not dominated inside the
+    block are front members (anything earlier that dominated them was already
+    removed together with them), and every later point weakly dominated by one
+    of them is removed with a single broadcast comparison.  Time
+    O(n * |front| * k) (O(n^2 k) when every point is on the front) with about
+    n / b numpy passes (b <= 256); memory O(b * n) booleans, with ``b * n * k``
+    kept near ``block_cells``.
     """
-    n = len(v)
+    n, k = v.shape
     order = np.lexsort(v.T[::-1])
     s = v[order]
     new = np.empty(n, dtype=bool)
     new[0] = True
     np.any(s[1:] != s[:-1], axis=1, out=new[1:])
     unique_id = np.cumsum(new) - 1
-    u = s[new]
-    on_front = np.zeros(len(u), dtype=bool)
-    idx = np.arange(len(u))
-    rest = u
+    rest = s[new]
+    idx = np.arange(len(rest))
+    on_front = np.zeros(len(rest), dtype=bool)
     while idx.size:
-        on_front[idx[0]] = True
-        keep = np.any(rest < rest[0], axis=1)  # not weakly dominated by the head (drops the head)
-        idx, rest = idx[keep], rest[keep]
+        b = int(np.clip(block_cells // (idx.size * k), 1, 256))
+        head, rest, head_idx, idx = rest[:b], rest[b:], idx[:b], idx[b:]
+        covered = _weakly_dominates(head, head)  # [i, j]: head i <= head j
+        np.fill_diagonal(covered, False)  # rows are unique: covered off-diagonal means dominated
+        won = ~covered.any(axis=0)
+        winners = head[won]
+        on_front[head_idx[won]] = True
+        if idx.size:
+            keep = ~_weakly_dominates(winners, rest).any(axis=0)
+            rest, idx = rest[keep], idx[keep]
     mask = np.empty(n, dtype=bool)
     mask[order] = on_front[unique_id]
     return mask
@@ -240,8 +259,8 @@ def nondominated_mask(values: np.ndarray, directions: Sequence[Direction] | None
     with NaN/±inf are always ``False``.
 
     ``k == 2`` uses an O(n log n) sort-and-sweep; ``k == 1`` marks every row
-    attaining the best value; ``k >= 3`` uses a vectorised elimination that is
-    O(n * |front| * k) (O(n^2 k) worst case).
+    attaining the best value; ``k >= 3`` uses a blocked, vectorised elimination
+    that is O(n * |front| * k) (O(n^2 k) worst case).
     """
     arr = _as_2d(values)
     n, k = arr.shape

@@ -141,6 +141,17 @@ def test_front_properties_with_status(table, data):
     assert (np.diff(key) >= 0).all()  # sorted by the first objective, best first
 
 
+@PROPS
+@given(objective_tables(ks=(1, 2, 3, 4), max_rows=50), st.sampled_from([1, 9, 40, 1 << 22]))
+def test_general_path_block_sizes_equal_bruteforce(table, block_cells):
+    rows, dirs = table
+    finite = [r for r in rows if bf_eligible(r)]
+    if not finite:
+        return
+    v = to_minimisation(as_array(finite, len(dirs)), dirs)
+    assert _nondominated_nd(v, block_cells=block_cells).tolist() == bf_front_mask(finite, dirs)
+
+
 def test_duplicates_stay_on_front_and_ties_in_first_objective():
     v = np.array([[1, 1], [1, 1], [1, 2], [2, 0], [2, 0], [3, 0], [0, 5]], dtype=float)
     assert nondominated_mask(v).tolist() == [True, True, False, True, True, False, True]
