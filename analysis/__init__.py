@@ -1,0 +1,1 @@
+"""Analysis of stored sweep results: Pareto fronts, hypervolume, reports. Never runs training."""

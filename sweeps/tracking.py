@@ -1,0 +1,148 @@
+"""MLflow records of a sweep: one parent run per sweep, one nested child run per trial.
+
+Idempotent by design, so a resumed sweep never duplicates a run: a child run is found again by
+its tags (parent run id + Optuna trial number) before one is created, epochs already logged are
+not logged again, and finishing a finished run changes nothing.
+
+Names are stable across sweeps so runs compare in the MLflow UI: params are every
+``TrialConfig`` field (the same keys in every sweep) plus ``trial_number``; per-epoch curves are
+``val_accuracy``, ``nonzero_frac``, ``flops_frac``, ``loss``, ``task_loss``, ``reg_loss``,
+``val_loss`` and ``lr`` at step = epoch; final values are ``final_<name>``; the per-layer
+sparsity table is the artifact ``layers.csv``; Pareto-optimal trials carry the tag ``pareto=true``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+EPOCH_METRICS = ("val_accuracy", "nonzero_frac", "flops_frac", "loss", "task_loss", "reg_loss", "val_loss", "lr")
+FINAL_METRICS = ("val_accuracy", "test_accuracy", "nonzero_frac", "flops_frac", "loss", "val_loss", "wall_time_s", "epochs",
+                 "val_accuracy_before_prune", "val_accuracy_after_prune")
+TRIAL_TAG = "hoyersweep.trial_number"
+SWEEP_TAG = "hoyersweep.sweep"
+STATUS_TAG = "hoyersweep.status"
+PARETO_TAG = "pareto"
+MLFLOW_STATUS = {"ok": "FINISHED", "diverged": "FAILED", "error": "FAILED", "stopped": "KILLED"}
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class SweepTracker:
+    """MLflow client wrapper bound to one sweep's experiment and parent run."""
+
+    def __init__(self, tracking_uri: str, experiment_name: str, artifact_root: Path | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+        experiment = self.client.get_experiment_by_name(experiment_name)
+        if experiment is None:
+            location = artifact_root.resolve().as_uri() if artifact_root else None
+            self.experiment_id = self.client.create_experiment(experiment_name, artifact_location=location)
+        else:
+            self.experiment_id = experiment.experiment_id
+        self.parent_run_id: str | None = None
+        self._children: dict[int, str] = {}
+        self._last_step: dict[str, int] = {}
+
+    def start_parent(self, run_id: str | None, name: str, params: dict[str, Any], tags: dict[str, str], spec_text: str) -> str:
+        """Create the sweep's parent run, or re-open the one a resumed sweep already has."""
+        if run_id:
+            self.client.update_run(run_id, status="RUNNING")
+            self.parent_run_id = run_id
+            return run_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={SWEEP_TAG: name, **tags})
+        self.parent_run_id = run.info.run_id
+        self.client.log_batch(self.parent_run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        self.client.log_text(self.parent_run_id, spec_text, "spec.yaml")
+        return self.parent_run_id
+
+    def end_parent(self, status: str = "FINISHED", metrics: dict[str, float] | None = None) -> None:
+        if metrics:
+            self.client.log_batch(self.parent_run_id, metrics=[Metric(k, float(v), _now(), 0) for k, v in metrics.items() if _finite(v)])
+        self.client.set_terminated(self.parent_run_id, status=status)
+
+    def find_child(self, trial_number: int) -> str | None:
+        """The child run of ``trial_number`` under this parent, if one exists."""
+        if trial_number in self._children:
+            return self._children[trial_number]
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_number}'",
+            max_results=2,
+        )
+        if runs:
+            self._children[trial_number] = runs[0].info.run_id
+            return runs[0].info.run_id
+        return None
+
+    def child(self, trial_number: int, sweep: str, params: dict[str, Any]) -> str:
+        """The child run of a trial: found again if it exists, created (with its params) if not."""
+        existing = self.find_child(trial_number)
+        if existing is not None:
+            self.client.update_run(existing, status="RUNNING")
+            return existing
+        tags = {MLFLOW_PARENT_RUN_ID: self.parent_run_id, TRIAL_TAG: str(trial_number), SWEEP_TAG: sweep, MLFLOW_RUN_NAME: f"{sweep}-trial-{trial_number:04d}"}
+        run = self.client.create_run(self.experiment_id, tags=tags)
+        run_id = run.info.run_id
+        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in {**params, "trial_number": trial_number}.items()])
+        self._children[trial_number] = run_id
+        return run_id
+
+    def _logged_up_to(self, run_id: str) -> int:
+        if run_id not in self._last_step:
+            history = self.client.get_metric_history(run_id, "val_accuracy")
+            self._last_step[run_id] = max((m.step for m in history), default=0)
+        return self._last_step[run_id]
+
+    def log_epoch(self, run_id: str, metrics: dict[str, Any]) -> None:
+        """Log one epoch's curves at step = epoch, unless that epoch is already logged (resume)."""
+        step = int(metrics["epoch"])
+        if step <= self._logged_up_to(run_id):
+            return
+        timestamp = _now()
+        batch = [Metric(k, float(metrics[k]), timestamp, step) for k in EPOCH_METRICS if _finite(metrics.get(k))]
+        self.client.log_batch(run_id, metrics=batch, tags=[RunTag("phase", str(metrics.get("phase", "")))])
+        self._last_step[run_id] = step
+
+    def finish(self, run_id: str, result: dict[str, Any], status: str, layers: Iterable[dict] | None = None) -> None:
+        """Log final metrics and the per-layer table, tag the status, and terminate the run."""
+        run = self.client.get_run(run_id)
+        if run.info.status != "RUNNING":
+            return
+        timestamp = _now()
+        metrics = [Metric(f"final_{k}", float(result[k]), timestamp, 0) for k in FINAL_METRICS if _finite(result.get(k))]
+        tags = [RunTag(STATUS_TAG, status)]
+        if result.get("message"):
+            tags.append(RunTag("hoyersweep.message", str(result["message"])[:5000]))
+        self.client.log_batch(run_id, metrics=metrics, tags=tags)
+        if layers:
+            buffer = io.StringIO()
+            pd.DataFrame(list(layers)).to_csv(buffer, index=False)
+            self.client.log_text(run_id, buffer.getvalue(), "layers.csv")
+        self.client.set_terminated(run_id, status=MLFLOW_STATUS.get(status, "FAILED"))
+
+    def tag_pareto(self, front: set[int], trial_numbers: Iterable[int]) -> None:
+        """Tag every trial's run ``pareto=true`` or ``pareto=false``."""
+        for number in trial_numbers:
+            run_id = self.find_child(number)
+            if run_id is not None:
+                self.client.set_tag(run_id, PARETO_TAG, "true" if number in front else "false")
+
+    def child_runs(self) -> list:
+        """All child runs of the parent (for checks and reports)."""
+        return self.client.search_runs([self.experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'", max_results=50000)
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
