@@ -40,10 +40,10 @@ from sweeps.records import (
 )
 from sweeps.search import FINISHED_STATES, TRIAL_NUMBER_KEY, WARM_START_ATTR, SweepSearch, own_trials
 from sweeps.spec import SpecError, SweepSpec, parse_spec
+from sweeps.trainable import CHECKPOINT_FILE, IDENTITY_FILE, deephoyer_trainable
 from sweeps.tracking import SweepTracker
 
 logger = logging.getLogger(__name__)
-CHECKPOINT_FILE = "state.pt"
 OPTUNA_STATUS = {TrialState.COMPLETE: "ok", TrialState.FAIL: "error", TrialState.PRUNED: "stopped"}
 
 
@@ -145,18 +145,18 @@ def warm_start(study: optuna.Study, spec: SweepSpec, sweep_dir: Path) -> int:
 
 
 def resume_checkpoints(sweep_dir: Path) -> dict[int, str]:
-    """The newest Ray checkpoint of each trial number in the sweep's earlier Ray runs."""
-    newest: dict[int, tuple[float, str]] = {}
-    for params_file in (sweep_dir / "ray").glob("*/*/params.json"):
+    """The most advanced Ray checkpoint of each trial number in the sweep's earlier Ray runs."""
+    best: dict[int, tuple[int, str]] = {}
+    for identity in (sweep_dir / "ray").glob(f"*/*/checkpoint_*/{IDENTITY_FILE}"):
+        state = identity.with_name(CHECKPOINT_FILE)
         try:
-            number = int(json.loads(params_file.read_text())[TRIAL_NUMBER_KEY])
-        except (ValueError, KeyError, json.JSONDecodeError, OSError):
+            marker = json.loads(identity.read_text())
+            number, epoch = int(marker[TRIAL_NUMBER_KEY]), int(marker["epoch"])
+        except (ValueError, KeyError, TypeError, json.JSONDecodeError, OSError):
             continue
-        for state in params_file.parent.glob(f"checkpoint_*/{CHECKPOINT_FILE}"):
-            stamp = state.stat().st_mtime
-            if number not in newest or stamp > newest[number][0]:
-                newest[number] = (stamp, str(state))
-    return {number: path for number, (_, path) in newest.items()}
+        if state.exists() and (number not in best or epoch > best[number][0]):
+            best[number] = (epoch, str(state))
+    return {number: path for number, (_, path) in best.items()}
 
 
 class SweepRecorder:
@@ -176,7 +176,7 @@ class SweepRecorder:
         self.running: set[int] = set()
 
     def trial_params(self, sampled: dict[str, Any]) -> dict[str, Any]:
-        return self.spec.trial_config({k: v for k, v in sampled.items() if k in self.spec.search}).to_dict()
+        return self.spec.trial_settings({k: v for k, v in sampled.items() if k in self.spec.search})
 
     def started_trial(self, number: int, sampled: dict[str, Any]) -> None:
         self.tracker.child(number, self.name, self.trial_params(sampled))
@@ -326,7 +326,6 @@ def execute_sweep(
     import ray
     from ray import tune
 
-    from sweeps.trainable import deephoyer_trainable
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter honours verbose=0: our progress lines only
     logging.getLogger("mlflow").setLevel(logging.WARNING)

@@ -24,6 +24,7 @@ from trainables.config import TrialConfig
 from trainables.deephoyer import TrialState, run_trial
 
 CHECKPOINT_FILE = "state.pt"
+IDENTITY_FILE = "trial.json"  # beside the state: whose checkpoint this is, for a resumed sweep
 
 
 def _scalars(result: dict[str, Any]) -> dict[str, Any]:
@@ -58,6 +59,7 @@ def deephoyer_trainable(config: dict[str, Any], fixed: dict[str, Any], checkpoin
         if checkpoint_interval_s and time.monotonic() - last_checkpoint >= checkpoint_interval_s:
             with tempfile.TemporaryDirectory() as directory:
                 state.save(Path(directory) / CHECKPOINT_FILE)
+                (Path(directory) / IDENTITY_FILE).write_text(json.dumps({TRIAL_NUMBER_KEY: trial_number, "epoch": state.epoch}))
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
             last_checkpoint = time.monotonic()
         else:

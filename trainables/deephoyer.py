@@ -12,12 +12,14 @@ would leave right now.  Test accuracy is computed once, at the end, and never us
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -263,26 +265,46 @@ class _TrialRun:
         }
 
 
-def _pretrained_weights(run: _TrialRun) -> bool:
+def _save_pretrain_cache(run: _TrialRun) -> None:
+    path = _pretrain_cache_path(run.config)
+    if path is not None:
+        _atomic_save({"model": run.model.state_dict()}, path)
+
+
+def _pretrain_cache_path(config: TrialConfig) -> Path | None:
+    if config.pretrain_cache_dir and config.pretrain_epochs:
+        return Path(config.pretrain_cache_dir) / f"dense-{pretrain_cache_key(config)}.pt"
+    return None
+
+
+@contextlib.contextmanager
+def _pretrain_lock(config: TrialConfig) -> Iterator[None]:
+    """Hold an exclusive file lock on the pretrain cache entry, so concurrent trials pretrain once."""
+    path = _pretrain_cache_path(config)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _load_dense_weights(run: _TrialRun) -> bool:
     """Load dense weights from ``init_checkpoint`` or the pretrain cache; True if loaded."""
     config = run.config
     if config.init_checkpoint:
         state = load_checkpoint(config.init_checkpoint)
         run.model.load_state_dict(state.get("model", state))
         return True
-    if config.pretrain_cache_dir and config.pretrain_epochs:
-        path = Path(config.pretrain_cache_dir) / f"dense-{pretrain_cache_key(config)}.pt"
-        if path.exists():
-            run.model.load_state_dict(load_checkpoint(path)["model"])
-            return True
+    path = _pretrain_cache_path(config)
+    if path is not None and path.exists():
+        run.model.load_state_dict(load_checkpoint(path)["model"])
+        return True
     return False
-
-
-def _save_pretrain_cache(run: _TrialRun) -> None:
-    config = run.config
-    if config.pretrain_cache_dir and config.pretrain_epochs:
-        path = Path(config.pretrain_cache_dir) / f"dense-{pretrain_cache_key(config)}.pt"
-        _atomic_save({"model": run.model.state_dict()}, path)
 
 
 def run_trial(
@@ -307,33 +329,34 @@ def run_trial(
     except ValueError as error:
         raise ConfigError(str(error)) from None
     run = _TrialRun(config, data, model, report)
-    checkpoint = load_checkpoint(resume_from) if resume_from else None
-    finetune_lr = config.finetune_lr or config.lr
-    plan = [("pretrain", config.pretrain_epochs, config.lr), ("train", config.epochs, config.lr), ("finetune", config.finetune_epochs, finetune_lr)]
+    plan = {"pretrain": (config.pretrain_epochs, config.lr), "train": (config.epochs, config.lr), "finetune": (config.finetune_epochs, config.finetune_lr or config.lr)}
+    offsets = {"pretrain": 0, "train": config.pretrain_epochs, "finetune": config.pretrain_epochs + config.epochs}
 
-    resume_phase, resume_epoch = ("pretrain", 0)
-    if checkpoint is not None:
-        run.restore(checkpoint)
-        resume_phase, resume_epoch = checkpoint["phase"], checkpoint["phase_epoch"]
-    elif _pretrained_weights(run):
-        resume_phase = "train"
-
-    offset = 0
-    for phase, epochs, lr in plan:
-        if PHASES.index(phase) < PHASES.index(resume_phase):
-            offset += epochs
-            continue
-        if phase == "finetune" and run.masks is None:
+    def phase(name: str, start: int = 0, optimizer_state: dict | None = None) -> bool:
+        epochs, lr = plan[name]
+        if name == "finetune" and run.masks is None:
             run.prune()
-        run.start_phase(phase, lr)
-        start = resume_epoch if phase == resume_phase else 0
-        if checkpoint is not None and phase == resume_phase and checkpoint["optimizer"] is not None:
-            run.optimizer.load_state_dict(checkpoint["optimizer"])
-        if not run.run_phase(phase, epochs, start, offset, lr):
-            return run.result("diverged", f"loss became non-finite in {phase} epoch {run.marks['diverged_epoch']}")
-        if phase == "pretrain" and epochs:
+        run.start_phase(name, lr)
+        if optimizer_state is not None:
+            run.optimizer.load_state_dict(optimizer_state)
+        return run.run_phase(name, epochs, start, offsets[name], lr)
+
+    if resume_from:
+        checkpoint = load_checkpoint(resume_from)
+        run.restore(checkpoint)
+        current, start, optimizer_state = checkpoint["phase"], checkpoint["phase_epoch"], checkpoint["optimizer"]
+    else:
+        with _pretrain_lock(config):
+            if not _load_dense_weights(run) and config.pretrain_epochs:
+                if not phase("pretrain"):
+                    return run.result("diverged", f"loss became non-finite in pretrain epoch {run.marks['diverged_epoch']}")
+                _save_pretrain_cache(run)
+        current, start, optimizer_state = "train", 0, None
+    for name in PHASES[PHASES.index(current):]:
+        if not phase(name, start if name == current else 0, optimizer_state if name == current else None):
+            return run.result("diverged", f"loss became non-finite in {name} epoch {run.marks['diverged_epoch']}")
+        if name == "pretrain":
             _save_pretrain_cache(run)
-        offset += epochs
     if run.masks is None:
         run.prune()
     return run.result("ok", "")

@@ -52,9 +52,76 @@ def hoyer(w: torch.Tensor) -> torch.Tensor:
     return torch.where(nonzero, w.abs().sum() / l2, torch.zeros_like(sum_sq))
 
 
+def _hoyer_square_reference(w: torch.Tensor) -> torch.Tensor:
+    """HS written with plain autograd ops: the definition, and the path for any dtype/layout."""
+    return _safe_ratio(w.abs().sum().pow(2), w.pow(2).sum())
+
+
+def _hs_fast_path_ok(tensors: tuple[torch.Tensor, ...]) -> bool:
+    """Whether ``_HoyerSquareSum`` may take ``tensors``: contiguous fp32/fp64 on one device, same dtype."""
+    first = tensors[0]
+    return first.dtype in (torch.float32, torch.float64) and all(
+        t.dtype == first.dtype and t.device == first.device and t.is_contiguous() for t in tensors
+    )
+
+
+class _HoyerSquareSum(torch.autograd.Function):
+    """Σᵢ HS(wᵢ) over several tensors with a hand-written backward (same values, fewer passes).
+
+    With L1 = Σ|w| and S = Σw², d HS / d w = (2·L1/S)·(sign(w) − (L1/S)·w).  Plain autograd
+    spends about a dozen memory passes and temporaries per tensor on this (abs, pow, their
+    backwards and the gradient accumulations between them); here the forward is one ``sign``
+    pass and two dot products per tensor, the backward scales that sign tensor in place and adds
+    −b·w to it (two passes), and the per-tensor scalars are computed for all tensors at once.
+    On CPU the temporaries matter as much as the arithmetic: each one the size of a weight
+    matrix costs page faults when the allocator hands it back to the OS.
+
+    Double backward (``create_graph=True``) is supported by differentiating the reference
+    formula again, so higher-order gradients equal those of the plain implementation.
+    """
+
+    @staticmethod
+    def forward(ctx, *tensors: torch.Tensor) -> torch.Tensor:
+        signs = torch._foreach_sign(tensors)
+        flats = [t.view(-1) for t in tensors]
+        l1 = torch.stack([torch.dot(f, s.view(-1)) for f, s in zip(flats, signs)])
+        sum_sq = torch.stack([torch.dot(f, f) for f in flats])
+        ctx.save_for_backward(l1, sum_sq, *tensors)
+        ctx.signs = signs  # reused in place as the gradient buffers; recomputed if consumed
+        return _safe_ratio(l1.square(), sum_sq).sum()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        l1, sum_sq, *tensors = ctx.saved_tensors
+        signs, ctx.signs = ctx.signs, None
+        if torch.is_grad_enabled():  # create_graph=True: differentiable gradients via the reference
+            with torch.enable_grad():
+                detached = [t.detach().requires_grad_() if not t.requires_grad else t for t in tensors]
+                total = sum(_hoyer_square_reference(t) for t in detached)
+                grads = torch.autograd.grad(total, detached, grad, create_graph=True, allow_unused=True)
+            return tuple(torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads))
+        if signs is None:  # a second backward through a retained graph
+            signs = torch._foreach_sign(tensors)
+        nonzero = sum_sq > 0
+        safe = torch.where(nonzero, sum_sq, torch.ones_like(sum_sq))
+        ratio = l1 / safe
+        scale = torch.where(nonzero, 2.0 * grad * ratio, torch.zeros_like(ratio))  # a = 2g·L1/S
+        torch._foreach_mul_(signs, list(scale.unbind()))
+        torch._foreach_addcmul_(signs, tensors, list((-scale * ratio).unbind()))  # − a·(L1/S)·w
+        return tuple(signs)
+
+
+def _hoyer_square_sum(tensors: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Σ HS over ``tensors`` (at least one): the fused Function where it applies, else the reference."""
+    tensors = tuple(tensors)
+    if _hs_fast_path_ok(tensors):
+        return _HoyerSquareSum.apply(*tensors)
+    return sum(_hoyer_square_reference(t) for t in tensors)
+
+
 def hoyer_square(w: torch.Tensor) -> torch.Tensor:
     """Hoyer-Square ‖w‖₁² / ‖w‖₂² (scale invariant; 0 for an all-zero tensor)."""
-    return _safe_ratio(w.abs().sum().pow(2), w.pow(2).sum())
+    return _hoyer_square_sum((w,))
 
 
 def group_norms(w: torch.Tensor) -> list[torch.Tensor]:
@@ -78,7 +145,7 @@ def group_lasso(w: torch.Tensor) -> torch.Tensor:
 
 def group_hoyer_square(w: torch.Tensor) -> torch.Tensor:
     """Group-HS: HS(row/filter norms) + HS(column/input-channel norms)."""
-    return sum(hoyer_square(norms) for norms in group_norms(w))
+    return _hoyer_square_sum(group_norms(w))
 
 
 def _zero(w: torch.Tensor) -> torch.Tensor:
@@ -146,6 +213,9 @@ def model_regularization(
     tensors: Iterable[torch.Tensor] = (
         _trainable_tensor(module, name) for _, module, name in prunable_weights(model, layer_types, include_bias)
     )
+    if fn is hoyer_square:  # one fused call for every tensor instead of one per tensor
+        tensors = tuple(tensors)
+        return _hoyer_square_sum(tensors) if tensors else torch.zeros(())
     total = None
     for tensor in tensors:
         value = fn(tensor)

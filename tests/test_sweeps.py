@@ -1,0 +1,148 @@
+"""Sweeps on a real local Ray with real MLflow (sqlite) and Optuna (sqlite) storage."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sweeps.records import ResultsLedger
+from sweeps.runner import resume_checkpoints, run_sweep
+from sweeps.search import own_trials
+from sweeps.spec import load_spec, parse_spec
+from sweeps.tracking import EPOCH_METRICS
+from trainables.config import TrialConfig
+
+TINY = {"trial.epochs": 2, "trial.finetune_epochs": 1, "trial.batch_size": 256}
+
+
+def children(sweep_dir: Path, parent_run_id: str):
+    client = MlflowClient(f"sqlite:///{sweep_dir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(json.loads((sweep_dir / "state.json").read_text())["name"])
+    return client, client.search_runs([experiment.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+
+
+def study_of(sweep_dir: Path) -> optuna.Study:
+    state = json.loads((sweep_dir / "state.json").read_text())
+    return optuna.load_study(study_name=state["study_name"], storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+
+
+def test_digits_sweep_records_every_trial_once(local_ray, tmp_path):
+    spec, _ = load_spec("sweeps/digits_quick.yaml", {"budget.num_samples": 4, **TINY})
+    outcome = run_sweep(spec, storage=str(tmp_path), quiet=True)
+    sweep_dir = outcome.sweep_dir
+    assert (outcome.total, outcome.ok) == (4, 4)
+    assert not outcome.front.empty
+
+    state = json.loads((sweep_dir / "state.json").read_text())
+    client, runs = children(sweep_dir, state["parent_run_id"])
+    assert len(runs) == 4
+    assert client.get_run(state["parent_run_id"]).info.status == "FINISHED"
+    param_keys = {frozenset(run.data.params) for run in runs}
+    assert param_keys == {frozenset([*TrialConfig.__dataclass_fields__, "trial_number"])}
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert {"final_val_accuracy", "final_test_accuracy", "final_nonzero_frac", "final_flops_frac", "final_loss"} <= set(run.data.metrics)
+        history = client.get_metric_history(run.info.run_id, "val_accuracy")
+        assert [m.step for m in history] == [1, 2, 3]
+        assert set(EPOCH_METRICS) - {"reg_loss"} <= set(run.data.metrics)
+        assert run.data.tags["pareto"] in ("true", "false")
+        layers = client.download_artifacts(run.info.run_id, "layers.csv", str(tmp_path / run.info.run_id))
+        assert Path(layers).read_text().startswith("name,shape,numel,nonzero")
+    pareto_runs = {int(run.data.tags["hoyersweep.trial_number"]) for run in runs if run.data.tags["pareto"] == "true"}
+    assert pareto_runs == set(outcome.front["trial_number"])
+
+    study = study_of(sweep_dir)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
+    assert all("val_accuracy_min" in t.constraints for t in study.trials)
+    ledger = ResultsLedger(sweep_dir / "results.jsonl")
+    assert sorted(ledger.rows) == [0, 1, 2, 3]
+    assert (sweep_dir / "pareto.csv").read_text().startswith("trial_number,")
+
+
+def test_failing_and_diverging_trials_do_not_stop_the_sweep(local_ray, tmp_path):
+    spec = parse_spec(
+        {
+            "name": "flaky",
+            "trial": {"epochs": 2, "finetune_epochs": 1, "optimizer": "sgd", "reg": "l1", "strength": 1.0},
+            "search": {
+                "batch_size": {"type": "categorical", "choices": [256, 0]},  # 0 makes the trial raise
+                "lr": {"type": "categorical", "choices": [0.01, 1.0e12]},  # 1e12 makes it diverge
+            },
+            "sampler": {"type": "random", "seed": 2},  # this seed draws all three kinds of trial
+            "budget": {"num_samples": 6, "max_concurrent_trials": 2},
+            "max_failures": 0,
+        },
+        "flaky.yaml",
+    )
+    outcome = run_sweep(spec, storage=str(tmp_path), quiet=True)
+    rows = ResultsLedger(outcome.sweep_dir / "results.jsonl").rows
+    statuses = {row["status"] for row in rows.values()}
+    assert len(rows) == 6 and {"ok", "error", "diverged"} <= statuses, statuses
+    for row in rows.values():
+        if row["param.batch_size"] == 0:
+            assert row["status"] == "error" and "batch_size" in row["message"]
+        elif row["param.lr"] > 1:
+            assert row["status"] == "diverged"
+    study = study_of(outcome.sweep_dir)
+    failed = {t.number for t in study.trials if t.state == optuna.trial.TrialState.FAIL}
+    assert failed == {n for n, row in rows.items() if row["status"] != "ok"}
+    _, runs = children(outcome.sweep_dir, json.loads((outcome.sweep_dir / "state.json").read_text())["parent_run_id"])
+    assert sorted(run.info.status for run in runs) == sorted("FINISHED" if r["status"] == "ok" else "FAILED" for r in rows.values())
+
+
+def _hoyersweep(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sweeps.cli", *args]
+
+
+def test_driver_killed_with_sigkill_then_resumed_loses_and_repeats_nothing(tmp_path):
+    num_samples = 8
+    args = ["run", "sweeps/digits_quick.yaml", "--storage", str(tmp_path), "--num-samples", str(num_samples), "--num-cpus", "2",
+            "--set", "trial.epochs=6", "--set", "trial.finetune_epochs=2", "--set", "checkpoint_interval_s=0.2"]
+    log = open(tmp_path / "driver.log", "w")
+    driver = subprocess.Popen(_hoyersweep(*args), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=Path(__file__).resolve().parents[1])
+    sweep_dir = tmp_path / "digits_quick"
+    results = sweep_dir / "results.jsonl"
+    deadline = time.time() + 180
+    try:
+        while time.time() < deadline and driver.poll() is None:
+            if results.exists() and len(results.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.2)
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, by process group
+        driver.wait()
+    done_before = {int(json.loads(line)["trial_number"]) for line in results.read_text().splitlines() if line.strip().endswith("}")}
+    assert 3 <= len(done_before) < num_samples
+
+    resumed = subprocess.run(_hoyersweep("resume", str(sweep_dir), "--num-cpus", "2"), capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+
+    study = study_of(sweep_dir)
+    trials = own_trials(study)
+    assert len(trials) == num_samples and all(t.state.is_finished() for t in trials)
+    rows = ResultsLedger(results).rows
+    assert sorted(rows) == list(range(num_samples))
+    state = json.loads((sweep_dir / "state.json").read_text())
+    _, runs = children(sweep_dir, state["parent_run_id"])
+    numbers = [int(run.data.tags["hoyersweep.trial_number"]) for run in runs]
+    assert sorted(numbers) == list(range(num_samples))  # exactly one MLflow run per trial
+    assert all(run.info.status != "RUNNING" for run in runs)
+    # No trial finished before the kill ran again: the resumed Ray run holds none of them.
+    second_run = {}
+    for result_file in (sweep_dir / "ray" / "run-2").glob("*/result.json"):
+        reports = [json.loads(line) for line in result_file.read_text().splitlines()]
+        second_run[reports[0]["trial_number"]] = [r.get("epoch") for r in reports]
+    assert second_run and not (set(second_run) & done_before)
+    assert set(second_run) | done_before == set(range(num_samples))
+    # An interrupted trial with a checkpoint continued from it instead of starting over.
+    checkpointed = set(resume_checkpoints(sweep_dir)) - done_before
+    for number in checkpointed:
+        assert 1 not in second_run[number], (number, second_run[number])
