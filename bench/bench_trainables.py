@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import statistics
 import sys
@@ -288,47 +289,69 @@ def main(argv: list[str] | None = None) -> int:
     data_n = data_n or n_train
 
     t0 = time.perf_counter()
-    step_times = {bs: bench_step(data, bs, steps, warmup, repeats) for bs in (64, 256)}
+    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    step_wall, step_cpu = {}, {}
+    for bs in (64, 256):
+        step_wall[bs], step_cpu[bs] = bench_step(data, bs, steps, warmup, repeats)
     data_rates, skipped = bench_data(data, data_dir, data_n, repeats)
     trial_rates, trial_results = bench_trial(data_dir, trial_epochs, trial_finetune, args.threads, trial_repeats, n_train)
     torch.set_num_threads(args.threads)  # run_trial set it too; keep the statement true
     elapsed = time.perf_counter() - t0
+    load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
     # ---- summary numbers -------------------------------------------------------------------
-    step_ms = {bs: {k: median(v) * 1e3 for k, v in t.items()} for bs, t in step_times.items()}
-    overhead = {bs: {k: (m[k] / m["plain"] - 1) * 100 for k in ("hs", "hs_autograd_ref")} for bs, m in step_ms.items()}
+    def ms(times: dict[str, list[float]]) -> dict[str, float]:
+        return {k: median(v) * 1e3 for k, v in times.items()}
+
+    def pct(a: float, b: float) -> float:
+        return (a / b - 1) * 100
+
+    step_ms = {bs: ms(t) for bs, t in step_wall.items()}
+    cpu_ms = {bs: ms(t) for bs, t in step_cpu.items()}
+    overhead = {bs: {k: pct(m[k], m["plain"]) for k in ("hs", "hs_autograd_ref")} for bs, m in step_ms.items()}
+    cpu_overhead = {bs: {k: pct(m[k], m["plain"]) for k in ("hs", "hs_autograd_ref")} for bs, m in cpu_ms.items()}
     paired = {  # median of the per-repeat ratios: a check that drift did not bias the ratio of medians
-        bs: (median([h / p for h, p in zip(t["hs"], t["plain"])]) - 1) * 100 for bs, t in step_times.items()
+        bs: pct(median([h / p for h, p in zip(t["hs"], t["plain"])]), 1.0) for bs, t in step_wall.items()
     }
     rate = {k: median(v) for k, v in data_rates.items()}
-    speedup = {k: rate["ours"] / rate[k] for k in rate if k != "ours"}
+    loaders = [k for k in ("dataloader_w0", "dataloader_w2") if k in rate]
+    speedup = {k: rate["ours"] / rate[k] for k in loaders}
+    speedup_data_only = {k: rate["ours_data_only"] / rate[f"{k}_data_only"] for k in loaders}
     trial_rate = median(trial_rates)
 
     # ---- markdown ----------------------------------------------------------------------------
     def goal(ok: bool) -> str:
         return "met" if ok else "**missed**"
 
-    print(f"torch {torch.__version__}, torch.set_num_threads({args.threads}), CPU: {cpu_model()}, "
-          f"repeats={repeats}{' (quick)' if quick else ''}, wall {elapsed:.0f} s\n")
+    print(f"torch {torch.__version__}, torch.set_num_threads({args.threads}), CPU: {cpu_model()} "
+          f"({os.cpu_count()} logical CPUs), repeats={repeats}{' (quick)' if quick else ''}, "
+          f"load average {load0:.1f} -> {load1:.1f}, wall {elapsed:.0f} s\n")
     print("| measurement | median | ratio | goal |")
-    print("|---|---:|---:|---|")
+    print("|---|---:|---|---|")
     for bs in (64, 256):
-        m = step_ms[bs]
+        m, c = step_ms[bs], cpu_ms[bs]
         print(f"| step, batch {bs}, no regularizer | {m['plain']:.3f} ms | 1 | |")
         print(f"| step, batch {bs}, + λ·ΣHS (library) | {m['hs']:.3f} ms | {overhead[bs]['hs']:+.1f} % "
-              f"(paired {paired[bs]:+.1f} %) | ≤ {STEP_GOAL_PCT:g} %: {goal(overhead[bs]['hs'] <= STEP_GOAL_PCT)} |")
+              f"(paired {paired[bs]:+.1f} %, CPU time {cpu_overhead[bs]['hs']:+.1f} %) | "
+              f"≤ {STEP_GOAL_PCT:g} %: {goal(overhead[bs]['hs'] <= STEP_GOAL_PCT)} |")
         print(f"| step, batch {bs}, + λ·ΣHS (plain-autograd reference) | {m['hs_autograd_ref']:.3f} ms | "
-              f"{overhead[bs]['hs_autograd_ref']:+.1f} % | |")
-    print(f"| epoch pass, ours (tensors + iterate_batches), {data_n} samples | {rate['ours']:,.0f} samples/s | 1 | |")
+              f"{overhead[bs]['hs_autograd_ref']:+.1f} % (CPU time {cpu_overhead[bs]['hs_autograd_ref']:+.1f} %) | |")
+    print(f"| epoch pass + step, ours (tensors + iterate_batches), {data_n} samples | {rate['ours']:,.0f} samples/s | 1 | |")
     for k in ("dataloader_w0", "dataloader_w2"):
-        label = f"epoch pass, per-sample Dataset + DataLoader(num_workers={k[-1]})"
+        label = f"epoch pass + step, per-sample Dataset + DataLoader(num_workers={k[-1]})"
         if k in rate:
-            print(f"| {label} | {rate[k]:,.0f} samples/s | ours {speedup[k]:.2f}× | ≥ {DATA_GOAL_X:g}×: {goal(speedup[k] >= DATA_GOAL_X)} |")
+            print(f"| {label} | {rate[k]:,.0f} samples/s | ours {speedup[k]:.2f}× | "
+                  f"≥ {DATA_GOAL_X:g}×: {goal(speedup[k] >= DATA_GOAL_X)} |")
         else:
             print(f"| {label} | n/a ({skipped[k]}) | | |")
+    print(f"| data only (no step), ours | {rate['ours_data_only']:,.0f} samples/s | 1 | |")
+    for k in loaders:
+        print(f"| data only (no step), DataLoader(num_workers={k[-1]}) | {rate[f'{k}_data_only']:,.0f} samples/s | "
+              f"ours {speedup_data_only[k]:.1f}× | |")
+    last = trial_results[-1]
     print(f"| run_trial MNIST, {trial_epochs} HS + {trial_finetune} fine-tune epochs (×{trial_repeats}) | "
           f"{trial_rate:,.0f} samples/s | {median([r['wall_time_s'] for r in trial_results]):.1f} s wall, "
-          f"test acc {trial_results[-1]['test_accuracy']:.4f}, nonzero {trial_results[-1]['nonzero_frac']:.3f} | (context) |")
+          f"test acc {last['test_accuracy']:.4f}, nonzero {last['nonzero_frac']:.3f} | (context) |")
     print()
 
     summary = {
@@ -338,13 +361,18 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "cpu": cpu_model(),
         "repeats": repeats,
+        "steps_per_repeat": steps,
+        "loadavg": [round(load0, 2), round(load1, 2)],
         "step_ms": {str(bs): {k: round(v, 4) for k, v in m.items()} for bs, m in step_ms.items()},
+        "step_cpu_ms": {str(bs): {k: round(v, 4) for k, v in m.items()} for bs, m in cpu_ms.items()},
         "hs_overhead_pct": {str(bs): round(o["hs"], 2) for bs, o in overhead.items()},
         "hs_overhead_paired_pct": {str(bs): round(v, 2) for bs, v in paired.items()},
+        "hs_overhead_cpu_pct": {str(bs): round(o["hs"], 2) for bs, o in cpu_overhead.items()},
         "hs_autograd_ref_overhead_pct": {str(bs): round(o["hs_autograd_ref"], 2) for bs, o in overhead.items()},
         "data_samples": data_n,
         "data_samples_per_s": {k: round(v, 1) for k, v in rate.items()},
         "data_speedup": {k: round(v, 3) for k, v in speedup.items()},
+        "data_only_speedup": {k: round(v, 2) for k, v in speedup_data_only.items()},
         "data_skipped": skipped,
         "trial_samples_per_s": round(trial_rate, 1),
         "trial_epochs": [trial_epochs, trial_finetune],
@@ -352,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         "goal_data_speedup_met": {k: v >= DATA_GOAL_X for k, v in speedup.items()},
         "wall_s": round(elapsed, 1),
     }
-    print(json.dumps(summary, separators=(",", ":")))
+    print(json.dumps(summary, separators=(",", ":"), ensure_ascii=False))
     return 0
 
 

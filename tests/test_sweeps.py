@@ -121,6 +121,7 @@ def test_driver_killed_with_sigkill_then_resumed_loses_and_repeats_nothing(tmp_p
         driver.wait()
     done_before = {int(json.loads(line)["trial_number"]) for line in results.read_text().splitlines() if line.strip().endswith("}")}
     assert 3 <= len(done_before) < num_samples
+    interrupted_with_checkpoint = set(resume_checkpoints(sweep_dir)) - done_before
 
     resumed = subprocess.run(_hoyersweep("resume", str(sweep_dir), "--num-cpus", "2"), capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -143,6 +144,5 @@ def test_driver_killed_with_sigkill_then_resumed_loses_and_repeats_nothing(tmp_p
     assert second_run and not (set(second_run) & done_before)
     assert set(second_run) | done_before == set(range(num_samples))
     # An interrupted trial with a checkpoint continued from it instead of starting over.
-    checkpointed = set(resume_checkpoints(sweep_dir)) - done_before
-    for number in checkpointed:
+    for number in interrupted_with_checkpoint:
         assert 1 not in second_run[number], (number, second_run[number])
