@@ -7,12 +7,13 @@ Heavy imports (Ray, Optuna, MLflow) happen inside the sub-commands that need the
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
 import yaml
 
-from trainables.cli import USER_ERRORS, add_train_arguments, train_command
+from trainables.cli import add_train_arguments, train_command
 
 
 def _override_value(text: str) -> Any:
@@ -96,17 +97,27 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--storage", help="results folder to look for the name in (default results)")
     _add_ray_arguments(resume)
     resume.set_defaults(handler=resume_command)
+
+    from analysis.cli import add_pareto_arguments, add_ui_arguments, pareto_command, ui_command
+
+    pareto = commands.add_parser("pareto", help="print the Pareto front(s) of stored sweeps")
+    add_pareto_arguments(pareto)
+    pareto.set_defaults(handler=pareto_command)
+
+    ui = commands.add_parser("ui", help="start the MLflow UI (127.0.0.1) on a sweep's tracking store")
+    add_ui_arguments(ui)
+    ui.set_defaults(handler=ui_command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from sweeps.spec import SpecError
-
     try:
         return args.handler(args)
-    except (*USER_ERRORS, SpecError, argparse.ArgumentTypeError, FileNotFoundError) as error:
+    except (ValueError, argparse.ArgumentTypeError, FileNotFoundError) as error:  # user errors: one line
+        if os.environ.get("HOYERSWEEP_DEBUG"):
+            raise
         parser.exit(2, f"hoyersweep {args.command}: error: {error}\n")
 
 

@@ -41,6 +41,7 @@ from sweeps.records import (
 from sweeps.search import FINISHED_STATES, TRIAL_NUMBER_KEY, WARM_START_ATTR, SweepSearch, own_trials
 from sweeps.spec import SpecError, SweepSpec, parse_spec
 from sweeps.trainable import CHECKPOINT_FILE, IDENTITY_FILE, deephoyer_trainable
+from trainables.config import TrialConfig
 from sweeps.tracking import SweepTracker
 
 logger = logging.getLogger(__name__)
@@ -166,9 +167,10 @@ class SweepRecorder:
     methods repair records when a sweep resumes.
     """
 
-    def __init__(self, spec: SweepSpec, name: str, tracker: SweepTracker, ledger: ResultsLedger, started: float, quiet: bool = False) -> None:
+    def __init__(self, spec: SweepSpec, name: str, fixed: dict[str, Any], tracker: SweepTracker, ledger: ResultsLedger, started: float, quiet: bool = False) -> None:
         self.spec = spec
         self.name = name
+        self.fixed = fixed
         self.tracker = tracker
         self.ledger = ledger
         self.started = started
@@ -176,7 +178,8 @@ class SweepRecorder:
         self.running: set[int] = set()
 
     def trial_params(self, sampled: dict[str, Any]) -> dict[str, Any]:
-        return self.spec.trial_settings({k: v for k, v in sampled.items() if k in self.spec.search})
+        """Every TrialConfig setting of a trial as it ran: defaults, fixed settings, sampled values."""
+        return {**TrialConfig().to_dict(), **self.fixed, **{k: v for k, v in sampled.items() if k in self.spec.search}}
 
     def started_trial(self, number: int, sampled: dict[str, Any]) -> None:
         self.tracker.child(number, self.name, self.trial_params(sampled))
@@ -349,7 +352,8 @@ def execute_sweep(
     state.save(sweep_dir)
 
     ledger = ResultsLedger(sweep_dir / RESULTS_FILE)
-    recorder = SweepRecorder(spec, state.name, tracker, ledger, started, quiet)
+    fixed = fixed_settings(spec, sweep_dir)
+    recorder = SweepRecorder(spec, state.name, fixed, tracker, ledger, started, quiet)
     repaired = repair_records(study, recorder)
     if repaired and not quiet:
         print(f"[{state.name}] repaired the records of {repaired} trial(s) finished before the interruption", flush=True)
@@ -361,7 +365,7 @@ def execute_sweep(
         try:
             search = SweepSearch(spec, storage, state.study_name, resume_checkpoints(sweep_dir))
             trainable = tune.with_resources(
-                tune.with_parameters(deephoyer_trainable, fixed=fixed_settings(spec, sweep_dir), checkpoint_interval_s=spec.checkpoint_interval_s),
+                tune.with_parameters(deephoyer_trainable, fixed=fixed, checkpoint_interval_s=spec.checkpoint_interval_s),
                 {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus},
             )
             tuner = tune.Tuner(

@@ -168,13 +168,9 @@ class SweepSpec(_Strict):
         """One point of the search space (lower bounds, first choices), to validate settings."""
         return {name: p.choices[0] if isinstance(p, CategoricalParam) else p.low for name, p in self.search.items()}
 
-    def trial_settings(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Every trial setting (all TrialConfig keys) for the sampled ``params``, not validated."""
-        return {**TrialConfig().to_dict(), "dataset": self.dataset, "data_dir": self.data_dir, "model": self.model, **self.trial, **params}
-
     def trial_config(self, params: dict[str, Any]) -> TrialConfig:
         """The validated TrialConfig of one trial: fixed settings plus the sampled ``params``."""
-        return TrialConfig.from_dict(self.trial_settings(params))
+        return TrialConfig.from_dict({"dataset": self.dataset, "data_dir": self.data_dir, "model": self.model, **self.trial, **params})
 
     def problem_hash(self) -> str:
         """Hash of what defines the optimisation problem (not budget, sampler, name or storage).
