@@ -11,3 +11,13 @@ def local_ray():
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def digits_sweep(local_ray, tmp_path_factory):
+    """One small real digits sweep (6 trials, 2+1 epochs), shared by the tests that only read it."""
+    from sweeps.runner import run_sweep
+    from sweeps.spec import load_spec
+
+    spec, _ = load_spec("sweeps/digits_quick.yaml", {"budget.num_samples": 6, "trial.epochs": 2, "trial.finetune_epochs": 1, "trial.batch_size": 256})
+    return run_sweep(spec, storage=str(tmp_path_factory.mktemp("sweeps")), quiet=True)

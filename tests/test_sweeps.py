@@ -19,8 +19,6 @@ from sweeps.spec import load_spec, parse_spec
 from sweeps.tracking import EPOCH_METRICS
 from trainables.config import TrialConfig
 
-TINY = {"trial.epochs": 2, "trial.finetune_epochs": 1, "trial.batch_size": 256}
-
 
 def children(sweep_dir: Path, parent_run_id: str):
     client = MlflowClient(f"sqlite:///{sweep_dir / 'mlflow.db'}")
@@ -33,16 +31,15 @@ def study_of(sweep_dir: Path) -> optuna.Study:
     return optuna.load_study(study_name=state["study_name"], storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
 
 
-def test_digits_sweep_records_every_trial_once(local_ray, tmp_path):
-    spec, _ = load_spec("sweeps/digits_quick.yaml", {"budget.num_samples": 4, **TINY})
-    outcome = run_sweep(spec, storage=str(tmp_path), quiet=True)
+def test_digits_sweep_records_every_trial_once(digits_sweep, tmp_path):
+    outcome = digits_sweep
     sweep_dir = outcome.sweep_dir
-    assert (outcome.total, outcome.ok) == (4, 4)
+    assert (outcome.total, outcome.ok) == (6, 6)
     assert not outcome.front.empty
 
     state = json.loads((sweep_dir / "state.json").read_text())
     client, runs = children(sweep_dir, state["parent_run_id"])
-    assert len(runs) == 4
+    assert len(runs) == 6
     assert client.get_run(state["parent_run_id"]).info.status == "FINISHED"
     param_keys = {frozenset(run.data.params) for run in runs}
     assert param_keys == {frozenset([*TrialConfig.__dataclass_fields__, "trial_number"])}
@@ -59,10 +56,10 @@ def test_digits_sweep_records_every_trial_once(local_ray, tmp_path):
     assert pareto_runs == set(outcome.front["trial_number"])
 
     study = study_of(sweep_dir)
-    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 6
     assert all("val_accuracy_min" in t.constraints for t in study.trials)
     ledger = ResultsLedger(sweep_dir / "results.jsonl")
-    assert sorted(ledger.rows) == [0, 1, 2, 3]
+    assert sorted(ledger.rows) == list(range(6))
     assert (sweep_dir / "pareto.csv").read_text().startswith("trial_number,")
 
 
