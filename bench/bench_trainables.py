@@ -11,8 +11,10 @@ variants alike; every number reported is the MEDIAN over the repeats:
 1. One training step of LeNet-300-100 on MNIST batches (forward, cross-entropy, backward, Adam
    step; batch 64 and 256): without a regularizer, with λ·Σ HS over the weights as
    ``trainables.regularizers.model_regularization`` computes it, and with the same HS written
-   in plain autograd ops (the reference definition).  Overhead = t_hs / t_plain − 1.
-   Goal: ≤ 5 %.
+   in plain autograd ops (the reference definition).  Overhead = t_hs / t_plain − 1, from the
+   wall time and from the process CPU time of the same steps.  Goal: ≤ 5 %; judged on CPU time
+   with one thread (the step then runs wholly in this thread, so other processes on a shared
+   machine cannot inflate it), on wall time otherwise.
 2. Samples/s of an epoch-style training pass: our data path (the split held whole as tensors,
    ``iterate_batches`` indexing) against a DataLoader over a per-sample Dataset written the
    usual torchvision way (uint8 28×28 image → float in [0, 1] → normalise, i.e. ToTensor +
@@ -269,14 +271,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps, a 12 800-sample pass, one short trial (~1 min)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=f"MNIST IDX files (default {DEFAULT_DATA_DIR})")
-    parser.add_argument("--repeats", type=int, default=None, help="repeats per measurement (default 7, quick 5)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="repeats of the epoch passes (default 7, quick 5); the step timing uses 3x as many")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1: one Ray trial per core)")
     parser.add_argument("--trial-epochs", type=int, default=None, help="HS epochs of each run_trial (default 3, quick 1)")
     args = parser.parse_args(argv)
 
     quick = args.quick
     repeats = args.repeats or (5 if quick else 7)
-    steps, warmup = (40, 30) if quick else (150, 60)
+    steps, warmup = (30, 30) if quick else (100, 60)
+    step_repeats = 3 * repeats  # short, many, interleaved: drift and noise average out
     data_n = 12_800 if quick else None
     trial_epochs = args.trial_epochs if args.trial_epochs is not None else (1 if quick else 3)
     trial_finetune = 1
@@ -292,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     step_wall, step_cpu = {}, {}
     for bs in (64, 256):
-        step_wall[bs], step_cpu[bs] = bench_step(data, bs, steps, warmup, repeats)
+        step_wall[bs], step_cpu[bs] = bench_step(data, bs, steps, warmup, step_repeats)
     data_rates, skipped = bench_data(data, data_dir, data_n, repeats)
     trial_rates, trial_results = bench_trial(data_dir, trial_epochs, trial_finetune, args.threads, trial_repeats, n_train)
     torch.set_num_threads(args.threads)  # run_trial set it too; keep the statement true
@@ -318,13 +322,19 @@ def main(argv: list[str] | None = None) -> int:
     speedup = {k: rate["ours"] / rate[k] for k in loaders}
     speedup_data_only = {k: rate["ours_data_only"] / rate[f"{k}_data_only"] for k in loaders}
     trial_rate = median(trial_rates)
+    # The verdict: with one thread the whole step runs in this process's thread, so its CPU time
+    # is the step's own cost, untouched by other processes' time slices on a shared machine; it is
+    # also the larger (more conservative) of the two here.  With more threads, wall time.
+    verdict = cpu_overhead if args.threads == 1 else overhead
+    verdict_basis = "CPU time" if args.threads == 1 else "wall time"
 
     # ---- markdown ----------------------------------------------------------------------------
     def goal(ok: bool) -> str:
         return "met" if ok else "**missed**"
 
     print(f"torch {torch.__version__}, torch.set_num_threads({args.threads}), CPU: {cpu_model()} "
-          f"({os.cpu_count()} logical CPUs), repeats={repeats}{' (quick)' if quick else ''}, "
+          f"({os.cpu_count()} logical CPUs), repeats={repeats} (step: {step_repeats} × {steps} steps)"
+          f"{' (quick)' if quick else ''}, "
           f"load average {load0:.1f} -> {load1:.1f}, wall {elapsed:.0f} s\n")
     print("| measurement | median | ratio | goal |")
     print("|---|---:|---|---|")
@@ -333,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| step, batch {bs}, no regularizer | {m['plain']:.3f} ms | 1 | |")
         print(f"| step, batch {bs}, + λ·ΣHS (library) | {m['hs']:.3f} ms | {overhead[bs]['hs']:+.1f} % "
               f"(paired {paired[bs]:+.1f} %, CPU time {cpu_overhead[bs]['hs']:+.1f} %) | "
-              f"≤ {STEP_GOAL_PCT:g} %: {goal(overhead[bs]['hs'] <= STEP_GOAL_PCT)} |")
+              f"≤ {STEP_GOAL_PCT:g} % ({verdict_basis}): {goal(verdict[bs]['hs'] <= STEP_GOAL_PCT)} |")
         print(f"| step, batch {bs}, + λ·ΣHS (plain-autograd reference) | {m['hs_autograd_ref']:.3f} ms | "
               f"{overhead[bs]['hs_autograd_ref']:+.1f} % (CPU time {cpu_overhead[bs]['hs_autograd_ref']:+.1f} %) | |")
     print(f"| epoch pass + step, ours (tensors + iterate_batches), {data_n} samples | {rate['ours']:,.0f} samples/s | 1 | |")
@@ -361,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "cpu": cpu_model(),
         "repeats": repeats,
+        "step_repeats": step_repeats,
         "steps_per_repeat": steps,
         "loadavg": [round(load0, 2), round(load1, 2)],
         "step_ms": {str(bs): {k: round(v, 4) for k, v in m.items()} for bs, m in step_ms.items()},
@@ -376,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
         "data_skipped": skipped,
         "trial_samples_per_s": round(trial_rate, 1),
         "trial_epochs": [trial_epochs, trial_finetune],
-        "goal_step_overhead_met": {str(bs): o["hs"] <= STEP_GOAL_PCT for bs, o in overhead.items()},
+        "goal_step_overhead_basis": verdict_basis,
+        "goal_step_overhead_met": {str(bs): o["hs"] <= STEP_GOAL_PCT for bs, o in verdict.items()},
         "goal_data_speedup_met": {k: v >= DATA_GOAL_X for k, v in speedup.items()},
         "wall_s": round(elapsed, 1),
     }

@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     ui = commands.add_parser("ui", help="start the MLflow UI (127.0.0.1) on a sweep's tracking store")
     add_ui_arguments(ui)
     ui.set_defaults(handler=ui_command)
+
+    from analysis.report import add_report_arguments, report_command
+
+    report = commands.add_parser("report", help="write a self-contained HTML report (and PNG figures) of stored sweeps")
+    add_report_arguments(report)
+    report.set_defaults(handler=report_command)
     return parser
 
 

@@ -13,10 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import subprocess
+import threading
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -24,7 +27,9 @@ from typing import Any
 
 import optuna
 import pandas as pd
+import ray
 import yaml
+from ray import tune
 from optuna.trial import TrialState
 
 from analysis.pareto import nondominated_mask
@@ -163,8 +168,11 @@ def resume_checkpoints(sweep_dir: Path) -> dict[int, str]:
 class SweepRecorder:
     """Records each trial of this sweep in MLflow and the results ledger, and prints progress.
 
-    Wrapped into a Ray Tune ``Callback`` by ``make_tune_callback``; kept plain so the same
-    methods repair records when a sweep resumes.
+    Ray Tune's callbacks run on the driver loop, and a trial's ``tune.report`` waits until the
+    driver has handled the report, so slow sqlite writes there would slow every trial.  The
+    callback (``make_tune_callback``) therefore only queues work; one writer thread here does
+    it in order, writing buffered epochs one batch per run whenever the queue runs dry.  The
+    same methods, called directly, repair records when a sweep resumes.
     """
 
     def __init__(self, spec: SweepSpec, name: str, fixed: dict[str, Any], tracker: SweepTracker, ledger: ResultsLedger, started: float, quiet: bool = False) -> None:
@@ -176,6 +184,8 @@ class SweepRecorder:
         self.started = started
         self.quiet = quiet
         self.running: set[int] = set()
+        self._queue: queue.Queue = queue.Queue()
+        self._writer: threading.Thread | None = None
 
     def trial_params(self, sampled: dict[str, Any]) -> dict[str, Any]:
         """Every TrialConfig setting of a trial as it ran: defaults, fixed settings, sampled values."""
@@ -185,13 +195,19 @@ class SweepRecorder:
         self.tracker.child(number, self.name, self.trial_params(sampled))
         self.running.add(number)
 
+    def epoch(self, number: int, result: dict[str, Any]) -> None:
+        run_id = self.tracker.find_child(number)
+        if run_id is not None:
+            self.tracker.buffer_epoch(run_id, result)
+
     def finished(self, number: int, sampled: dict[str, Any], result: dict[str, Any] | None, status: str, message: str = "", ray_trial_id: str = "") -> None:
         """Record one finished trial everywhere it belongs (each step skips what is already there)."""
         result = dict(result or {})
         layers = json.loads(result.pop("layers_json", "[]") or "[]")
+        history = json.loads(result.pop("history_json", "[]") or "[]")
         result.setdefault("message", message)
         run_id = self.tracker.child(number, self.name, self.trial_params(sampled))
-        self.tracker.finish(run_id, result, status, layers)
+        self.tracker.finish(run_id, result, status, layers, history)
         row = {
             "sweep": self.name,
             "trial_number": number,
@@ -222,30 +238,63 @@ class SweepRecorder:
             flush=True,
         )
 
+    def submit(self, method: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        """Queue a record-keeping call for the writer thread (started on first use)."""
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_loop, name="hoyersweep-recorder", daemon=True)
+            self._writer.start()
+        self._queue.put((method, args, kwargs))
 
-def make_tune_callback(recorder: SweepRecorder):
-    """A Ray Tune Callback that forwards trial events to ``recorder``."""
-    from ray.tune import Callback
+    def _write_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                break
+            method, args, kwargs = item
+            try:
+                method(*args, **kwargs)
+            except Exception:  # noqa: BLE001 - a failed write must not kill the sweep; resume repairs records
+                logger.exception("recording %s failed", method.__name__)
+            if self._queue.empty():
+                self.tracker.flush()
 
-    class _RecorderCallback(Callback):
-        def on_trial_start(self, iteration, trials, trial, **info):
-            recorder.started_trial(trial.config[TRIAL_NUMBER_KEY], trial.config)
+    def close(self) -> None:
+        """Finish every queued write (called before the sweep is finalized)."""
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+            self._writer = None
+        self.tracker.flush()
 
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            if not result.get("final") and "epoch" in result:
-                run_id = recorder.tracker.find_child(trial.config[TRIAL_NUMBER_KEY])
-                if run_id:
-                    recorder.tracker.log_epoch(run_id, result)
 
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            result = trial.last_result or {}
-            status = result.get("status", "stopped") if result.get("final") else "stopped"
-            recorder.finished(trial.config[TRIAL_NUMBER_KEY], trial.config, result if result.get("final") else None, status, ray_trial_id=trial.trial_id)
+class RecorderCallback(tune.Callback):
+    """Ray Tune callback that queues trial events for a ``SweepRecorder``'s writer thread.
 
-        def on_trial_error(self, iteration, trials, trial, **info):
-            recorder.finished(trial.config[TRIAL_NUMBER_KEY], trial.config, None, "error", _error_summary(trial), ray_trial_id=trial.trial_id)
+    Tune pickles its callbacks with the experiment; the recorder (threads, database clients)
+    is left out of that, since a sweep resumes from its own records, not from Tune's pickle.
+    """
 
-    return _RecorderCallback()
+    def __init__(self, recorder: SweepRecorder) -> None:
+        self.recorder = recorder
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"recorder": None}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.recorder.submit(self.recorder.started_trial, trial.config[TRIAL_NUMBER_KEY], dict(trial.config))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if not result.get("final") and "epoch" in result:
+            self.recorder.submit(self.recorder.epoch, trial.config[TRIAL_NUMBER_KEY], dict(result))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        result = trial.last_result or {}
+        final = dict(result) if result.get("final") else None
+        status = result.get("status", "stopped") if final else "stopped"
+        self.recorder.submit(self.recorder.finished, trial.config[TRIAL_NUMBER_KEY], dict(trial.config), final, status, ray_trial_id=trial.trial_id)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.recorder.submit(self.recorder.finished, trial.config[TRIAL_NUMBER_KEY], dict(trial.config), None, "error", _error_summary(trial), ray_trial_id=trial.trial_id)
 
 
 def _error_summary(trial) -> str:
@@ -286,8 +335,6 @@ def repair_records(study: optuna.Study, recorder: SweepRecorder) -> int:
 
 def _init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None) -> bool:
     """Connect to ``address`` (or RAY_ADDRESS), else start a local Ray; True if we started it."""
-    import ray
-
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
@@ -326,9 +373,6 @@ def execute_sweep(
     quiet: bool = False,
 ) -> SweepOutcome:
     """Run the trials this sweep still owes, then tag the front and print where things are."""
-    import ray
-    from ray import tune
-
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter honours verbose=0: our progress lines only
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -380,7 +424,7 @@ def execute_sweep(
                 run_config=tune.RunConfig(
                     name=f"run-{len(state.runs)}",
                     storage_path=str((sweep_dir / "ray").resolve()),
-                    callbacks=[make_tune_callback(recorder)],
+                    callbacks=[RecorderCallback(recorder)],
                     failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     verbose=0,
@@ -388,6 +432,7 @@ def execute_sweep(
             )
             tuner.fit()
         finally:
+            recorder.close()
             if started_ray:
                 ray.shutdown()
     return finalize_sweep(spec, sweep_dir, state, study, recorder, started, quiet)

@@ -54,6 +54,7 @@ class SweepTracker:
         self.parent_run_id: str | None = None
         self._children: dict[int, str] = {}
         self._last_step: dict[str, int] = {}
+        self._pending: dict[str, list[dict[str, Any]]] = {}
 
     def start_parent(self, run_id: str | None, name: str, params: dict[str, Any], tags: dict[str, str], spec_text: str) -> str:
         """Create the sweep's parent run, or re-open the one a resumed sweep already has."""
@@ -105,21 +106,38 @@ class SweepTracker:
             self._last_step[run_id] = max((m.step for m in history), default=0)
         return self._last_step[run_id]
 
-    def log_epoch(self, run_id: str, metrics: dict[str, Any]) -> None:
-        """Log one epoch's curves at step = epoch, unless that epoch is already logged (resume)."""
-        step = int(metrics["epoch"])
-        if step <= self._logged_up_to(run_id):
+    def buffer_epoch(self, run_id: str, metrics: dict[str, Any]) -> None:
+        """Queue one epoch's curves (step = epoch) for the next ``flush``."""
+        self._pending.setdefault(run_id, []).append(metrics)
+
+    def flush(self, run_ids: Iterable[str] | None = None) -> None:
+        """Write buffered epochs, one batch per run, skipping epochs already logged (a resume)."""
+        for run_id in list(run_ids if run_ids is not None else self._pending):
+            epochs = self._pending.pop(run_id, [])
+            if epochs:
+                self.log_epochs(run_id, epochs)
+
+    def log_epochs(self, run_id: str, epochs: Iterable[dict[str, Any]]) -> None:
+        """Log epochs not logged yet, in batches of at most 900 values."""
+        done = self._logged_up_to(run_id)
+        fresh = sorted((e for e in epochs if int(e.get("epoch") or 0) > done), key=lambda e: int(e["epoch"]))
+        if not fresh:
             return
         timestamp = _now()
-        batch = [Metric(k, float(metrics[k]), timestamp, step) for k in EPOCH_METRICS if _finite(metrics.get(k))]
-        self.client.log_batch(run_id, metrics=batch, tags=[RunTag("phase", str(metrics.get("phase", "")))])
-        self._last_step[run_id] = step
+        batch = [Metric(k, float(e[k]), timestamp, int(e["epoch"])) for e in fresh for k in EPOCH_METRICS if _finite(e.get(k))]
+        for start in range(0, len(batch), 900):
+            self.client.log_batch(run_id, metrics=batch[start : start + 900])
+        self.client.set_tag(run_id, "phase", str(fresh[-1].get("phase", "")))
+        self._last_step[run_id] = int(fresh[-1]["epoch"])
 
-    def finish(self, run_id: str, result: dict[str, Any], status: str, layers: Iterable[dict] | None = None) -> None:
-        """Log final metrics and the per-layer table, tag the status, and terminate the run."""
+    def finish(self, run_id: str, result: dict[str, Any], status: str, layers: Iterable[dict] | None = None, history: Iterable[dict] | None = None) -> None:
+        """Log final metrics, missing epochs and the per-layer table, tag the status, terminate the run."""
         run = self.client.get_run(run_id)
         if run.info.status != "RUNNING":
             return
+        self.flush([run_id])
+        if history:
+            self.log_epochs(run_id, history)
         timestamp = _now()
         metrics = [Metric(f"final_{k}", float(result[k]), timestamp, 0) for k in FINAL_METRICS if _finite(result.get(k))]
         tags = [RunTag(STATUS_TAG, status)]

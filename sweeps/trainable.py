@@ -69,4 +69,5 @@ def deephoyer_trainable(config: dict[str, Any], fixed: dict[str, Any], checkpoin
         resume_from = _local_copy_of_checkpoint(Path(workdir), resume_path)
         result = run_trial(trial_config, report, resume_from=resume_from)
     final = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in _scalars(result).items()}
-    tune.report({**final, TRIAL_NUMBER_KEY: trial_number, "final": True, "layers_json": json.dumps(result["layers"])})
+    history = json.dumps([{k: v for k, v in epoch.items() if isinstance(v, (int, float, str))} for epoch in result["history"]])
+    tune.report({**final, TRIAL_NUMBER_KEY: trial_number, "final": True, "layers_json": json.dumps(result["layers"]), "history_json": history})

@@ -192,7 +192,7 @@ def cmdline(pid: int) -> list[str]:
         return []
 
 
-def stop_session(sid: int, grace_s: float = 3.0) -> list[int]:
+def stop_session(sid: int, grace_s: float = 2.0) -> list[int]:
     """Stop every process of a session this test started, by PID: SIGTERM, then SIGKILL.
 
     Returns the PIDs still alive afterwards (none, normally)."""
@@ -484,41 +484,51 @@ def test_sweep_runs_on_both_nodes(ray_cluster: LocalRayCluster, tmp_path: Path) 
 
 
 def test_sweep_survives_losing_a_node(ray_cluster: LocalRayCluster, tmp_path: Path) -> None:
-    """SIGKILL the second node's raylet while it runs a trial: the head finishes the sweep."""
-    num_samples = 6
+    """The second node dies (SIGKILL) while it runs a trial: the head finishes the sweep.
+
+    The raylet is killed first, then every other process of that node (its trial worker, agents,
+    log monitor), as when a machine is lost: a worker left alive could otherwise still finish
+    its trial, since the driver talks to it directly."""
+    num_samples = 5
     with ray_cluster.explained():
         driver = ray_cluster.sweep(
             tmp_path / "results", num_samples,
-            "trial.epochs=80", "trial.finetune_epochs=2", "max_failures=3", "checkpoint_interval_s=0.5",
+            "trial.epochs=40", "trial.finetune_epochs=2", "max_failures=3", "checkpoint_interval_s=1",
         )  # fmt: skip
         second = ray_cluster.second
 
-        def trial_running_on_second_node() -> str | None:
-            if not driver.ledger():
-                return None  # wait for one trial to finish first: mid-sweep, records already written
-            finished = {row["ray_trial_id"] for row in driver.ledger()}
+        def checkpointed_trial_on_second_node() -> str | None:
+            ledger = driver.ledger()
+            if not ledger:
+                return None  # mid-sweep: one trial already finished and recorded
+            finished = {row["ray_trial_id"] for row in ledger}
             for trial_id, rows in driver.ray_results().items():
-                last = rows[-1]
-                if trial_id not in finished and not last.get("final") and proc_state(last["pid"]) and second.spawned(last["pid"]):
+                pid = rows[-1]["pid"]
+                if trial_id in finished or rows[-1].get("final") or proc_state(pid) is None or not second.spawned(pid):
+                    continue
+                if any(row.get("checkpoint_dir_name") for row in rows):  # a checkpoint the driver has registered
                     return trial_id
             return None
 
-        victim = wait_for(trial_running_on_second_node, 90, "a trial running on the second node after one finished", driver)
+        victim = wait_for(checkpointed_trial_on_second_node, 90, "a trial with a checkpoint running on the second node", driver)
         raylet = second.raylet_pid()
         assert raylet is not None
-        killed_at = time.time()
         os.kill(raylet, signal.SIGKILL)
+        for pid in session_pids(second.sid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
         assert driver.wait(timeout_s=150) == 0
-        assert proc_state(raylet) is None or proc_state(raylet)[0] in "ZXx"
+        assert session_pids(second.sid) == []
         check_records(driver, num_samples)
         assert any(row["ray_trial_id"] == victim for row in driver.ledger())
-        # the interrupted trial was retried on the head, which reported its final result
-        rows = driver.ray_results()[victim]
-        after = [row for row in rows if row.get("timestamp", 0) >= int(killed_at)]
-        assert after and after[-1].get("final"), rows[-3:]
-        assert node_of(ray_cluster, after[-1]["pid"]) == "head"
-        # every trial that started after the node was gone ran on the head
-        for trial_id, trial_rows in driver.ray_results().items():
-            if trial_rows[0].get("timestamp", 0) > killed_at + 1:
-                assert {node_of(ray_cluster, row["pid"]) for row in trial_rows} == {"head"}, trial_id
+        # the interrupted trial was retried on the head, from the checkpoint it left on shared storage
+        results = driver.ray_results()
+        nodes = [node_of(ray_cluster, row["pid"]) for row in results[victim]]
+        assert nodes[0] == "second" and nodes[-1] == "head" and results[victim][-1].get("final"), nodes
+        retried = [row for row, node in zip(results[victim], nodes) if node == "head"]
+        assert nodes == ["second"] * (len(nodes) - len(retried)) + ["head"] * len(retried), nodes
+        assert retried[0]["epoch"] > 1, f"the retry started again from epoch {retried[0]['epoch']}, not from its checkpoint"
+        # once the second node was gone, everything ran on the head
+        placement = {trial_id: {node_of(ray_cluster, row["pid"]) for row in rows} for trial_id, rows in results.items()}
+        assert None not in set().union(*placement.values()), placement

@@ -5,6 +5,7 @@ plain callback called once per epoch with the metrics so far and a ``TrialState`
 ``save(path)`` writes a checkpoint that ``run_trial(..., resume_from=path)`` continues from
 exactly (each epoch's shuffling is seeded from (seed, phase, epoch), so nothing else is needed).
 
+The result's ``history`` holds every epoch's report, also those before a resume.
 Every report carries ``val_accuracy``, ``nonzero_frac``, ``flops_frac`` and ``loss``.  Before the
 prune, ``nonzero_frac`` / ``flops_frac`` are *projected*: what pruning at the trial's threshold
 would leave right now.  Test accuracy is computed once, at the end, and never used to choose.
@@ -262,6 +263,7 @@ class _TrialRun:
             "wall_time_s": self.elapsed(),
             **self.marks,
             "layers": [layer.as_dict() for layer in sparsity.layers],
+            "history": [dict(epoch) for epoch in self.history],
         }
 
 
