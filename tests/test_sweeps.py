@@ -143,3 +143,17 @@ def test_driver_killed_with_sigkill_then_resumed_loses_and_repeats_nothing(tmp_p
     # An interrupted trial with a checkpoint continued from it instead of starting over.
     for number in interrupted_with_checkpoint:
         assert 1 not in second_run[number], (number, second_run[number])
+
+
+def test_a_second_sweep_of_the_same_problem_warm_starts_from_the_first(digits_sweep, capsys):
+    spec, _ = load_spec("sweeps/digits_quick.yaml", {"budget.num_samples": 2, "trial.epochs": 2, "trial.finetune_epochs": 1, "trial.batch_size": 256})
+    second = run_sweep(spec, storage=str(digits_sweep.sweep_dir.parent), quiet=True)
+    assert second.sweep_dir.name == "digits_quick-2" and second.total == 2
+    study = study_of(second.sweep_dir)
+    warm = [t for t in study.trials if t.user_attrs.get("warm_start_from") == "digits_quick"]
+    assert len(warm) == 6 and len(own_trials(study)) == 2
+    first_values = sorted(tuple(t.values) for t in study_of(digits_sweep.sweep_dir).trials)
+    assert sorted(tuple(t.values) for t in warm) == first_values
+    # Warm-start copies inform the sampler but are not this sweep's trials: no runs, no ledger lines.
+    _, runs = children(second.sweep_dir, json.loads((second.sweep_dir / "state.json").read_text())["parent_run_id"])
+    assert len(runs) == 2 and len(ResultsLedger(second.sweep_dir / "results.jsonl").rows) == 2
