@@ -30,6 +30,7 @@ import pandas as pd
 import ray
 import yaml
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 from optuna.trial import TrialState
 
 from analysis.pareto import nondominated_mask
@@ -50,6 +51,7 @@ from trainables.config import TrialConfig
 from sweeps.tracking import SweepTracker
 
 logger = logging.getLogger(__name__)
+EPOCH_FLUSH_S = 2.0  # live epoch curves reach MLflow at most this late; fewer sqlite commits on the driver
 OPTUNA_STATUS = {TrialState.COMPLETE: "ok", TrialState.FAIL: "error", TrialState.PRUNED: "stopped"}
 
 
@@ -208,6 +210,9 @@ class SweepRecorder:
         result.setdefault("message", message)
         run_id = self.tracker.child(number, self.name, self.trial_params(sampled))
         self.tracker.finish(run_id, result, status, layers, history)
+        self.running.discard(number)
+        if status == "stopped":  # interrupted, not finished: a resumed sweep runs it again
+            return
         row = {
             "sweep": self.name,
             "trial_number": number,
@@ -222,7 +227,6 @@ class SweepRecorder:
             "layers": layers,
         }
         self.ledger.append(row)
-        self.running.discard(number)
         self.print_progress()
 
     def print_progress(self) -> None:
@@ -246,17 +250,23 @@ class SweepRecorder:
         self._queue.put((method, args, kwargs))
 
     def _write_loop(self) -> None:
+        last_flush = time.monotonic()
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=EPOCH_FLUSH_S)
+            except queue.Empty:
+                item = ()
             if item is None:
                 break
-            method, args, kwargs = item
-            try:
-                method(*args, **kwargs)
-            except Exception:  # noqa: BLE001 - a failed write must not kill the sweep; resume repairs records
-                logger.exception("recording %s failed", method.__name__)
-            if self._queue.empty():
+            if item:
+                method, args, kwargs = item
+                try:
+                    method(*args, **kwargs)
+                except Exception:  # noqa: BLE001 - a failed write must not kill the sweep; resume repairs records
+                    logger.exception("recording %s failed", method.__name__)
+            if time.monotonic() - last_flush >= EPOCH_FLUSH_S:
                 self.tracker.flush()
+                last_flush = time.monotonic()
 
     def close(self) -> None:
         """Finish every queued write (called before the sweep is finalized)."""
@@ -375,6 +385,7 @@ def execute_sweep(
     """Run the trials this sweep still owes, then tag the front and print where things are."""
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter honours verbose=0: our progress lines only
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/TensorBoard per report; JSON kept below
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -424,7 +435,7 @@ def execute_sweep(
                 run_config=tune.RunConfig(
                     name=f"run-{len(state.runs)}",
                     storage_path=str((sweep_dir / "ray").resolve()),
-                    callbacks=[RecorderCallback(recorder)],
+                    callbacks=[JsonLoggerCallback(), RecorderCallback(recorder)],
                     failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     verbose=0,

@@ -121,23 +121,30 @@ class SweepSearch(OptunaSearch):
         return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """Tell Optuna how a trial ended; a trial stopped before its final report stays RUNNING.
+
+        Tune stops unfinished trials when the sweep is interrupted (Ctrl-C, time budget): such a
+        trial is neither a result nor a failure, so it is left RUNNING in the study and a resumed
+        sweep adopts it.
+        """
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
+        self._completed_trials.add(trial_id)
         ot_trial = self._ot_trials[trial_id]
+        if not error and not (result or {}).get("final"):
+            logger.info("trial %d stopped before it finished; a resumed sweep runs it again", ot_trial.number)
+            return
         values = objective_values(result, self.metric)
         try:
             if result:
                 for key, value in final_attrs(result).items():
                     ot_trial.set_user_attr(key, value)
             if values is None:
-                status = (result or {}).get("status") or ("error" if error else "stopped")
-                ot_trial.set_user_attr("status", status)
-                state = TrialState.PRUNED if status == "stopped" else TrialState.FAIL
-                self._ot_study.tell(ot_trial, state=state)
+                ot_trial.set_user_attr("status", (result or {}).get("status") or "error")
+                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
             else:
                 for constraint in self._constraints:
                     ot_trial.set_constraint(f"{constraint.metric}_{'min' if constraint.min is not None else 'max'}", constraint.violation(result[constraint.metric]))
                 self._ot_study.tell(ot_trial, values, state=TrialState.COMPLETE)
         except Exception as exc:  # noqa: BLE001 - Optuna refusing one trial must not stop the sweep
             logger.warning("could not record trial %d in Optuna: %s", ot_trial.number, exc)
-        self._completed_trials.add(trial_id)
