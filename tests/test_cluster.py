@@ -209,6 +209,19 @@ def stop_session(sid: int, grace_s: float = 2.0) -> list[int]:
     return session_pids(sid)
 
 
+def json_lines(path: Path) -> list[dict]:
+    """The complete lines of a JSON-lines file another process is appending to."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return []
+    rows = []
+    for line in text.split("\n")[:-1]:  # the last piece is empty, or a line still being written
+        with contextlib.suppress(json.JSONDecodeError):
+            rows.append(json.loads(line))
+    return rows
+
+
 def tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -276,20 +289,13 @@ class Driver:
             raise AssertionError(f"the sweep did not finish within {timeout_s:.0f}s") from None
 
     def ledger(self) -> list[dict]:
-        path = self.sweep_dir / "results.jsonl"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip().endswith("}")]
+        return json_lines(self.sweep_dir / "results.jsonl")
 
     def ray_results(self) -> dict[str, list[dict]]:
         """Each Ray trial's reported results so far (Ray's result.json), by Ray trial id."""
         results: dict[str, list[dict]] = {}
         for path in (self.sweep_dir / "ray").glob("run-*/*/result.json"):
-            rows = []
-            for line in path.read_text().splitlines():
-                with contextlib.suppress(json.JSONDecodeError):
-                    rows.append(json.loads(line))
-            if rows:
+            if rows := json_lines(path):
                 results[rows[0]["trial_id"]] = rows
         return results
 
