@@ -4,9 +4,13 @@ The sweep runs first (random sampler, fixed seed); its trials' exact settings ar
 again in-process, one after another, with the same threads per trial.  Reported:
 
 - ``loop_s``: Σ trial wall time in the plain loop; ``ideal_s`` = loop_s / concurrency;
+- ``pool_s``: the same trials in a plain process pool of ``concurrency`` workers, no Ray: what
+  this machine really gives for that concurrency (trials slow each other down on 2 cores);
 - ``sweep_s``: the sweep's wall time from ``Tuner.fit``'s start to its end (Ray start-up
   excluded, reported apart as ``ray_start_s``);
-- overhead per trial = (sweep_s − ideal_s) / N, and the ratio sweep_s / ideal_s.
+- overhead per trial = (sweep_s − ideal_s) / N, and the ratio sweep_s / ideal_s;
+- ``in_trial_s``: Σ trial wall time measured inside the sweep's trials, and
+  ``report_wait_per_trial_s``: time a trial spent blocked in ``tune.report``.
 
 Usage: ``python bench/bench_sweep.py --quick`` (digits, ~1 min) or
 ``python bench/bench_sweep.py --dataset mnist --data-dir ../shared/data/mnist``.
@@ -16,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import ray
@@ -66,20 +72,30 @@ def one_repeat(args: argparse.Namespace, seed: int, workdir: Path) -> dict[str, 
         sweep_s = time.perf_counter() - began
     finally:
         ray.shutdown()
-    configs = [json.loads(line)["config"] for line in (outcome.sweep_dir / "results.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (outcome.sweep_dir / "results.jsonl").read_text().splitlines()]
+    configs = [row["config"] for row in rows]
     loop_started = time.perf_counter()
     for config in configs:
         run_trial(config)
     loop_s = time.perf_counter() - loop_started
     ideal_s = loop_s / args.concurrency
+    pool_started = time.perf_counter()
+    with ProcessPoolExecutor(args.concurrency, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(run_trial, configs))
+    pool_s = time.perf_counter() - pool_started
     return {
         "ray_start_s": ray_start,
         "sweep_s": sweep_s,
         "loop_s": loop_s,
         "ideal_s": ideal_s,
         "overhead_per_trial_s": (sweep_s - ideal_s) / len(configs),
+        "in_trial_s": sum(row["wall_time_s"] for row in rows),
+        "report_wait_per_trial_s": sum(row.get("report_wait_s") or 0.0 for row in rows) / len(rows),
         "sweep_over_ideal": sweep_s / ideal_s,
         "sweep_over_loop": sweep_s / loop_s,
+        "pool_s": pool_s,
+        "sweep_over_pool": sweep_s / pool_s,
+        "ray_overhead_per_trial_s": (sweep_s - pool_s) / len(configs),
     }
 
 

@@ -181,6 +181,7 @@ class SweepRecorder:
         self.spec = spec
         self.name = name
         self.fixed = fixed
+        self.driver_run = 1
         self.tracker = tracker
         self.ledger = ledger
         self.started = started
@@ -219,7 +220,8 @@ class SweepRecorder:
             "status": status,
             "message": result.get("message") or message,
             **{f"param.{k}": v for k, v in sampled.items() if k in self.spec.search},
-            **{k: result.get(k) for k in ("val_accuracy", "test_accuracy", "nonzero_frac", "flops_frac", "loss", "val_loss", "epochs", "wall_time_s", "val_accuracy_before_prune", "val_accuracy_after_prune")},
+            **{k: result.get(k) for k in ("val_accuracy", "test_accuracy", "nonzero_frac", "flops_frac", "loss", "val_loss", "epochs", "wall_time_s", "report_wait_s", "val_accuracy_before_prune", "val_accuracy_after_prune", "resumed_from_epoch", "node_id")},
+            "driver_run": self.driver_run,
             "config": self.trial_params(sampled),
             "mlflow_run_id": run_id,
             "ray_trial_id": ray_trial_id,
@@ -409,6 +411,7 @@ def execute_sweep(
     ledger = ResultsLedger(sweep_dir / RESULTS_FILE)
     fixed = fixed_settings(spec, sweep_dir)
     recorder = SweepRecorder(spec, state.name, fixed, tracker, ledger, started, quiet)
+    recorder.driver_run = len(state.runs)  # 1 for the first run of the sweep, 2 after one resume, …
     repaired = repair_records(study, recorder)
     if repaired and not quiet:
         print(f"[{state.name}] repaired the records of {repaired} trial(s) finished before the interruption", flush=True)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 
 from sweeps.search import RESUME_KEY, TRIAL_NUMBER_KEY
@@ -52,9 +53,11 @@ def deephoyer_trainable(config: dict[str, Any], fixed: dict[str, Any], checkpoin
     resume_path = config.pop(RESUME_KEY, None)
     trial_config = TrialConfig.from_dict({**fixed, **config})
     last_checkpoint = time.monotonic()
+    waited = 0.0  # seconds this trial spent inside tune.report: Ray's share of the trial's time
 
     def report(metrics: dict[str, Any], state: TrialState) -> None:
-        nonlocal last_checkpoint
+        nonlocal last_checkpoint, waited
+        began = time.perf_counter()
         metrics = {**metrics, TRIAL_NUMBER_KEY: trial_number}
         if checkpoint_interval_s and time.monotonic() - last_checkpoint >= checkpoint_interval_s:
             with tempfile.TemporaryDirectory() as directory:
@@ -64,10 +67,12 @@ def deephoyer_trainable(config: dict[str, Any], fixed: dict[str, Any], checkpoin
             last_checkpoint = time.monotonic()
         else:
             tune.report(metrics)
+        waited += time.perf_counter() - began
 
     with tempfile.TemporaryDirectory() as workdir:
         resume_from = _local_copy_of_checkpoint(Path(workdir), resume_path)
         result = run_trial(trial_config, report, resume_from=resume_from)
     final = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in _scalars(result).items()}
     history = json.dumps([{k: v for k, v in epoch.items() if isinstance(v, (int, float, str))} for epoch in result["history"]])
-    tune.report({**final, TRIAL_NUMBER_KEY: trial_number, "final": True, "layers_json": json.dumps(result["layers"]), "history_json": history})
+    node_id = ray.get_runtime_context().get_node_id()
+    tune.report({**final, TRIAL_NUMBER_KEY: trial_number, "final": True, "report_wait_s": waited, "node_id": node_id, "layers_json": json.dumps(result["layers"]), "history_json": history})

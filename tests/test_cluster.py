@@ -6,9 +6,9 @@
 - A two-node Ray cluster on this machine (two ``ray start``: a head and a second node, each with
   its own temp dir and 1 CPU) runs a sweep driven by ``hoyersweep run --address`` in a
   subprocess, so this test process never joins a cluster: the trials run on both nodes.
-- The same cluster loses its second node mid-sweep (its raylet is SIGKILLed): the sweep retries
-  the trial that was running there on the head and still finishes every trial, with the ledger,
-  Optuna and MLflow all agreeing.
+- The same cluster loses its second node mid-sweep (its raylet, then all its other processes,
+  are SIGKILLed): the sweep retries the trial that was running there on the head, from its
+  checkpoint, and still finishes every trial, with the ledger, Optuna and MLflow all agreeing.
 
 Every process these tests start lives in a session of its own (``start_new_session``); teardown
 stops exactly the processes of those sessions, by PID (SIGTERM, then SIGKILL).  Never ``ray stop``,
@@ -170,10 +170,10 @@ def proc_state(pid: int) -> tuple[str, int] | None:
     """(state, session id) of a process from /proc, or None when it is gone."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp session ...
+        return fields[0], int(fields[3])
+    except (OSError, ValueError, IndexError):  # gone, or caught half-way through exiting
         return None
-    fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp session ...
-    return fields[0], int(fields[3])
 
 
 def session_pids(sid: int) -> list[int]:
@@ -239,8 +239,19 @@ class RayNode:
     start_log: Path
 
     @property
+    def session_dir(self) -> Path:
+        return self.temp_dir / "session_latest"
+
+    @property
     def logs_dir(self) -> Path:
-        return self.temp_dir / "session_latest" / "logs"
+        return self.session_dir / "logs"
+
+    def ran(self, trial_id: str) -> bool:
+        """Whether Ray Tune started trial ``trial_id`` on this node.
+
+        Tune gives every trial a working folder, made by the trial's actor in the Ray session
+        folder of the node it runs on: ``artifacts/<time>/<experiment>/working_dirs/<trial>``."""
+        return any(f"_{trial_id}_" in d.name for d in self.session_dir.glob("artifacts/*/*/working_dirs/*"))
 
     def raylet_pid(self) -> int | None:
         for pid in session_pids(self.sid):
@@ -290,14 +301,6 @@ class Driver:
 
     def ledger(self) -> list[dict]:
         return json_lines(self.sweep_dir / "results.jsonl")
-
-    def ray_results(self) -> dict[str, list[dict]]:
-        """Each Ray trial's reported results so far (Ray's result.json), by Ray trial id."""
-        results: dict[str, list[dict]] = {}
-        for path in (self.sweep_dir / "ray").glob("run-*/*/result.json"):
-            if rows := json_lines(path):
-                results[rows[0]["trial_id"]] = rows
-        return results
 
 
 @dataclass
@@ -366,6 +369,19 @@ class LocalRayCluster:
         if code != 0 or node.raylet_pid() is None:
             raise RuntimeError(f"`ray start` of the {name} node failed (exit {code})")
         return node
+
+    def trial_results(self) -> dict[str, list[dict]]:
+        """Each Ray trial's results so far, by Ray trial id, as the driver received them.
+
+        Read from the ``result.json`` Tune's driver writes (and flushes) per result in its staging
+        folder, inside the Ray session folder of the node the driver attached to: the head
+        (Ray prefers the head among several nodes on one host).  The copies under the sweep's
+        ``ray/`` folder are synced from there now and then, so they can lag or be missing."""
+        results: dict[str, list[dict]] = {}
+        for path in self.head.session_dir.glob("artifacts/*/*/driver_artifacts/*/result.json"):
+            if rows := json_lines(path):
+                results[rows[0]["trial_id"]] = rows
+        return results
 
     def sweep(self, storage: Path, num_samples: int, *settings: str) -> Driver:
         """Start ``hoyersweep run`` of the digits spec against this cluster, in a subprocess."""
@@ -482,11 +498,14 @@ def test_sweep_runs_on_both_nodes(ray_cluster: LocalRayCluster, tmp_path: Path) 
         driver = ray_cluster.sweep(tmp_path / "results", num_samples, "trial.epochs=20", "trial.finetune_epochs=2")
         assert driver.wait(timeout_s=150) == 0
         check_records(driver, num_samples)
-        results = driver.ray_results()
-        assert len(results) == num_samples
-        placement = {trial_id: {node_of(ray_cluster, row["pid"]) for row in rows} for trial_id, rows in results.items()}
-        assert all(len(nodes) == 1 and None not in nodes for nodes in placement.values()), placement
+        placement = {row["ray_trial_id"]: {node.name for node in ray_cluster.nodes if node.ran(row["ray_trial_id"])} for row in driver.ledger()}
+        assert all(len(nodes) == 1 for nodes in placement.values()), placement
         assert set().union(*placement.values()) == {"head", "second"}, placement
+        # the results the driver received say the same: they came from processes of those nodes
+        results = ray_cluster.trial_results()
+        assert results.keys() == placement.keys()
+        for trial_id, rows in results.items():
+            assert {node_of(ray_cluster, row["pid"]) for row in rows} == placement[trial_id], trial_id
 
 
 def test_sweep_survives_losing_a_node(ray_cluster: LocalRayCluster, tmp_path: Path) -> None:
@@ -508,7 +527,7 @@ def test_sweep_survives_losing_a_node(ray_cluster: LocalRayCluster, tmp_path: Pa
             if not ledger:
                 return None  # mid-sweep: one trial already finished and recorded
             finished = {row["ray_trial_id"] for row in ledger}
-            for trial_id, rows in driver.ray_results().items():
+            for trial_id, rows in ray_cluster.trial_results().items():
                 pid = rows[-1]["pid"]
                 if trial_id in finished or rows[-1].get("final") or proc_state(pid) is None or not second.spawned(pid):
                     continue
@@ -528,13 +547,15 @@ def test_sweep_survives_losing_a_node(ray_cluster: LocalRayCluster, tmp_path: Pa
         assert session_pids(second.sid) == []
         check_records(driver, num_samples)
         assert any(row["ray_trial_id"] == victim for row in driver.ledger())
-        # the interrupted trial was retried on the head, from the checkpoint it left on shared storage
-        results = driver.ray_results()
+        # the interrupted trial was retried on the head, from the checkpoint it left on the storage
+        assert second.ran(victim) and ray_cluster.head.ran(victim)
+        results = ray_cluster.trial_results()
         nodes = [node_of(ray_cluster, row["pid"]) for row in results[victim]]
         assert nodes[0] == "second" and nodes[-1] == "head" and results[victim][-1].get("final"), nodes
         retried = [row for row, node in zip(results[victim], nodes) if node == "head"]
         assert nodes == ["second"] * (len(nodes) - len(retried)) + ["head"] * len(retried), nodes
         assert retried[0]["epoch"] > 1, f"the retry started again from epoch {retried[0]['epoch']}, not from its checkpoint"
-        # once the second node was gone, everything ran on the head
-        placement = {trial_id: {node_of(ray_cluster, row["pid"]) for row in rows} for trial_id, rows in results.items()}
-        assert None not in set().union(*placement.values()), placement
+        # no other trial was interrupted: each ran on one node
+        for row in driver.ledger():
+            if row["ray_trial_id"] != victim:
+                assert sum(node.ran(row["ray_trial_id"]) for node in ray_cluster.nodes) == 1, row["ray_trial_id"]

@@ -346,6 +346,7 @@ def run_trial(
     if resume_from:
         checkpoint = load_checkpoint(resume_from)
         run.restore(checkpoint)
+        run.marks["resumed_from_epoch"] = int(checkpoint["epoch"])
         current, start, optimizer_state = checkpoint["phase"], checkpoint["phase_epoch"], checkpoint["optimizer"]
     else:
         with _pretrain_lock(config):
