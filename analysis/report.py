@@ -29,9 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING
 
 from analysis.pareto import (
     Objective,
@@ -44,6 +42,10 @@ from analysis.pareto import (
     sparsest_with_accuracy,
 )
 from analysis.results import load_layers, load_results
+
+if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn, so ``hoyersweep train`` starts fast
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 FIGURES: tuple[str, ...] = ("scatter", "hypervolume", "layers", "coverage")
 TABLE_COLUMNS: tuple[str, ...] = (
@@ -86,6 +88,7 @@ class ReportData:
     history: pd.DataFrame  # sweep, trial_number, n_trials, hypervolume
     reference: np.ndarray | None
     layers: pd.DataFrame | None
+    constraints: list[dict] = field(default_factory=list)  # {sweep, metric, min|max} from the sweep folders' specs
     notes: dict[str, list[str]] = field(default_factory=dict)  # section -> messages
 
     def note(self, section: str, message: str) -> None:
@@ -133,7 +136,7 @@ def _choices(table: pd.DataFrame, objectives: list[Objective], accuracy: str, sp
     return [
         Choice("knee", "knee point of the overall front (largest distance from the line joining its extremes)", knee),
         Choice(f"sparsest {accuracy} ≥ {min_accuracy:.4g}", f"smallest {sparsity} among trials with {accuracy} ≥ {min_accuracy:.4g}", sparsest),
-        Choice(f"best {sparsity} ≤ {max_nonzero:.4g}", f"highest {accuracy} among trials with {sparsity} ≤ {max_nonzero:.4g}", accurate),
+        Choice(f"most accurate {sparsity} ≤ {max_nonzero:.4g}", f"highest {accuracy} among trials with {sparsity} ≤ {max_nonzero:.4g}", accurate),
     ]
 
 
@@ -169,18 +172,21 @@ def _layers(sources: Sequence[str], data: ReportData) -> pd.DataFrame | None:
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
-def _constraints(sources: Sequence[str]) -> list[str]:
-    """The constraints of the sweep folders' specs, as text (the sweep's own pareto.csv applies them)."""
+def _constraints(sources: Sequence[str]) -> list[dict]:
+    """The constraints of the sweep folders' specs (the sweep's own pareto.csv applies them; this report does not)."""
     import yaml
 
     found = []
     for source in sources:
         for sweep in _sweep_dirs(str(source)):
             spec = yaml.safe_load((sweep / "spec.yaml").read_text()) if (sweep / "spec.yaml").exists() else {}
-            for c in (spec or {}).get("constraints") or []:
-                bound = f"≥ {c['min']:g}" if c.get("min") is not None else f"≤ {c.get('max'):g}"
-                found.append(f"{sweep.name}: {c['metric']} {bound}")
+            found += [{"sweep": sweep.name, **c} for c in (spec or {}).get("constraints") or [] if isinstance(c, dict) and "metric" in c]
     return found
+
+
+def _constraint_text(c: dict) -> str:
+    bound = f"≥ {c['min']:g}" if c.get("min") is not None else f"≤ {c['max']:g}"
+    return f"{c['sweep']}: {c['metric']} {bound}"
 
 
 def collect(table: pd.DataFrame, objectives: list[Objective], *, by: str | None = None, min_accuracy: float | None = None,
@@ -202,6 +208,7 @@ def collect(table: pd.DataFrame, objectives: list[Objective], *, by: str | None 
     except ValueError as error:  # an objective without a known worst value and no ok trial
         data.note("hypervolume", f"no reference point: {error}")
     data.layers = _layers(sources, data) if sources else None
+    data.constraints = _constraints(sources)
     if not sources:
         data.note("layers", "no sweep folder given: per-layer sparsity is only read from sweep folders.")
     return data
@@ -212,6 +219,9 @@ def collect(table: pd.DataFrame, objectives: list[Objective], *, by: str | None 
 
 def _new_figure(panels: int, *, width: float = 9.0, height: float = 5.0, rows: int = 1) -> tuple[Figure, list[Axes]]:
     """A figure of ``panels`` axes on the Agg canvas, in the report's style."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     cols = math.ceil(panels / rows)
     fig = Figure(figsize=(width * cols if rows == 1 else width, height * rows), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
@@ -238,7 +248,14 @@ def _log_if_spans(ax: Axes, axis: str, values: np.ndarray, decades: float = 1.0)
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
     if v.size and (v > 0).all() and math.log10(v.max() / v.min()) >= decades:
+        from matplotlib.ticker import FuncFormatter, LogLocator
+
         (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+        target = ax.xaxis if axis == "x" else ax.yaxis
+        target.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        if math.log10(v.max() / v.min()) < 2:  # few decades: label 2 and 5 between the powers of ten
+            target.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+            target.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
 
 
 def _group_colors(keys: Sequence[object]) -> dict[object, str]:
@@ -287,6 +304,10 @@ def scatter_figure(data: ReportData) -> Figure | None:
         ax.scatter([choice.row[x]], [choice.row[y]], marker="*", s=260, facecolor="none", edgecolor="black", linewidth=1.2, zorder=4)
         ax.annotate(choice.label, (choice.row[x], choice.row[y]), xytext=(8, -14 - 11 * i), textcoords="offset points", fontsize=8,
                     arrowprops=dict(arrowstyle="-", color="0.4", linewidth=0.6))
+    for c in {(c["metric"], c.get("min"), c.get("max")) for c in data.constraints}:
+        bound = c[1] if c[1] is not None else c[2]
+        if c[0] in (x, y) and bound is not None:
+            (ax.axhline if c[0] == y else ax.axvline)(bound, color="0.5", linestyle="--", linewidth=0.9, label=f"sweep constraint {c[0]} {'≥' if c[1] is not None else '≤'} {bound:g}")
     _log_if_spans(ax, "x", plotted[x].to_numpy(dtype=float))
     left_out = len(table) - len(plotted)
     _style(ax, f"All {len(table)} trials" + (f" ({left_out} without metrics not shown)" if left_out else ""), f"{x} ({_direction(data, x)})", f"{y} ({_direction(data, y)})")
@@ -342,7 +363,7 @@ def layers_figure(data: ReportData) -> Figure | None:
     if not panels:
         return None
     n_layers = max(len(p[2]) for p in panels)
-    fig, axes = _new_figure(len(panels), width=min(24.0, max(8.0, 0.5 * n_layers + 4)), height=3.6, rows=len(panels))
+    fig, axes = _new_figure(len(panels), width=min(24.0, max(10.0, 0.5 * n_layers + 4)), height=3.4, rows=len(panels))
     width = 0.8 / len(LAYER_BARS)
     for ax, (label, row, layers) in zip(axes, panels):
         positions = np.arange(len(layers))
@@ -351,7 +372,8 @@ def layers_figure(data: ReportData) -> Figure | None:
         ax.set_xticks(positions, layers["name"].tolist(), rotation=45 if len(layers) > 6 else 0, ha="right" if len(layers) > 6 else "center", fontsize=8)
         ax.set_ylim(0, 1.05)
         title = f"{label}: {row['sweep']} trial {row['trial_number']} ({data.sparsity}={row[data.sparsity]:.4g}, {data.accuracy}={row[data.accuracy]:.4g})"
-        _style(ax, title, "", "fraction kept")
+        _style(ax, title, "", "fraction kept", legend=False)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside upper center", ncols=len(LAYER_BARS), fontsize=9)
     return fig
 
 
@@ -386,7 +408,7 @@ h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.25em; border-bo
 table { border-collapse: collapse; font-size: 0.85em; margin: 8px 0; } th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: right; }
 th { background: #f3f3f3; } td.text, th.text { text-align: left; } tr:nth-child(even) td { background: #fafafa; }
 img { max-width: 100%; height: auto; border: 1px solid #eee; } .note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 6px 10px; margin: 8px 0; }
-.muted { color: #666; font-size: 0.9em; } code { background: #f3f3f3; padding: 0 3px; }
+.muted { color: #666; font-size: 0.9em; } .scroll { overflow-x: auto; } td.text { white-space: nowrap; } code { background: #f3f3f3; padding: 0 3px; }
 """
 TEXT_COLUMNS = {"sweep", "reg", "threshold_mode", "mlflow_run_id", "status", "message", "rule", "chosen", "name", "shape", "model", "dataset"}
 
@@ -412,7 +434,7 @@ def table_html(frame: pd.DataFrame, columns: Sequence[str], css_id: str | None =
     head = "".join(f'<th class="{"text" if c in TEXT_COLUMNS else ""}">{_esc(c)}</th>' for c in columns)
     body = "".join("<tr>" + "".join(_cell(c, v) for c, v in zip(columns, row)) + "</tr>" for row in frame[columns].itertuples(index=False, name=None))
     ident = f' id="{_esc(css_id)}"' if css_id else ""
-    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="scroll"><table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def _img(name: str, png: bytes, alt: str) -> str:
@@ -427,7 +449,7 @@ def _section(ident: str, title: str, body: str) -> str:
     return f'<section id="{_esc(ident)}"><h2>{_esc(title)}</h2>{body}</section>'
 
 
-def _header(data: ReportData, sources: Sequence[str], constraints: Sequence[str]) -> str:
+def _header(data: ReportData, sources: Sequence[str]) -> str:
     """Sources, trial counts by status per sweep, objectives, grouping and the selection rule."""
     table = data.table
     counts = table.groupby(["sweep", "status"], dropna=False).size().unstack(fill_value=0) if len(table) else pd.DataFrame()
@@ -445,9 +467,9 @@ def _header(data: ReportData, sources: Sequence[str], constraints: Sequence[str]
     ]
     if any("test" in o.name.lower() for o in data.objectives):
         parts.append('<p class="note">An objective is a test metric: choosing on it leaks the test set into model selection.</p>')
-    if constraints:
-        parts.append('<p class="muted">Sweep constraints (applied by the sweep\'s own <code>pareto.csv</code>, not here): '
-                     + "; ".join(_esc(c) for c in constraints) + ".</p>")
+    if data.constraints:
+        parts.append('<p class="muted">Sweep constraints (applied by each sweep\'s own <code>pareto.csv</code>, not here, so fronts '
+                     "may hold trials that violate them): " + "; ".join(_esc(_constraint_text(c)) for c in data.constraints) + ".</p>")
     if data.ok.empty:
         parts.append('<p class="note" id="no-ok-trial">No trial finished ok: there is no Pareto front, no chosen point and no hypervolume. '
                      "See the excluded trials below for what went wrong.</p>")
@@ -461,8 +483,8 @@ def _front_section(data: ReportData) -> str:
              table_html(data.front, columns, "front-table") if len(data.front) else '<p class="note">The front is empty: no ok trial with finite objectives.</p>']
     chosen = pd.DataFrame([{"chosen": c.label, "rule": c.rule, **(c.row.to_dict() if c.row is not None else {})} for c in data.choices])
     if len(chosen):
-        parts += ["<h3>Chosen points</h3>", table_html(chosen, ["chosen", *TABLE_COLUMNS, "rule"], "chosen-table")]
-        parts += [f'<p class="muted">{_esc(c.label)}: nothing qualifies.</p>' for c in data.choices if c.row is None]
+        rules = "".join(f"<li><b>{_esc(c.label)}</b>: {_esc(c.rule)}{'' if c.row is not None else ' — nothing qualifies'}.</li>" for c in data.choices)
+        parts += ["<h3>Chosen points</h3>", table_html(chosen, ["chosen", *TABLE_COLUMNS], "chosen-table"), f'<ul class="muted">{rules}</ul>']
     excluded = data.table[~data.table["status"].eq("ok").fillna(False).to_numpy(dtype=bool)]
     if len(excluded):
         body = table_html(excluded.assign(message=excluded["message"].fillna("").str.slice(0, 300)), ["sweep", "trial_number", "status", "reg", "strength", "threshold", "message"], "excluded-table")
@@ -483,7 +505,7 @@ def _layers_tables(data: ReportData) -> str:
     return "".join(parts)
 
 
-def render_html(data: ReportData, images: dict[str, bytes], sources: Sequence[str], constraints: Sequence[str] = ()) -> str:
+def render_html(data: ReportData, images: dict[str, bytes], sources: Sequence[str]) -> str:
     """The whole page: header and five sections, every figure inlined."""
     def figure(name: str, alt: str, missing: str) -> str:
         return _img(name, images[name], alt) if name in images else f'<p class="note">{_esc(missing)}</p>'
@@ -503,7 +525,7 @@ def render_html(data: ReportData, images: dict[str, bytes], sources: Sequence[st
     title = f"hoyersweep report: {', '.join(sorted(map(str, data.table['sweep'].dropna().unique()))) or 'no trials'}"
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title><style>{CSS}</style></head><body>'
-            f'<h1>{_esc(title)}</h1><p class="muted">generated {_esc(generated)}</p><section id="header">{_header(data, sources, constraints)}</section>'
+            f'<h1>{_esc(title)}</h1><p class="muted">generated {_esc(generated)}</p><section id="header">{_header(data, sources)}</section>'
             + "".join(sections) + "</body></html>\n")
 
 
@@ -522,7 +544,7 @@ def write_report(data: ReportData, output: str | Path, sources: Sequence[str] = 
         images[name] = _png(fig)
         path.write_bytes(images[name])
         written[name] = path
-    output.write_text(render_html(data, images, sources, _constraints(sources)), encoding="utf-8")
+    output.write_text(render_html(data, images, sources), encoding="utf-8")
     written["html"] = output
     return written
 

@@ -1,0 +1,163 @@
+"""``hoyersweep report``: a real small sweep to a self-contained HTML page, edge cases, a headless screenshot."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.pareto import DEFAULT_OBJECTIVES, pareto_front
+from analysis.report import FIGURES, collect, default_by, write_report
+from analysis.results import COLUMNS, load_results, write_parquet
+from sweeps.cli import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class TableCells(HTMLParser):
+    """The text of every cell of the table with a given id, row by row (header row first)."""
+
+    def __init__(self, table_id: str) -> None:
+        super().__init__()
+        self.table_id, self.depth, self.rows, self.cell = table_id, 0, [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table" and (self.depth or dict(attrs).get("id") == self.table_id):
+            self.depth += 1
+        elif self.depth and tag == "tr":
+            self.rows.append([])
+        elif self.depth and tag in ("td", "th"):
+            self.cell = ""
+
+    def handle_endtag(self, tag):
+        if tag == "table" and self.depth:
+            self.depth -= 1
+        elif self.depth and tag in ("td", "th") and self.cell is not None:
+            self.rows[-1].append(self.cell)
+            self.cell = None
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell += data
+
+
+def table_column(page: str, table_id: str, column: str) -> list[str]:
+    parser = TableCells(table_id)
+    parser.feed(page)
+    assert parser.rows, f"no table with id {table_id!r}"
+    header, *rows = parser.rows
+    return [row[header.index(column)] for row in rows]
+
+
+def assert_self_contained(page: str) -> None:
+    """Nothing the browser would fetch: no remote src, no <link>, no <script>, no CSS url()/@import."""
+    lowered = page.lower()
+    assert not re.search(r"""src\s*=\s*["']?\s*(https?:)?//""", lowered)
+    assert "<link" not in lowered and "<script" not in lowered
+    assert "url(" not in lowered and "@import" not in lowered
+
+
+def assert_png(path: Path, min_bytes: int = 5000) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, path
+    assert len(data) > min_bytes, (path, len(data))
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(request, local_ray, tmp_path_factory) -> Path:
+    """A real digits sweep (6 trials, 2+1 epochs): the suite's shared one when conftest offers it, else our own."""
+    try:
+        return request.getfixturevalue("digits_sweep").sweep_dir
+    except pytest.FixtureLookupError:
+        from sweeps.runner import run_sweep
+        from sweeps.spec import load_spec
+
+        spec, _ = load_spec("sweeps/digits_quick.yaml", {"budget.num_samples": 6, "trial.epochs": 2, "trial.finetune_epochs": 1, "trial.batch_size": 256})
+        return run_sweep(spec, storage=str(tmp_path_factory.mktemp("report_sweeps")), quiet=True).sweep_dir
+
+
+@pytest.fixture(scope="module")
+def report(sweep_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "report.html"
+    assert main(["report", str(sweep_dir), "-o", str(out)]) == 0
+    return out
+
+
+def test_report_of_a_real_sweep(report, sweep_dir):
+    page = report.read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>")
+    for name in FIGURES:  # every figure inlined, and written beside the page as a real PNG
+        assert f'id="fig-{name}" alt="' in page and re.search(rf'id="fig-{name}"[^>]*src="data:image/png;base64,[A-Za-z0-9+/=]{{1000,}}"', page)
+        assert_png(report.with_name(f"report_{name}.png"))
+    for section in ("header", "scatter", "front", "hypervolume", "layers", "coverage"):
+        assert f'<section id="{section}">' in page
+    assert_self_contained(page)
+
+    table = load_results(sweep_dir)
+    front = pareto_front(table, DEFAULT_OBJECTIVES, by=default_by(table))
+    assert not front.empty
+    assert table_column(page, "front-table", "trial_number") == [str(n) for n in front["trial_number"]]
+    assert set(table_column(page, "chosen-table", "trial_number")) <= {str(n) for n in table["trial_number"]}
+    assert "never used to select" in page and "val_accuracy" in page
+    assert "6 trial(s) in 1 sweep(s)" in page
+
+
+def test_report_when_every_trial_failed(tmp_path):
+    rows = [
+        {"sweep": "broken", "trial_number": i, "status": status, "message": message, "reg": "hs", "strength": 1e-4 * (i + 1),
+         "threshold": 0.01, "threshold_mode": "abs", "mlflow_run_id": f"run{i}"}
+        for i, (status, message) in enumerate([("error", "ValueError: <script>alert(1)</script> & more"), ("diverged", "loss is nan"), ("stopped", None)])
+    ]
+    table = pd.DataFrame(rows, columns=list(COLUMNS)).astype(COLUMNS)
+    write_parquet(table, tmp_path / "broken.parquet")
+    out = tmp_path / "out" / "r.html"
+    assert main(["report", str(tmp_path / "broken.parquet"), "-o", str(out)]) == 0
+
+    page = out.read_text(encoding="utf-8")
+    assert 'id="no-ok-trial"' in page and "No trial finished ok" in page
+    assert 'id="front-table"' not in page and "The front is empty" in page
+    assert table_column(page, "excluded-table", "status") == ["error", "diverged", "stopped"]
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in page  # messages are escaped
+    assert "is a parquet table: per-layer sparsity is only read from sweep folders" in page
+    assert_self_contained(page)
+    assert_png(out.with_name("r_coverage.png"))  # failed trials still show where the search went
+    assert not out.with_name("r_scatter.png").exists() and not out.with_name("r_hypervolume.png").exists()
+
+
+def test_report_of_one_trial_with_nans(tmp_path):
+    rows = [
+        {"sweep": "s", "trial_number": 0, "status": "ok", "reg": "hs", "strength": 1e-3, "threshold": 0.02, "threshold_mode": "abs",
+         "val_accuracy": 0.9, "test_accuracy": np.nan, "nonzero_frac": 0.2, "flops_frac": np.nan},
+        {"sweep": "s", "trial_number": 1, "status": "ok", "reg": "hs", "strength": 2e-3, "threshold": 0.05, "threshold_mode": "std",
+         "val_accuracy": 0.95, "nonzero_frac": np.nan},  # NaN objective: never on the front, never chosen
+    ]
+    table = pd.DataFrame(rows, columns=list(COLUMNS)).astype(COLUMNS)
+    written = write_report(collect(table, list(DEFAULT_OBJECTIVES)), tmp_path / "one.html")
+    page = written["html"].read_text(encoding="utf-8")
+    assert table_column(page, "front-table", "trial_number") == ["0"]
+    assert set(table_column(page, "chosen-table", "trial_number")) == {"0"}
+    assert "no sweep folder given" in page
+    assert {"scatter", "hypervolume", "coverage"} <= set(written) and "layers" not in written
+
+
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    shot = tmp_path / "shot.png"
+    command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
+               "--window-size=1200,2000", report.resolve().as_uri()]
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    assert pixels.shape[:2] == (2000, 1200)
+    assert pixels.std() > 0.05 and pixels.min() < 0.5  # not blank, not all white: text and figures drawn
+    assert (pixels.reshape(-1, 3).std(axis=1) > 0.1).mean() > 0.001  # some coloured pixels (the scatter's markers)
