@@ -481,10 +481,10 @@ def _front_section(data: ReportData) -> str:
     columns = [data.by, *TABLE_COLUMNS, *(o.name for o in data.objectives)]
     parts = [f"<p>{len(data.front)} trial(s) on the front(s) per <code>{_esc(data.by)}</code>.</p>",
              table_html(data.front, columns, "front-table") if len(data.front) else '<p class="note">The front is empty: no ok trial with finite objectives.</p>']
-    chosen = pd.DataFrame([{"chosen": c.label, "rule": c.rule, **(c.row.to_dict() if c.row is not None else {})} for c in data.choices])
-    if len(chosen):
+    chosen = pd.DataFrame([{"chosen": c.label, **c.row.to_dict()} for c in data.choices if c.row is not None])
+    if data.choices:
         rules = "".join(f"<li><b>{_esc(c.label)}</b>: {_esc(c.rule)}{'' if c.row is not None else ' — nothing qualifies'}.</li>" for c in data.choices)
-        parts += ["<h3>Chosen points</h3>", table_html(chosen, ["chosen", *TABLE_COLUMNS], "chosen-table"), f'<ul class="muted">{rules}</ul>']
+        parts += ["<h3>Chosen points</h3>", table_html(chosen, ["chosen", *TABLE_COLUMNS], "chosen-table") if len(chosen) else "", f'<ul class="muted">{rules}</ul>']
     excluded = data.table[~data.table["status"].eq("ok").fillna(False).to_numpy(dtype=bool)]
     if len(excluded):
         body = table_html(excluded.assign(message=excluded["message"].fillna("").str.slice(0, 300)), ["sweep", "trial_number", "status", "reg", "strength", "threshold", "message"], "excluded-table")

@@ -142,6 +142,7 @@ def test_report_of_one_trial_with_nans(tmp_path):
     page = written["html"].read_text(encoding="utf-8")
     assert table_column(page, "front-table", "trial_number") == ["0"]
     assert set(table_column(page, "chosen-table", "trial_number")) == {"0"}
+    assert "nothing qualifies" in page  # the default density cap (half the best trial's) admits no trial here
     assert "no sweep folder given" in page
     assert {"scatter", "hypervolume", "coverage"} <= set(written) and "layers" not in written
 
