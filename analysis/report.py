@@ -452,7 +452,8 @@ def _section(ident: str, title: str, body: str) -> str:
 def _header(data: ReportData, sources: Sequence[str]) -> str:
     """Sources, trial counts by status per sweep, objectives, grouping and the selection rule."""
     table = data.table
-    counts = table.groupby(["sweep", "status"], dropna=False).size().unstack(fill_value=0) if len(table) else pd.DataFrame()
+    labelled = table.assign(sweep=table["sweep"].fillna("(unnamed)"), status=table["status"].fillna("(unknown)"))
+    counts = labelled.groupby(["sweep", "status"]).size().unstack(fill_value=0) if len(table) else pd.DataFrame()
     statuses = [s for s in STATUS_ORDER if s in counts.columns] + sorted(str(s) for s in counts.columns if s not in STATUS_ORDER)
     counts = counts.reindex(columns=statuses).reset_index() if len(counts) else pd.DataFrame(columns=["sweep"])
     counts["total"] = counts[statuses].sum(axis=1) if statuses else 0
@@ -494,6 +495,8 @@ def _front_section(data: ReportData) -> str:
 
 def _layers_tables(data: ReportData) -> str:
     """Collapsed per-layer tables of the chosen trials."""
+    if data.layers is None or data.layers.empty:
+        return ""
     parts = []
     for label, row in _chosen_trials(data):
         layers = _layer_rows(data, row)
@@ -512,11 +515,11 @@ def render_html(data: ReportData, images: dict[str, bytes], sources: Sequence[st
 
     sections = [
         _section("scatter", "Pareto scatter", figure("scatter", "accuracy against sparsity of every trial", "No trial has finite objective values to plot.")
-                 + f'<p class="muted">Large outlined markers are each group\'s front, joined by the boundary of what it dominates; stars are the chosen points; '
-                   f"crosses are trials that did not finish ok (never on a front).</p>"),
+                 + ('<p class="muted">Large outlined markers are each group\'s front, joined by the boundary of what it dominates; stars are the chosen '
+                    "points; crosses are trials that did not finish ok (never on a front).</p>" if "scatter" in images else "")),
         _section("front", "Pareto front and chosen points", _front_section(data)),
         _section("hypervolume", "Hypervolume against trials run",
-                 _notes(data, "hypervolume") + figure("hypervolume", "hypervolume of the front against trials run", "No ok trial: no hypervolume to show.")
+                 _notes(data, "hypervolume") + figure("hypervolume", "hypervolume of the front against trials run", "No ok trial with finite objectives: no hypervolume to show.")
                  + '<p class="muted">One reference point for every sweep, so the curves compare: a curve that flattens early found its front early.</p>'),
         _section("layers", "Per-layer sparsity of the chosen points",
                  _notes(data, "layers") + figure("layers", "per-layer kept fractions of the chosen points", "No per-layer record for the chosen points.") + _layers_tables(data)),
