@@ -83,6 +83,7 @@ _KNOWN_WORST: dict[tuple[str, str], float] = {
     ("train_accuracy", "max"): 0.0,
     ("test_accuracy", "max"): 0.0,
     ("nonzero_frac", "min"): 1.0,  # fully dense model
+    ("flops_frac", "min"): 1.0,  # dense FLOPs
     ("sparsity", "max"): 0.0,  # 1 - nonzero_frac
 }
 
@@ -441,7 +442,7 @@ def default_reference(
     """Reference point (original units) for :func:`hypervolume`.
 
     Known objectives use their natural worst value: accuracies (``val_``,
-    ``train_``, ``test_accuracy``, maximised) -> 0, ``nonzero_frac`` (minimised)
+    ``train_``, ``test_accuracy``, maximised) -> 0, ``nonzero_frac`` and ``flops_frac`` (minimised)
     -> 1 (dense), ``sparsity`` (maximised) -> 0.  Any other objective uses the
     worst value observed among the eligible rows of ``df`` (ok status and
     finite in every objective, i.e. the rows that can reach a front), pushed out
