@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import optuna
-import pytest
 from mlflow.tracking import MlflowClient
 
 from sweeps.records import ResultsLedger
