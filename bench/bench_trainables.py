@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| measurement | median | ratio | goal |")
     print("|---|---:|---|---|")
     for bs in (64, 256):
-        m, _c = step_ms[bs], cpu_ms[bs]
+        m = step_ms[bs]
         print(f"| step, batch {bs}, no regularizer | {m['plain']:.3f} ms | 1 | |")
         print(f"| step, batch {bs}, + λ·ΣHS (library) | {m['hs']:.3f} ms | {overhead[bs]['hs']:+.1f} % "
               f"(paired {paired[bs]:+.1f} %, CPU time {cpu_overhead[bs]['hs']:+.1f} %) | "
