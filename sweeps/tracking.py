@@ -157,10 +157,6 @@ class SweepTracker:
             if run_id is not None:
                 self.client.set_tag(run_id, PARETO_TAG, "true" if number in front else "false")
 
-    def child_runs(self) -> list:
-        """All child runs of the parent (for checks and reports)."""
-        return self.client.search_runs([self.experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'", max_results=50000)
-
 
 def _now() -> int:
     return int(time.time() * 1000)
