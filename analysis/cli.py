@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -77,10 +76,16 @@ def ui_command(args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri, "--host", args.host, "--port", str(args.port)]
     if (sweep / "mlartifacts").exists():
         command += ["--default-artifact-root", (sweep / "mlartifacts").resolve().as_uri()]
-    print(f"MLflow UI for sweep {state['name']}: http://{args.host}:{args.port}  (parent run {state.get('parent_run_id')}; filter tags.pareto = 'true')")
+    from mlflow.tracking import MlflowClient
+
+    experiment = MlflowClient(tracking_uri).get_experiment_by_name(state["name"])
+    page = f"/#/experiments/{experiment.experiment_id}/runs" if experiment else ""
+    print(f"MLflow UI for sweep {state['name']}: http://{args.host}:{args.port}{page}  (expand the parent run {state.get('parent_run_id')}; filter tags.pareto = 'true')")
     dashboard = "optuna-dashboard" if shutil.which("optuna-dashboard") else "pip install optuna-dashboard && optuna-dashboard"
     print(f"Optuna study {state['study_name']}: {dashboard} sqlite:///{(sweep / 'optuna.db').resolve()}")
     print("  " + " ".join(command), flush=True)
     if args.dry_run:
         return 0
-    return subprocess.call(command, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri})
+    sys.stdout.flush()
+    # Become the MLflow server, so Ctrl-C or a kill by PID reaches it and its workers directly.
+    os.execve(sys.executable, command, {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri})
