@@ -173,6 +173,8 @@ def load_results(sources: str | os.PathLike | Iterable[str | os.PathLike]) -> pd
     frames = []
     for source in sources:
         text = str(source)
+        if text.startswith("file://") and (Path(text.removeprefix("file://")) / "state.json").exists():
+            text = text.removeprefix("file://")  # a file URI to a sweep folder, not an MLflow store
         path = Path(text)
         if "://" in text:
             frames.append(from_mlflow(text))
