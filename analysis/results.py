@@ -28,6 +28,7 @@ from typing import Any
 
 import pandas as pd
 
+from sweeps.records import RESULTS_FILE, read_ledger
 from trainables.config import TrialConfig
 
 METRIC_COLUMNS: tuple[str, ...] = (
@@ -93,20 +94,16 @@ def _sweep_meta(sweep_dir: Path) -> tuple[str, str]:
 def from_sweep_dir(sweep_dir: str | os.PathLike) -> pd.DataFrame:
     """The table of one sweep folder, from its results ledger (``results.jsonl``)."""
     sweep_dir = Path(sweep_dir)
-    ledger = sweep_dir / "results.jsonl"
+    ledger = sweep_dir / RESULTS_FILE
     if not (sweep_dir / "state.json").exists():
         raise ResultsError(f"{sweep_dir}: not a sweep folder (no state.json)")
     name, searched = _sweep_meta(sweep_dir)
-    rows = []
-    if ledger.exists():
-        for line in ledger.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            rows.append({**row.get("config", {}), **{k: row.get(k) for k in METRIC_COLUMNS}, "sweep": name, "trial_number": row["trial_number"],
-                         "status": row["status"], "message": row.get("message"), "epochs_run": row.get("epochs"),
-                         "mlflow_run_id": row.get("mlflow_run_id"), "searched": searched})
+    rows = [
+        {**row.get("config", {}), **{k: row.get(k) for k in METRIC_COLUMNS}, "sweep": name, "trial_number": row["trial_number"],
+         "status": row["status"], "message": row.get("message"), "epochs_run": row.get("epochs"),
+         "mlflow_run_id": row.get("mlflow_run_id"), "searched": searched}
+        for row in read_ledger(ledger)
+    ]
     return _typed(rows)
 
 
@@ -114,15 +111,11 @@ def load_layers(sweep_dir: str | os.PathLike) -> pd.DataFrame:
     """Per-layer sparsity of every trial of a sweep folder: one row per (trial, layer)."""
     sweep_dir = Path(sweep_dir)
     name, _ = _sweep_meta(sweep_dir)
-    rows = []
-    ledger = sweep_dir / "results.jsonl"
-    for line in ledger.read_text().splitlines() if ledger.exists() else []:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        for layer in row.get("layers") or []:
-            rows.append({"sweep": name, "trial_number": row["trial_number"], **layer, "shape": "x".join(map(str, layer["shape"]))})
+    rows = [
+        {"sweep": name, "trial_number": row["trial_number"], **layer, "shape": "x".join(map(str, layer["shape"]))}
+        for row in read_ledger(sweep_dir / RESULTS_FILE)
+        for layer in row.get("layers") or []
+    ]
     return pd.DataFrame(rows)
 
 

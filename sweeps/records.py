@@ -73,25 +73,30 @@ def _json_value(value: Any) -> Any:
     return value
 
 
+def read_ledger(path: Path) -> list[dict[str, Any]]:
+    """The rows of a results ledger, in file order; a line cut short by a kill is skipped.
+
+    Read-only (``analysis`` uses it); a trial whose line was cut is re-recorded from the Optuna
+    study when the sweep resumes.
+    """
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
 class ResultsLedger:
     """Append-only JSON-lines file of finished trials, at most one line per trial number."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.rows: dict[int, dict[str, Any]] = {}
-        if path.exists():
-            text = path.read_text()
-            if text and not text.endswith("\n"):
-                with path.open("a") as handle:  # end a line cut short by a kill, so appends stay separate
-                    handle.write("\n")
-            for line in text.splitlines():
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a kill mid-write; the trial is re-recorded from Optuna
-                self.rows[int(row["trial_number"])] = row
+        self.rows: dict[int, dict[str, Any]] = {int(row["trial_number"]): row for row in read_ledger(path)}
+        if path.exists() and (text := path.read_text()) and not text.endswith("\n"):
+            with path.open("a") as handle:  # end a line cut short by a kill, so appends stay separate
+                handle.write("\n")
 
     def __contains__(self, trial_number: int) -> bool:
         return trial_number in self.rows

@@ -11,8 +11,8 @@
   checkpoint, and still finishes every trial, with the ledger, Optuna and MLflow all agreeing.
 
 Every process these tests start lives in a session of its own (``start_new_session``); teardown
-stops exactly the processes of those sessions, by PID (SIGTERM, then SIGKILL).  Never ``ray stop``,
-which would stop every Ray on the machine.
+stops exactly the processes of those sessions, by PID (SIGTERM, then SIGKILL).  Never Ray's own stop-all
+command, which would stop every Ray on the machine.
 """
 
 from __future__ import annotations

@@ -221,7 +221,7 @@ class _TrialRun:
                 self.report(dict(metrics), TrialState(self, phase, phase_epoch + 1, epoch_offset + phase_epoch + 1))
         return True
 
-    def start_phase(self, phase: str, lr: float) -> None:
+    def start_phase(self, lr: float) -> None:
         self.optimizer = _make_optimizer(self.config, self.model.parameters(), lr)
 
     def prune(self) -> None:
@@ -337,7 +337,7 @@ def run_trial(
         epochs, lr = plan[name]
         if name == "finetune" and run.masks is None:
             run.prune()
-        run.start_phase(name, lr)
+        run.start_phase(lr)
         if optimizer_state is not None:
             run.optimizer.load_state_dict(optimizer_state)
         return run.run_phase(name, epochs, start, offsets[name], lr)
