@@ -20,6 +20,7 @@ from trainables.data import (
     iterate_batches,
     load_dataset,
     random_crop_flip,
+    random_shift,
     read_idx,
 )
 
@@ -437,3 +438,15 @@ def test_cuda_data_with_cpu_generator(digits: DatasetSplits) -> None:
     on_gpu = load_dataset("digits", device="cuda")
     assert torch.equal(on_gpu.train_y.cpu(), digits.train_y)
     torch.testing.assert_close(on_gpu.train_x.cpu(), digits.train_x)
+
+
+def test_random_shift_moves_without_mirroring() -> None:
+    x = torch.arange(16 * 7 * 7, dtype=torch.float32).view(16, 1, 7, 7) + 1  # asymmetric, no zeros inside
+    out = random_shift(x, torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    moved = 0
+    for i in range(16):  # each output is one window of the padded image, never a mirrored one
+        windows = padded[i, 0].unfold(0, 7, 1).unfold(1, 7, 1).reshape(-1, 7, 7)
+        assert bool((windows == out[i, 0]).flatten(1).all(1).any())
+        moved += not torch.equal(out[i], x[i])
+    assert moved > 8  # 24 of the 25 offsets move the image

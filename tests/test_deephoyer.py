@@ -105,6 +105,22 @@ def test_bad_settings_name_the_field():
         TrialConfig.from_dict({"lambda": 1.0})
     with pytest.raises(ConfigError, match="unknown model 'vgg'"):
         run_trial(dict(model="vgg", epochs=1))
+    with pytest.raises(ConfigError, match="augment must be one of none, crop_flip, shift, got 'mirror'"):
+        TrialConfig.from_dict({"augment": "mirror"})
+
+
+def test_augmentation_choice_follows_config_then_data():
+    from trainables.data import load_dataset, random_crop_flip, random_shift
+    from trainables.deephoyer import augmenter
+
+    digits = load_dataset("digits")
+    assert augmenter(TrialConfig(), digits) is None  # 8×8 grey digits: none unless asked
+    assert augmenter(TrialConfig(augment="shift"), digits) is random_shift
+    assert augmenter(TrialConfig(augment=True), digits) is random_crop_flip
+    assert augmenter(TrialConfig(augment="none"), digits) is None
+    shifted, plain = run_trial(dict(FAST, augment="shift")), run_trial(dict(FAST, augment="none"))
+    assert shifted["status"] == plain["status"] == "ok"
+    assert shifted["history"][0]["task_loss"] != plain["history"][0]["task_loss"]  # the shifts reached training
 
 
 def _cli(*args):

@@ -16,6 +16,7 @@ from trainables.regularizers import REG_NAMES
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+AUGMENTATIONS: tuple[str, ...] = ("none", "crop_flip", "shift")
 
 
 class ConfigError(ValueError):
@@ -30,7 +31,9 @@ class TrialConfig:
     ``init_checkpoint``), then ``epochs`` of training with ``strength`` × ``reg``, then pruning
     at ``threshold`` (``threshold_mode``), then ``finetune_epochs`` with the mask held and no
     regularizer.  ``pretrain_cache_dir`` shares the dense pretraining between trials that
-    agree on everything it depends on.
+    agree on everything it depends on.  ``augment``: ``None`` picks by the data (crop + flip
+    for colour images of 32×32 and up, else none), ``"shift"`` moves digits by up to 2 pixels,
+    ``"crop_flip"`` (or ``True``) and ``"none"`` (or ``False``) force one.
     """
 
     dataset: str = "digits"
@@ -59,7 +62,7 @@ class TrialConfig:
     val_fraction: float = 0.1
     split_seed: int = 0
     include_bias: bool = False
-    augment: bool | None = None
+    augment: bool | str | None = None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrialConfig:
@@ -81,6 +84,8 @@ class TrialConfig:
         _check_choice("threshold_mode", self.threshold_mode, THRESHOLD_MODES)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if self.augment is not None and not isinstance(self.augment, bool):
+            _check_choice("augment", self.augment, AUGMENTATIONS)
         for name in ("strength", "threshold", "weight_decay", "momentum"):
             _check_number(name, getattr(self, name), minimum=0.0)
         for name in ("lr",):

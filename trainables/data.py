@@ -43,6 +43,7 @@ __all__ = [
     "iterate_batches",
     "load_dataset",
     "random_crop_flip",
+    "random_shift",
     "read_idx",
 ]
 
@@ -477,12 +478,14 @@ def iterate_batches(
 
 
 def random_crop_flip(
-    x: torch.Tensor, generator: torch.Generator | None, padding: int = 4
+    x: torch.Tensor, generator: torch.Generator | None, padding: int = 4, flip: bool = True
 ) -> torch.Tensor:
     """Standard CIFAR augmentation of a batch (N, C, H, W): zero-pad, random crop, random h-flip.
 
-    Each sample gets its own crop offset in ``[0, 2 * padding]`` and a fair-coin horizontal flip,
-    drawn from ``generator``; the crop/flip is one vectorised gather with per-sample index grids.
+    Each sample gets its own crop offset in ``[0, 2 * padding]`` and (with ``flip``) a fair-coin
+    horizontal flip, drawn from ``generator``; the crop/flip is one vectorised gather with
+    per-sample index grids.  ``flip=False`` gives random shifts (for digits, where a mirrored
+    image is another symbol).
     """
     if x.dim() != 4:
         raise ValueError(f"random_crop_flip expects (N, C, H, W), got shape {tuple(x.shape)}")
@@ -492,12 +495,17 @@ def random_crop_flip(
     draw = _draw_device(x, generator)
     off_y = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=draw).to(x.device)
     off_x = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=draw).to(x.device)
-    flip = torch.randint(0, 2, (n,), generator=generator, device=draw).to(x.device).bool()
+    flips = torch.randint(0, 2, (n,), generator=generator, device=draw).to(x.device).bool() if flip else torch.zeros(n, dtype=torch.bool, device=x.device)
 
     padded = F.pad(x, (padding, padding, padding, padding)) if padding else x
     rows = off_y[:, None] + torch.arange(h, device=x.device)  # (N, H)
     cols_fwd = torch.arange(w, device=x.device)
-    cols = off_x[:, None] + torch.where(flip[:, None], cols_fwd.flip(0), cols_fwd)  # (N, W)
+    cols = off_x[:, None] + torch.where(flips[:, None], cols_fwd.flip(0), cols_fwd)  # (N, W)
     batch = torch.arange(n, device=x.device)[:, None, None, None]
     chan = torch.arange(c, device=x.device)[None, :, None, None]
     return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def random_shift(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Digit augmentation: each image moved by up to 2 pixels each way (zero-filled), never mirrored."""
+    return random_crop_flip(x, generator, padding=2, flip=False)

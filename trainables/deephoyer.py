@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.config import ConfigError, TrialConfig
-from trainables.data import DatasetSplits, iterate_batches, load_dataset, random_crop_flip
+from trainables.data import DatasetSplits, iterate_batches, load_dataset, random_crop_flip, random_shift
 from trainables.models import build_model
 from trainables.pruning import Masks, apply_masks, compute_masks, output_positions, sparsity_report
 from trainables.regularizers import model_regularization
@@ -81,6 +81,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 ReportFn = Callable[[dict[str, Any], TrialState], None]
+Augment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -121,12 +122,18 @@ def pretrain_cache_key(config: TrialConfig) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _wants_augmentation(config: TrialConfig, data: DatasetSplits) -> bool:
-    """Crop + flip augmentation: as configured, else on for colour images of 32×32 and up (CIFAR)."""
-    if config.augment is not None:
-        return config.augment
-    channels, height, _ = data.input_shape
-    return channels == 3 and height >= 32
+AUGMENTERS: dict[str, Augment | None] = {"none": None, "crop_flip": random_crop_flip, "shift": random_shift}
+
+
+def augmenter(config: TrialConfig, data: DatasetSplits) -> Augment | None:
+    """The batch augmentation of a trial: as configured, else crop + flip for colour images of 32×32 and up (CIFAR)."""
+    choice = config.augment
+    if choice is None:
+        channels, height, _ = data.input_shape
+        choice = channels == 3 and height >= 32
+    if isinstance(choice, bool):
+        choice = "crop_flip" if choice else "none"
+    return AUGMENTERS[choice]
 
 
 class _TrialRun:
@@ -144,7 +151,7 @@ class _TrialRun:
         self.marks: dict[str, float] = {}
         self.started = time.perf_counter()
         self.elapsed_before = 0.0
-        self.augment = random_crop_flip if _wants_augmentation(config, data) else None
+        self.augment = augmenter(config, data)
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started

@@ -1,0 +1,164 @@
+"""Reproduction: a shipped sweep with Hoyer-Square against `l1` and plain magnitude pruning (λ = 0).
+
+Runs the spec three times through the product path (``run_sweep``, as ``hoyersweep run`` does:
+Ray Tune + Optuna + MLflow), once per method, with the same epochs and number of trials:
+
+- ``hs``: the spec as shipped (with ``reg: hs`` fixed if the spec searches the regularizer);
+- ``l1``: ``reg: l1``, its strength range shifted up ``--l1-shift`` decades (an L1 gradient is
+  about that much smaller than an HS one at the same λ, so the same range would be unfair);
+- ``magnitude``: ``reg: none`` (λ = 0) and only the threshold searched, per layer in units of
+  the weights' standard deviation (``threshold_mode: std``, range ``--magnitude-range``), the
+  one-shot form of Han et al.'s pruning: dense training, prune, fine-tune.
+
+The model of each method is chosen on **validation** accuracy among trials with at most
+``--max-nonzero`` nonzero weights (``most_accurate_with_sparsity``); its test accuracy is
+reported beside it, never used to choose.  Prints a markdown table and one JSON line, and
+writes one HTML report with a front per method (``--report``).
+
+Usage::
+
+    python bench/bench_reproduction.py --spec sweeps/mnist_lenet300.yaml --data-dir ../shared/data/mnist \
+        --num-samples 20 --set trial.epochs=15 --report docs/reproduction/mnist_lenet300.html
+    python bench/bench_reproduction.py --quick     # digits, 8 trials per method, 1-2 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import ray
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from analysis.pareto import most_accurate_with_sparsity  # noqa: E402
+from analysis.report import build_report  # noqa: E402
+from analysis.results import from_sweep_dir  # noqa: E402
+from sweeps.runner import run_sweep  # noqa: E402
+from sweeps.spec import SweepSpec, load_spec, parse_spec  # noqa: E402
+
+METHODS = ("hs", "l1", "magnitude")
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; a VALUE that reads as JSON (numbers, lists, true/false) is parsed."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
+def method_spec(base: SweepSpec, method: str, l1_shift: float, magnitude_range: tuple[float, float]) -> SweepSpec:
+    """The spec of one method: same data, model, epochs, objectives, budget and sampler as ``base``."""
+    data = base.model_dump(mode="json", exclude_none=True)
+    data["name"] = f"{base.name}-{method}"
+    data["warm_start"] = False  # each method starts cold: no trials borrowed from earlier sweeps
+    if data["search"].pop("reg", None) is not None:  # a spec that searches the regularizer: fix it per method
+        data["trial"]["reg"] = "hs"
+    if method == "l1":
+        data["trial"]["reg"] = "l1"
+        strength = data["search"]["strength"]
+        strength["low"], strength["high"] = strength["low"] * 10**l1_shift, strength["high"] * 10**l1_shift
+    elif method == "magnitude":
+        data["search"].pop("strength", None)
+        data["search"].pop("threshold_mode", None)
+        data["trial"].update(reg="none", strength=0.0, threshold_mode="std")
+        data["search"]["threshold"] = {"type": "float", "low": magnitude_range[0], "high": magnitude_range[1], "log": True}
+    elif method != "hs":
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    return parse_spec(data, f"{base.name} ({method})")
+
+
+def chosen_row(table: pd.DataFrame, max_nonzero: float) -> dict[str, Any]:
+    """The validation-selected trial at ≤ ``max_nonzero`` nonzero weights, as a flat dict (empty if none)."""
+    row = most_accurate_with_sparsity(table, max_nonzero)
+    if row is None:
+        return {}
+    keys = ("trial_number", "strength", "threshold", "val_accuracy", "test_accuracy", "nonzero_frac", "flops_frac")
+    return {key: (row[key].item() if hasattr(row[key], "item") else row[key]) for key in keys if key in row.index}
+
+
+def _fmt(value: Any, kind: str) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "—"
+    return {"pct": f"{100 * value:.2f} %", "acc": f"{100 * value:.2f} %", "sci": f"{value:.2g}", "int": f"{int(value)}"}[kind]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spec", default="sweeps/digits_quick.yaml")
+    parser.add_argument("--data-dir", help="dataset folder (overrides the spec's data_dir)")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
+    parser.add_argument("--num-samples", type=int, help="trials per method (default: the spec's budget)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="spec override for every method, e.g. trial.epochs=15")
+    parser.add_argument("--max-nonzero", type=float, default=0.015, help="selection cap on nonzero_frac (default 0.015)")
+    parser.add_argument("--target", type=float, help="test accuracy the chosen model should reach (printed as met / missed by)")
+    parser.add_argument("--l1-shift", type=float, default=1.0, help="decades to shift l1's strength range up (default 1)")
+    parser.add_argument("--magnitude-range", default="0.1,4.0", help="std-multiple threshold range of the λ = 0 baseline (default 0.1,4.0)")
+    parser.add_argument("--storage", help="keep the sweeps here (default: a temporary folder)")
+    parser.add_argument("--report", help="write the HTML report (and PNGs beside it) here")
+    parser.add_argument("--quick", action="store_true", help="digits, 8 trials per method, short schedule (1-2 min)")
+    args = parser.parse_args()
+
+    overrides = parse_overrides(args.set)
+    if args.quick:
+        args.num_samples = args.num_samples or 8
+        overrides = {"trial.epochs": 6, "trial.finetune_epochs": 2, **overrides}
+    if args.data_dir:
+        overrides["data_dir"] = str(Path(args.data_dir).resolve())
+    if args.num_samples:
+        overrides["budget.num_samples"] = args.num_samples
+    base, _ = load_spec(args.spec, overrides)
+    low, high = (float(v) for v in args.magnitude_range.split(","))
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+
+    rows, sweep_dirs = [], []
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            storage = Path(args.storage or scratch)
+            for method in methods:
+                spec = method_spec(base, method, args.l1_shift, (low, high))
+                started = time.perf_counter()
+                outcome = run_sweep(spec, storage=str(storage), quiet=True)
+                wall = time.perf_counter() - started
+                table = from_sweep_dir(outcome.sweep_dir)
+                sweep_dirs.append(str(outcome.sweep_dir))
+                rows.append({"method": method, "trials": outcome.ok, "wall_s": round(wall, 1), "front": len(outcome.front), "sweep_dir": str(outcome.sweep_dir),
+                             **chosen_row(table, args.max_nonzero)})
+                print(f"{method}: {outcome.ok}/{outcome.total} trials ok in {wall:.0f} s; {outcome.sweep_dir}", flush=True)
+            if args.report:
+                written = build_report(sweep_dirs, args.report, by="sweep", max_nonzero=args.max_nonzero)
+                print(f"report: {written['html']}")
+    finally:
+        ray.shutdown()
+
+    print(f"\nChosen on validation accuracy among trials with ≤ {100 * args.max_nonzero:g} % nonzero weights "
+          f"({base.name}, {base.model} on {base.dataset}; {base.budget.num_samples} trials per method):\n")
+    print("| method | trial | strength | threshold | val acc | test acc | nonzero | FLOPs | front | wall |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['method']} | {_fmt(r.get('trial_number'), 'int')} | {_fmt(r.get('strength'), 'sci')} | {_fmt(r.get('threshold'), 'sci')} "
+              f"| {_fmt(r.get('val_accuracy'), 'acc')} | {_fmt(r.get('test_accuracy'), 'acc')} | {_fmt(r.get('nonzero_frac'), 'pct')} "
+              f"| {_fmt(r.get('flops_frac'), 'pct')} | {r['front']} | {r['wall_s']:.0f} s |")
+    if args.target is not None:
+        for r in rows:
+            test = r.get("test_accuracy")
+            verdict = "no trial under the cap" if test is None else ("met" if test >= args.target else f"missed by {100 * (args.target - test):.2f} points")
+            print(f"{r['method']}: target {100 * args.target:.2f} % at ≤ {100 * args.max_nonzero:g} % — {verdict}")
+    print(json.dumps({"spec": args.spec, "overrides": overrides, "max_nonzero": args.max_nonzero, "results": rows}, default=str))
+
+
+if __name__ == "__main__":
+    main()
