@@ -10,9 +10,9 @@ Ray Tune + Optuna + MLflow), once per method, with the same epochs and number of
   the weights' standard deviation (``threshold_mode: std``, range ``--magnitude-range``), the
   one-shot form of Han et al.'s pruning: dense training, prune, fine-tune.
 
-The model of each method is chosen on **validation** accuracy among trials with at most
-``--max-nonzero`` nonzero weights (``most_accurate_with_sparsity``); its test accuracy is
-reported beside it, never used to choose.  Prints a markdown table and one JSON line, and
+The model of each method is chosen on **validation** accuracy among trials whose minimised
+objective (``nonzero_frac``, or ``flops_frac`` for a FLOPs spec) is at most ``--cap``
+(``most_accurate_with_sparsity``); its test accuracy is reported beside it, never used to choose.  Prints a markdown table and one JSON line, and
 writes one HTML report with a front per method (``--report``).
 
 Usage::
@@ -80,9 +80,14 @@ def method_spec(base: SweepSpec, method: str, l1_shift: float, magnitude_range: 
     return parse_spec(data, f"{base.name} ({method})")
 
 
-def chosen_row(table: pd.DataFrame, max_nonzero: float) -> dict[str, Any]:
-    """The validation-selected trial at ≤ ``max_nonzero`` nonzero weights, as a flat dict (empty if none)."""
-    row = most_accurate_with_sparsity(table, max_nonzero)
+def sparsity_metric(spec: SweepSpec) -> str:
+    """The spec's minimised objective (what the selection caps): nonzero_frac unless the spec minimises another."""
+    return next((o.metric for o in spec.objectives if o.mode == "min"), "nonzero_frac")
+
+
+def chosen_row(table: pd.DataFrame, metric: str, cap: float) -> dict[str, Any]:
+    """The validation-selected trial with ``metric`` ≤ ``cap``, as a flat dict (empty if none)."""
+    row = most_accurate_with_sparsity(table, cap, sparsity=metric)
     if row is None:
         return {}
     keys = ("trial_number", "strength", "threshold", "val_accuracy", "test_accuracy", "nonzero_frac", "flops_frac")
@@ -102,7 +107,7 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
     parser.add_argument("--num-samples", type=int, help="trials per method (default: the spec's budget)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="spec override for every method, e.g. trial.epochs=15")
-    parser.add_argument("--max-nonzero", type=float, default=0.015, help="selection cap on nonzero_frac (default 0.015)")
+    parser.add_argument("--cap", type=float, default=0.015, help="selection cap on the spec's minimised objective, e.g. nonzero_frac (default 0.015)")
     parser.add_argument("--target", type=float, help="test accuracy the chosen model should reach (printed as met / missed by)")
     parser.add_argument("--l1-shift", type=float, default=1.0, help="decades to shift l1's strength range up (default 1)")
     parser.add_argument("--magnitude-range", default="0.1,4.0", help="std-multiple threshold range of the λ = 0 baseline (default 0.1,4.0)")
@@ -121,6 +126,7 @@ def main() -> None:
         overrides["budget.num_samples"] = args.num_samples
     base, _ = load_spec(args.spec, overrides)
     low, high = (float(v) for v in args.magnitude_range.split(","))
+    metric = sparsity_metric(base)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
 
     rows, sweep_dirs = [], []
@@ -136,15 +142,17 @@ def main() -> None:
                 table = from_sweep_dir(outcome.sweep_dir)
                 sweep_dirs.append(str(outcome.sweep_dir))
                 rows.append({"method": method, "trials": outcome.ok, "wall_s": round(wall, 1), "front": len(outcome.front), "sweep_dir": str(outcome.sweep_dir),
-                             **chosen_row(table, args.max_nonzero)})
+                             **chosen_row(table, metric, args.cap)})
                 print(f"{method}: {outcome.ok}/{outcome.total} trials ok in {wall:.0f} s; {outcome.sweep_dir}", flush=True)
             if args.report:
-                written = build_report(sweep_dirs, args.report, by="sweep", max_nonzero=args.max_nonzero)
+                objectives = ",".join(f"{o.metric}:{o.mode}" for o in base.objectives)
+                written = build_report(sweep_dirs, args.report, objectives=objectives, by="sweep",
+                                       max_nonzero=args.cap if metric == "nonzero_frac" else None)
                 print(f"report: {written['html']}")
     finally:
         ray.shutdown()
 
-    print(f"\nChosen on validation accuracy among trials with ≤ {100 * args.max_nonzero:g} % nonzero weights "
+    print(f"\nChosen on validation accuracy among trials with {metric} ≤ {100 * args.cap:g} % "
           f"({base.name}, {base.model} on {base.dataset}; {base.budget.num_samples} trials per method):\n")
     print("| method | trial | strength | threshold | val acc | test acc | nonzero | FLOPs | front | wall |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -156,8 +164,8 @@ def main() -> None:
         for r in rows:
             test = r.get("test_accuracy")
             verdict = "no trial under the cap" if test is None else ("met" if test >= args.target else f"missed by {100 * (args.target - test):.2f} points")
-            print(f"{r['method']}: target {100 * args.target:.2f} % at ≤ {100 * args.max_nonzero:g} % — {verdict}")
-    print(json.dumps({"spec": args.spec, "overrides": overrides, "max_nonzero": args.max_nonzero, "results": rows}, default=str))
+            print(f"{r['method']}: target {100 * args.target:.2f} % at {metric} ≤ {100 * args.cap:g} % — {verdict}")
+    print(json.dumps({"spec": args.spec, "overrides": overrides, "metric": metric, "cap": args.cap, "results": rows}, default=str))
 
 
 if __name__ == "__main__":

@@ -112,13 +112,18 @@ def git_commit() -> str | None:
 
 
 def fixed_settings(spec: SweepSpec, sweep_dir: Path) -> dict[str, Any]:
-    """Trial settings every trial shares: the spec's, with threads from the CPU share and a shared pretrain cache."""
+    """Trial settings every trial shares: the spec's, with threads from the CPU share and a shared pretrain cache.
+
+    The pretrain cache sits in the storage folder, beside the sweep folders, so every sweep
+    there (another method, sampler or seed of the same model and data) reuses one dense
+    pretraining; entries are keyed by every setting pretraining depends on.
+    """
     settings = {"dataset": spec.dataset, "data_dir": spec.data_dir, "model": spec.model, **spec.trial}
     if spec.data_dir:
         settings["data_dir"] = str(Path(spec.data_dir).expanduser().resolve())
     settings.setdefault("num_threads", max(1, int(spec.resources.cpus)))
     if settings.get("pretrain_epochs"):
-        settings.setdefault("pretrain_cache_dir", str((sweep_dir / "pretrain_cache").resolve()))
+        settings.setdefault("pretrain_cache_dir", str((sweep_dir.parent / "pretrain_cache").resolve()))
     return settings
 
 

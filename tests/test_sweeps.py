@@ -12,7 +12,7 @@ import optuna
 from mlflow.tracking import MlflowClient
 
 from sweeps.records import ResultsLedger
-from sweeps.runner import resume_checkpoints, run_sweep
+from sweeps.runner import fixed_settings, resume_checkpoints, run_sweep
 from sweeps.search import own_trials
 from sweeps.spec import load_spec, parse_spec
 from sweeps.tracking import EPOCH_METRICS
@@ -157,3 +157,11 @@ def test_a_second_sweep_of_the_same_problem_warm_starts_from_the_first(digits_sw
     # Warm-start copies inform the sampler but are not this sweep's trials: no runs, no ledger lines.
     _, runs = children(second.sweep_dir, json.loads((second.sweep_dir / "state.json").read_text())["parent_run_id"])
     assert len(runs) == 2 and len(ResultsLedger(second.sweep_dir / "results.jsonl").rows) == 2
+
+
+def test_sweeps_in_one_storage_share_the_pretrain_cache(tmp_path):
+    spec, _ = load_spec("sweeps/digits_quick.yaml", {"trial.pretrain_epochs": 2})
+    caches = {fixed_settings(spec, tmp_path / name)["pretrain_cache_dir"] for name in ("hs-sweep", "l1-sweep")}
+    assert caches == {str((tmp_path / "pretrain_cache").resolve())}
+    no_pretraining, _ = load_spec("sweeps/digits_quick.yaml")
+    assert "pretrain_cache_dir" not in fixed_settings(no_pretraining, tmp_path / "x")
