@@ -70,3 +70,32 @@ def test_cli_reports_a_malformed_spec_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bad.yaml: budget.num_samples" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def _bench_module(name: str):
+    """A bench/ script as a module (bench/ is scripts, not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def test_reproduction_baselines_share_everything_but_the_method():
+    bench = _bench_module("bench_reproduction")
+    base, _ = load_spec("sweeps/mnist_lenet300.yaml")
+    hs, l1, magnitude = (bench.method_spec(base, m, l1_shift=1.0, magnitude_range=(0.1, 4.0)) for m in ("hs", "l1", "magnitude"))
+    assert [s.name for s in (hs, l1, magnitude)] == ["mnist_lenet300-hs", "mnist_lenet300-l1", "mnist_lenet300-magnitude"]
+    assert hs.trial == base.trial and hs.search == base.search and not hs.warm_start
+    assert l1.trial["reg"] == "l1" and l1.search["strength"].low == pytest.approx(10 * base.search["strength"].low)
+    assert magnitude.trial["reg"] == "none" and set(magnitude.search) == {"threshold"} and magnitude.trial["threshold_mode"] == "std"
+    for other in (l1, magnitude):  # same schedule, data, objectives and budget
+        assert {k: v for k, v in other.trial.items() if k not in ("reg", "strength", "threshold_mode")} == \
+            {k: v for k, v in base.trial.items() if k not in ("reg", "strength", "threshold_mode")}
+        assert (other.objectives, other.budget, other.dataset, other.model) == (base.objectives, base.budget, base.dataset, base.model)
+    searched_reg, _ = load_spec("sweeps/digits_quick.yaml")  # searches reg: each method fixes it
+    assert "reg" not in bench.method_spec(searched_reg, "hs", 1.0, (0.1, 4.0)).search
+    with pytest.raises(ValueError, match="method must be one of"):
+        bench.method_spec(base, "l0", 1.0, (0.1, 4.0))
