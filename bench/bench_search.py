@@ -67,8 +67,10 @@ def main() -> None:
             storage = Path(args.storage or scratch)
             for seed in range(args.seeds):
                 for sampler in SAMPLERS:
+                    settings = {"sampler.n_startup_trials": None} if sampler not in ("tpe", "gp") else {}
+                    settings |= {"sampler.population_size": None} if sampler != "nsga2" else {}
                     spec, _ = load_spec(args.spec, {**overrides, "name": f"search_{sampler}_{seed}", "sampler.type": sampler, "sampler.seed": seed,
-                                                    "budget.num_samples": args.trials, "warm_start": False})
+                                                    "budget.num_samples": args.trials, "warm_start": False, **settings})
                     outcome = run_sweep(spec, storage=str(storage), quiet=True)
                     curves[sampler].append(hv_curve(outcome.sweep_dir, args.trials))
                     print(f"{sampler:>6} seed {seed}: HV@{args.trials} = {curves[sampler][-1][-1]:.4f}", flush=True)

@@ -103,6 +103,15 @@ class SamplerSpec(_Strict):
     n_startup_trials: int | None = Field(default=None, ge=1)
     population_size: int | None = Field(default=None, ge=2)
 
+    @model_validator(mode="after")
+    def _settings_fit_the_sampler(self) -> SamplerSpec:
+        """A setting the chosen sampler would silently ignore is an error, not a surprise later."""
+        if self.n_startup_trials is not None and self.type not in ("tpe", "gp"):
+            raise ValueError(f"n_startup_trials is a tpe/gp setting; {self.type} does not use it")
+        if self.population_size is not None and self.type != "nsga2":
+            raise ValueError(f"population_size is an nsga2 setting; {self.type} does not use it")
+        return self
+
 
 class BudgetSpec(_Strict):
     num_samples: int = Field(default=12, ge=1)

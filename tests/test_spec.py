@@ -38,6 +38,8 @@ def test_default_spec_is_found_from_anywhere(tmp_path, monkeypatch):
         ({"objectives": [{"metric": "val_accuracy", "mode": "up"}]}, "objectives.0.mode"),
         ({"constraints": [{"metric": "val_accuracy"}]}, "give exactly one of min or max"),
         ({"name": "bad name/.."}, "name: String should match pattern"),
+        ({"sampler": {"type": "nsga2", "n_startup_trials": 4}}, "sampler: n_startup_trials is a tpe/gp setting; nsga2 does not use it"),
+        ({"sampler": {"type": "tpe", "population_size": 8}}, "sampler: population_size is an nsga2 setting; tpe does not use it"),
     ],
 )
 def test_bad_specs_name_file_and_field(change, message):
