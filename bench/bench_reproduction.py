@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from analysis.pareto import most_accurate_with_sparsity  # noqa: E402
 from analysis.report import build_report  # noqa: E402
 from analysis.results import from_sweep_dir  # noqa: E402
+from sweeps.records import PARETO_FILE  # noqa: E402
 from sweeps.runner import run_sweep  # noqa: E402
 from sweeps.spec import SweepSpec, load_spec, parse_spec  # noqa: E402
 
@@ -113,6 +114,8 @@ def main() -> None:
     parser.add_argument("--magnitude-range", default="0.1,4.0", help="std-multiple threshold range of the λ = 0 baseline (default 0.1,4.0)")
     parser.add_argument("--storage", help="keep the sweeps here (default: a temporary folder)")
     parser.add_argument("--report", help="write the HTML report (and PNGs beside it) here")
+    parser.add_argument("--caps", help="also print the chosen model's test accuracy at each of these caps, e.g. 0.01,0.015,0.02,0.05")
+    parser.add_argument("--from-storage", action="store_true", help="run nothing: summarise (and report) the sweeps already in --storage")
     parser.add_argument("--quick", action="store_true", help="digits, 8 trials per method, short schedule (1-2 min)")
     args = parser.parse_args()
 
@@ -129,43 +132,88 @@ def main() -> None:
     metric = sparsity_metric(base)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
 
-    rows, sweep_dirs = [], []
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
-    try:
-        with tempfile.TemporaryDirectory() as scratch:
-            storage = Path(args.storage or scratch)
-            for method in methods:
-                spec = method_spec(base, method, args.l1_shift, (low, high))
-                started = time.perf_counter()
-                outcome = run_sweep(spec, storage=str(storage), quiet=True)
-                wall = time.perf_counter() - started
-                table = from_sweep_dir(outcome.sweep_dir)
-                sweep_dirs.append(str(outcome.sweep_dir))
-                rows.append({"method": method, "trials": outcome.ok, "wall_s": round(wall, 1), "front": len(outcome.front), "sweep_dir": str(outcome.sweep_dir),
-                             **chosen_row(table, metric, args.cap)})
-                print(f"{method}: {outcome.ok}/{outcome.total} trials ok in {wall:.0f} s; {outcome.sweep_dir}", flush=True)
-            if args.report:
-                objectives = ",".join(f"{o.metric}:{o.mode}" for o in base.objectives)
-                written = build_report(sweep_dirs, args.report, objectives=objectives, by="sweep",
-                                       max_nonzero=args.cap if metric == "nonzero_frac" else None)
-                print(f"report: {written['html']}")
-    finally:
-        ray.shutdown()
+    sweep_dirs: dict[str, Path] = {}
+    walls: dict[str, float] = {}
+    if args.from_storage:
+        if not args.storage:
+            parser.error("--from-storage needs --storage")
+        for method in methods:
+            sweep_dirs[method] = Path(args.storage) / method_spec(base, method, args.l1_shift, (low, high)).name
+            if not (sweep_dirs[method] / "state.json").exists():
+                parser.error(f"{sweep_dirs[method]}: no stored sweep of method {method}")
+        if args.report:
+            write_report(base, list(sweep_dirs.values()), args.report, metric, args.cap)
+    else:
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        try:
+            with tempfile.TemporaryDirectory() as scratch:
+                storage = Path(args.storage or scratch)
+                for method in methods:
+                    spec = method_spec(base, method, args.l1_shift, (low, high))
+                    started = time.perf_counter()
+                    outcome = run_sweep(spec, storage=str(storage), quiet=True)
+                    walls[method] = time.perf_counter() - started
+                    sweep_dirs[method] = outcome.sweep_dir
+                    print(f"{method}: {outcome.ok}/{outcome.total} trials ok in {walls[method]:.0f} s; {outcome.sweep_dir}", flush=True)
+                if args.report:
+                    write_report(base, list(sweep_dirs.values()), args.report, metric, args.cap)
+                rows = summarise(sweep_dirs, walls, metric, args.cap)
+        finally:
+            ray.shutdown()
+    if args.from_storage:
+        rows = summarise(sweep_dirs, walls, metric, args.cap)
+    print_tables(base, rows, metric, args)
+    print(json.dumps({"spec": args.spec, "overrides": overrides, "metric": metric, "cap": args.cap, "results": rows}, default=str))
 
+
+def write_report(base: SweepSpec, sweep_dirs: list[Path], output: str, metric: str, cap: float) -> None:
+    """One HTML report (and PNGs beside it) with a front per method."""
+    objectives = ",".join(f"{o.metric}:{o.mode}" for o in base.objectives)
+    written = build_report([str(d) for d in sweep_dirs], output, objectives=objectives, by="sweep",
+                           max_nonzero=cap if metric == "nonzero_frac" else None)
+    print(f"report: {written['html']}")
+
+
+def summarise(sweep_dirs: dict[str, Path], walls: dict[str, float], metric: str, cap: float) -> list[dict[str, Any]]:
+    """One row per method, read from the stored sweep only: trials, front size, the chosen trial."""
+    rows = []
+    for method, sweep_dir in sweep_dirs.items():
+        table = from_sweep_dir(sweep_dir)
+        front = pd.read_csv(sweep_dir / PARETO_FILE) if (sweep_dir / PARETO_FILE).exists() else table.iloc[:0]
+        rows.append({"method": method, "trials": int((table["status"] == "ok").sum()), "wall_s": round(walls[method], 1) if method in walls else None,
+                     "front": len(front), "sweep_dir": str(sweep_dir), "table": table, **chosen_row(table, metric, cap)})
+    return rows
+
+
+def print_tables(base: SweepSpec, rows: list[dict[str, Any]], metric: str, args: argparse.Namespace) -> None:
+    """The chosen model per method at ``--cap``; with ``--caps``, its test accuracy at each cap."""
     print(f"\nChosen on validation accuracy among trials with {metric} ≤ {100 * args.cap:g} % "
           f"({base.name}, {base.model} on {base.dataset}; {base.budget.num_samples} trials per method):\n")
     print("| method | trial | strength | threshold | val acc | test acc | nonzero | FLOPs | front | wall |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
+        wall = "—" if r["wall_s"] is None else f"{r['wall_s']:.0f} s"
         print(f"| {r['method']} | {_fmt(r.get('trial_number'), 'int')} | {_fmt(r.get('strength'), 'sci')} | {_fmt(r.get('threshold'), 'sci')} "
               f"| {_fmt(r.get('val_accuracy'), 'acc')} | {_fmt(r.get('test_accuracy'), 'acc')} | {_fmt(r.get('nonzero_frac'), 'pct')} "
-              f"| {_fmt(r.get('flops_frac'), 'pct')} | {r['front']} | {r['wall_s']:.0f} s |")
+              f"| {_fmt(r.get('flops_frac'), 'pct')} | {r['front']} | {wall} |")
     if args.target is not None:
         for r in rows:
             test = r.get("test_accuracy")
             verdict = "no trial under the cap" if test is None else ("met" if test >= args.target else f"missed by {100 * (args.target - test):.2f} points")
             print(f"{r['method']}: target {100 * args.target:.2f} % at {metric} ≤ {100 * args.cap:g} % — {verdict}")
-    print(json.dumps({"spec": args.spec, "overrides": overrides, "metric": metric, "cap": args.cap, "results": rows}, default=str))
+    if args.caps:
+        caps = [float(c) for c in args.caps.split(",")]
+        print(f"\nTest accuracy (and {metric}) of the trial chosen on validation accuracy under each cap:\n")
+        print("| method | " + " | ".join(f"≤ {100 * c:g} %" for c in caps) + " |")
+        print("|---|" + "---:|" * len(caps))
+        for r in rows:
+            cells = []
+            for c in caps:
+                chosen = chosen_row(r["table"], metric, c)
+                cells.append(f"{_fmt(chosen.get('test_accuracy'), 'acc')} ({_fmt(chosen.get(metric), 'pct')})" if chosen else "—")
+            print(f"| {r['method']} | " + " | ".join(cells) + " |")
+    for r in rows:
+        r.pop("table")
 
 
 if __name__ == "__main__":
