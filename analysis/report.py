@@ -273,14 +273,9 @@ def _png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def scatter_figure(data: ReportData) -> Figure | None:
-    """Every trial in (sparsity, accuracy); the front of each group highlighted and joined by a step line."""
+def _draw_trials(ax: Axes, data: ReportData, plotted: pd.DataFrame, ok: np.ndarray) -> None:
+    """Every plotted trial, each group's front as a step line, the chosen points and the sweep constraints."""
     table, x, y = data.table, data.sparsity, data.accuracy
-    plotted = table[_finite(table, [x, y])]
-    if plotted.empty:
-        return None
-    fig, (ax,) = _new_figure(1, width=10, height=6)
-    ok = plotted["status"].eq("ok").fillna(False).to_numpy(dtype=bool)
     groups = list(dict.fromkeys(_label(v) for v in table[data.by].tolist()))
     colors = _group_colors(sorted(groups))
     keys = plotted[data.by].map(_label)
@@ -308,9 +303,49 @@ def scatter_figure(data: ReportData) -> Figure | None:
         bound = c[1] if c[1] is not None else c[2]
         if c[0] in (x, y) and bound is not None:
             (ax.axhline if c[0] == y else ax.axvline)(bound, color="0.5", linestyle="--", linewidth=0.9, label=f"sweep constraint {c[0]} {'≥' if c[1] is not None else '≤'} {bound:g}")
-    _log_if_spans(ax, "x", plotted[x].to_numpy(dtype=float))
+
+
+def _zoom_floor(data: ReportData, plotted: pd.DataFrame, ok: np.ndarray) -> float | None:
+    """Lower accuracy bound of the zoomed panel: the sweep's accuracy floor, else 5 points below the best.
+
+    None when no ok trial falls below it (the full view already is the useful part) or when
+    accuracy is not maximised.
+    """
+    y = data.accuracy
+    if not any(o.name == y and o.direction == "max" for o in data.objectives) or not ok.any():
+        return None
+    values = plotted.loc[ok, y].to_numpy(dtype=float)
+    floors = [c["min"] for c in data.constraints if c["metric"] == y and c.get("min") is not None]
+    floor = max(floors) if floors else float(values.max()) - 0.05
+    return floor if (values < floor).any() and (values >= floor).sum() >= 2 else None
+
+
+def scatter_figure(data: ReportData) -> Figure | None:
+    """Every trial in (sparsity, accuracy), fronts highlighted; beside it, a zoom on the trials above the accuracy floor."""
+    table, x, y = data.table, data.sparsity, data.accuracy
+    plotted = table[_finite(table, [x, y])]
+    if plotted.empty:
+        return None
+    ok = plotted["status"].eq("ok").fillna(False).to_numpy(dtype=bool)
+    floor = _zoom_floor(data, plotted, ok)
+    fig, axes = _new_figure(2 if floor is not None else 1, width=7.5 if floor is not None else 10, height=6)
     left_out = len(table) - len(plotted)
-    _style(ax, f"All {len(table)} trials" + (f" ({left_out} without metrics not shown)" if left_out else ""), f"{x} ({_direction(data, x)})", f"{y} ({_direction(data, y)})")
+    labels = (f"{x} ({_direction(data, x)})", f"{y} ({_direction(data, y)})")
+    _draw_trials(axes[0], data, plotted, ok)
+    _log_if_spans(axes[0], "x", plotted[x].to_numpy(dtype=float))
+    _style(axes[0], f"All {len(table)} trials" + (f" ({left_out} without metrics not shown)" if left_out else ""), *labels)
+    if floor is not None:
+        ax = axes[1]
+        _draw_trials(ax, data, plotted, ok)
+        inside = plotted[ok & (plotted[y].to_numpy(dtype=float) >= floor)]
+        xs, ys = inside[x].to_numpy(dtype=float), inside[y].to_numpy(dtype=float)
+        pad = max(float(ys.max() - floor), 1e-3) * 0.05
+        ax.set_ylim(floor - pad, float(ys.max()) + pad)
+        positive = xs[xs > 0]
+        if positive.size:
+            ax.set_xlim(float(positive.min()) / 1.3, float(xs.max()) * 1.3)
+            _log_if_spans(ax, "x", positive, decades=0.5)
+        _style(ax, f"Zoom: the {len(inside)} trials with {y} ≥ {floor:.4g}", *labels, legend=False)
     return fig
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from analysis.pareto import DEFAULT_OBJECTIVES, pareto_front
-from analysis.report import FIGURES, collect, default_by, write_report
+from analysis.report import FIGURES, collect, default_by, scatter_figure, write_report
 from analysis.results import COLUMNS, load_results, write_parquet
 from sweeps.cli import main
 
@@ -145,6 +145,21 @@ def test_report_of_one_trial_with_nans(tmp_path):
     assert "nothing qualifies" in page  # the default density cap (half the best trial's) admits no trial here
     assert "no sweep folder given" in page
     assert {"scatter", "hypervolume", "coverage"} <= set(written) and "layers" not in written
+
+
+def test_scatter_zooms_on_trials_above_the_accuracy_floor():
+    rng = np.random.default_rng(0)
+    n = 30
+    rows = {"sweep": "s", "trial_number": np.arange(n), "status": "ok", "reg": "hs", "strength": 1e-3, "threshold": 0.02, "threshold_mode": "abs",
+            "val_accuracy": np.r_[rng.uniform(0.95, 0.99, n - 5), [0.1, 0.2, 0.5, 0.6, 0.3]], "nonzero_frac": rng.uniform(0.005, 0.5, n)}
+    table = pd.DataFrame(rows, columns=list(COLUMNS)).astype(COLUMNS)
+    collapsed = collect(table, list(DEFAULT_OBJECTIVES))  # no constraint: the zoom keeps the best 5 points of accuracy
+    fig = scatter_figure(collapsed)
+    assert len(fig.axes) == 2
+    low, high = fig.axes[1].get_ylim()
+    assert 0.93 < low < 0.95 and high >= table["val_accuracy"].max() and fig.axes[1].get_xscale() == "log"
+    healthy = collect(table[table["val_accuracy"] > 0.9], list(DEFAULT_OBJECTIVES))  # nothing below the floor: one panel
+    assert len(scatter_figure(healthy).axes) == 1
 
 
 def test_report_renders_in_headless_chromium(report, tmp_path):
