@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
     parser.add_argument("--num-samples", type=int, help="trials per method (default: the spec's budget)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="spec override for every method, e.g. trial.epochs=15")
-    parser.add_argument("--cap", type=float, default=0.015, help="selection cap on the spec's minimised objective, e.g. nonzero_frac (default 0.015)")
+    parser.add_argument("--cap", type=float, help="selection cap on the spec's minimised objective, e.g. nonzero_frac (default 0.015; 0.25 with --quick)")
     parser.add_argument("--target", type=float, help="test accuracy the chosen model should reach (printed as met / missed by)")
     parser.add_argument("--l1-shift", type=float, default=1.0, help="decades to shift l1's strength range up (default 1)")
     parser.add_argument("--magnitude-range", default="0.1,4.0", help="std-multiple threshold range of the λ = 0 baseline (default 0.1,4.0)")
@@ -122,7 +122,9 @@ def main() -> None:
     overrides = parse_overrides(args.set)
     if args.quick:
         args.num_samples = args.num_samples or 8
-        overrides = {"trial.epochs": 6, "trial.finetune_epochs": 2, **overrides}
+        overrides = {"trial.epochs": 10, "trial.finetune_epochs": 3, **overrides}
+    if args.cap is None:
+        args.cap = 0.25 if args.quick else 0.015
     if args.data_dir:
         overrides["data_dir"] = str(Path(args.data_dir).resolve())
     if args.num_samples:
