@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.pareto import parse_objectives, pareto_front
-from analysis.results import load_results
+from analysis.results import feasible_mask, load_results, sweep_constraints
 
 FRONT_COLUMNS = ("sweep", "trial_number", "reg", "strength", "threshold", "threshold_mode")
 
@@ -23,6 +23,7 @@ def add_pareto_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--by", help="one front per value of this column (e.g. reg, sweep, model)")
     parser.add_argument("--format", choices=["table", "csv", "json"], default="table")
     parser.add_argument("--save", metavar="PARQUET", help="also save the whole results table as parquet")
+    parser.add_argument("--ignore-constraints", action="store_true", help="let trials that break their sweep's constraints onto the front")
 
 
 def pareto_command(args: argparse.Namespace) -> int:
@@ -36,7 +37,9 @@ def pareto_command(args: argparse.Namespace) -> int:
     missing = [o.name for o in objectives if o.name not in table.columns] + ([args.by] if args.by and args.by not in table.columns else [])
     if missing:
         raise ValueError(f"unknown column(s): {', '.join(missing)}")
-    front = pareto_front(table, objectives, by=args.by)
+    constraints = [] if args.ignore_constraints else sweep_constraints(args.sweeps)
+    feasible = table[feasible_mask(table, constraints)]  # as each sweep's own pareto.csv: constraint breakers stay off
+    front = pareto_front(feasible, objectives, by=args.by)
     columns = list(dict.fromkeys([*([args.by] if args.by else []), *FRONT_COLUMNS, *(o.name for o in objectives), "test_accuracy", "flops_frac", "mlflow_run_id"]))
     front = front[columns]
     if args.format == "csv":
@@ -45,7 +48,8 @@ def pareto_command(args: argparse.Namespace) -> int:
         print(json.dumps(json.loads(front.to_json(orient="records")), indent=None))
     else:
         ok = int((table["status"] == "ok").sum())
-        print(f"{len(table)} trials ({ok} ok) in {table['sweep'].nunique()} sweep(s); front of {len(front)} on {', '.join(f'{o.name} ({o.direction})' for o in objectives)}:")
+        broken = f", {len(table) - len(feasible)} breaking their sweep's constraints" if len(feasible) < len(table) else ""
+        print(f"{len(table)} trials ({ok} ok{broken}) in {table['sweep'].nunique()} sweep(s); front of {len(front)} on {', '.join(f'{o.name} ({o.direction})' for o in objectives)}:")
         with pd.option_context("display.width", 200, "display.max_columns", 30):
             print(front.to_string(index=False, float_format=lambda v: f"{v:.4g}") if len(front) else "(empty: no ok trial)")
     return 0

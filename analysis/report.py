@@ -41,7 +41,7 @@ from analysis.pareto import (
     pareto_front,
     sparsest_with_accuracy,
 )
-from analysis.results import load_layers, load_results
+from analysis.results import feasible_mask, load_layers, load_results, sweep_constraints, sweep_dirs
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn, so ``hoyersweep train`` starts fast
     from matplotlib.axes import Axes
@@ -117,15 +117,15 @@ def _finite(table: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
     return np.isfinite(values).all(axis=1)
 
 
-def _choices(table: pd.DataFrame, objectives: list[Objective], accuracy: str, sparsity: str,
+def _choices(table: pd.DataFrame, feasible: pd.DataFrame, objectives: list[Objective], accuracy: str, sparsity: str,
              min_accuracy: float | None, max_nonzero: float | None) -> list[Choice]:
-    """Knee of the overall front, sparsest above an accuracy floor, most accurate below a density cap."""
+    """Knee of the overall (feasible) front; sparsest above an accuracy floor and most accurate below a density cap, over all trials."""
     ok = table[table["status"].eq("ok").fillna(False).to_numpy(dtype=bool) & _finite(table, [accuracy, sparsity])]
     if ok.empty:
         return []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # a test-metric warning is shown on the page instead
-        knee = knee_point(pareto_front(table, objectives), objectives)
+        knee = knee_point(pareto_front(feasible, objectives), objectives)
         if min_accuracy is None:
             min_accuracy = float(ok[accuracy].max()) - 0.01
         if max_nonzero is None:
@@ -149,39 +149,17 @@ def _history(table: pd.DataFrame, objectives: list[Objective], reference: np.nda
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["sweep", "trial_number", "n_trials", "hypervolume"])
 
 
-def _sweep_dirs(source: str) -> list[Path]:
-    """The sweep folders a source names (none for an MLflow URI or a parquet file)."""
-    path = Path(source)
-    if "://" in source or path.suffix == ".parquet":
-        return []
-    if (path / "state.json").exists():
-        return [path]
-    return sorted(p.parent for p in path.glob("*/state.json"))
-
-
 def _layers(sources: Sequence[str], data: ReportData) -> pd.DataFrame | None:
     """Per-layer rows of every sweep folder among the sources; notes the sources that have none."""
     frames = []
     for source in sources:
-        dirs = _sweep_dirs(str(source))
+        dirs = sweep_dirs(str(source))
         if not dirs:
             kind = "an MLflow URI" if "://" in str(source) else "a parquet table" if str(source).endswith(".parquet") else "not a sweep folder"
             data.note("layers", f"{source} is {kind}: per-layer sparsity is only read from sweep folders (results.jsonl), so its trials have none here.")
         frames.extend(load_layers(d) for d in dirs)
     frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else None
-
-
-def _constraints(sources: Sequence[str]) -> list[dict]:
-    """The constraints of the sweep folders' specs (the sweep's own pareto.csv applies them; this report does not)."""
-    import yaml
-
-    found = []
-    for source in sources:
-        for sweep in _sweep_dirs(str(source)):
-            spec = yaml.safe_load((sweep / "spec.yaml").read_text()) if (sweep / "spec.yaml").exists() else {}
-            found += [{"sweep": sweep.name, **c} for c in (spec or {}).get("constraints") or [] if isinstance(c, dict) and "metric" in c]
-    return found
 
 
 def _constraint_text(c: dict) -> str:
@@ -197,18 +175,22 @@ def collect(table: pd.DataFrame, objectives: list[Objective], *, by: str | None 
         raise ValueError(f"unknown column(s): {', '.join(missing)}")
     by = by or default_by(table)
     accuracy, sparsity = _axis_columns(objectives)
+    constraints = sweep_constraints(sources)
+    feasible = table[feasible_mask(table, constraints)]  # fronts, knee and hypervolume as the sweeps' own pareto.csv
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        front = pareto_front(table, objectives, by=by)
-    data = ReportData(table, objectives, by, accuracy, sparsity, front, _choices(table, objectives, accuracy, sparsity, min_accuracy, max_nonzero),
-                      pd.DataFrame(), None, None)
+        front = pareto_front(feasible, objectives, by=by)
+    data = ReportData(table, objectives, by, accuracy, sparsity, front, _choices(table, feasible, objectives, accuracy, sparsity, min_accuracy, max_nonzero),
+                      pd.DataFrame(), None, None, constraints)
+    infeasible = len(table) - len(feasible)
+    if infeasible:
+        data.note("front", f"{infeasible} trial(s) violate their sweep's constraints: plotted, but kept off the fronts, the knee and the hypervolume.")
     try:
         data.reference = default_reference(table, objectives)
-        data.history = _history(table, objectives, data.reference)
+        data.history = _history(feasible, objectives, data.reference)
     except ValueError as error:  # an objective without a known worst value and no ok trial
         data.note("hypervolume", f"no reference point: {error}")
     data.layers = _layers(sources, data) if sources else None
-    data.constraints = _constraints(sources)
     if not sources:
         data.note("layers", "no sweep folder given: per-layer sparsity is only read from sweep folders.")
     return data
@@ -504,8 +486,8 @@ def _header(data: ReportData, sources: Sequence[str]) -> str:
     if any("test" in o.name.lower() for o in data.objectives):
         parts.append('<p class="note">An objective is a test metric: choosing on it leaks the test set into model selection.</p>')
     if data.constraints:
-        parts.append('<p class="muted">Sweep constraints (applied by each sweep\'s own <code>pareto.csv</code>, not here, so fronts '
-                     "may hold trials that violate them): " + "; ".join(_esc(_constraint_text(c)) for c in data.constraints) + ".</p>")
+        parts.append('<p class="muted">Sweep constraints (trials that violate them stay off the fronts, as in each sweep\'s own '
+                     "<code>pareto.csv</code>; the chosen points' rules apply to all trials): " + "; ".join(_esc(_constraint_text(c)) for c in data.constraints) + ".</p>")
     if data.ok.empty:
         parts.append('<p class="note" id="no-ok-trial">No trial finished ok: there is no Pareto front, no chosen point and no hypervolume. '
                      "See the excluded trials below for what went wrong.</p>")
@@ -552,7 +534,7 @@ def render_html(data: ReportData, images: dict[str, bytes], sources: Sequence[st
         _section("scatter", "Pareto scatter", figure("scatter", "accuracy against sparsity of every trial", "No trial has finite objective values to plot.")
                  + ('<p class="muted">Large outlined markers are each group\'s front, joined by the boundary of what it dominates; stars are the chosen '
                     "points; crosses are trials that did not finish ok (never on a front).</p>" if "scatter" in images else "")),
-        _section("front", "Pareto front and chosen points", _front_section(data)),
+        _section("front", "Pareto front and chosen points", _notes(data, "front") + _front_section(data)),
         _section("hypervolume", "Hypervolume against trials run",
                  _notes(data, "hypervolume") + figure("hypervolume", "hypervolume of the front against trials run", "No ok trial with finite objectives: no hypervolume to show.")
                  + '<p class="muted">One reference point for every sweep, so the curves compare: a curve that flattens early found its front early.</p>'),

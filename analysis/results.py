@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from sweeps.records import RESULTS_FILE, read_ledger
@@ -82,7 +83,7 @@ def _parse_bool(value: Any) -> bool | None:
     return bool(value)
 
 
-def _sweep_meta(sweep_dir: Path) -> tuple[str, str]:
+def sweep_meta(sweep_dir: Path) -> tuple[str, str]:
     """(sweep name, comma-joined searched names) from the sweep folder's state and spec."""
     import yaml
 
@@ -97,7 +98,7 @@ def from_sweep_dir(sweep_dir: str | os.PathLike) -> pd.DataFrame:
     ledger = sweep_dir / RESULTS_FILE
     if not (sweep_dir / "state.json").exists():
         raise ResultsError(f"{sweep_dir}: not a sweep folder (no state.json)")
-    name, searched = _sweep_meta(sweep_dir)
+    name, searched = sweep_meta(sweep_dir)
     rows = [
         {**row.get("config", {}), **{k: row.get(k) for k in METRIC_COLUMNS}, "sweep": name, "trial_number": row["trial_number"],
          "status": row["status"], "message": row.get("message"), "epochs_run": row.get("epochs"),
@@ -110,13 +111,50 @@ def from_sweep_dir(sweep_dir: str | os.PathLike) -> pd.DataFrame:
 def load_layers(sweep_dir: str | os.PathLike) -> pd.DataFrame:
     """Per-layer sparsity of every trial of a sweep folder: one row per (trial, layer)."""
     sweep_dir = Path(sweep_dir)
-    name, _ = _sweep_meta(sweep_dir)
+    name, _ = sweep_meta(sweep_dir)
     rows = [
         {"sweep": name, "trial_number": row["trial_number"], **layer, "shape": "x".join(map(str, layer["shape"]))}
         for row in read_ledger(sweep_dir / RESULTS_FILE)
         for layer in row.get("layers") or []
     ]
     return pd.DataFrame(rows)
+
+
+def sweep_dirs(source: str) -> list[Path]:
+    """The sweep folders a source names (none for an MLflow URI or a parquet file)."""
+    path = Path(source)
+    if "://" in source or path.suffix == ".parquet":
+        return []
+    if (path / "state.json").exists():
+        return [path]
+    return sorted(p.parent for p in path.glob("*/state.json"))
+
+
+def sweep_constraints(sources: Sequence[str]) -> list[dict]:
+    """The constraints of the sweep folders' specs, each tagged with its sweep's name (the table's ``sweep``)."""
+    import yaml
+
+    found = []
+    for source in sources:
+        for sweep in sweep_dirs(str(source)):
+            spec = yaml.safe_load((sweep / "spec.yaml").read_text()) if (sweep / "spec.yaml").exists() else {}
+            name = sweep_meta(sweep)[0]
+            found += [{"sweep": name, **c} for c in (spec or {}).get("constraints") or [] if isinstance(c, dict) and "metric" in c]
+    return found
+
+
+def feasible_mask(table: pd.DataFrame, constraints: Sequence[dict]) -> np.ndarray:
+    """True where a row satisfies every constraint of its own sweep (a NaN metric does not); as each sweep's pareto.csv."""
+    feasible = np.ones(len(table), dtype=bool)
+    sweeps = table["sweep"].astype(object).to_numpy()
+    for c in constraints:
+        if c["metric"] not in table.columns:
+            continue
+        values = table[c["metric"]].to_numpy(dtype=float, na_value=np.nan)
+        with np.errstate(invalid="ignore"):
+            ok = values >= c["min"] if c.get("min") is not None else values <= c["max"]
+        feasible &= ~(sweeps == c["sweep"]) | ok
+    return feasible
 
 
 def from_mlflow(tracking_uri: str, experiment: str | None = None, parent_run_id: str | None = None) -> pd.DataFrame:

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from analysis.pareto import DEFAULT_OBJECTIVES, pareto_front
-from analysis.report import FIGURES, collect, default_by, scatter_figure, write_report
+from analysis.report import FIGURES, collect, default_by, feasible_mask, scatter_figure, sweep_constraints, write_report
 from analysis.results import COLUMNS, load_results, write_parquet
 from sweeps.cli import main
 
@@ -100,7 +100,9 @@ def test_report_of_a_real_sweep(report, sweep_dir):
     assert_self_contained(page)
 
     table = load_results(sweep_dir)
-    front = pareto_front(table, DEFAULT_OBJECTIVES, by=default_by(table))
+    feasible = table[feasible_mask(table, sweep_constraints([str(sweep_dir)]))]  # the spec's accuracy floor, as the sweep's pareto.csv
+    assert len(feasible) < len(table) or (table["val_accuracy"] >= 0.8).all()
+    front = pareto_front(feasible, DEFAULT_OBJECTIVES, by=default_by(table))
     assert not front.empty
     assert table_column(page, "front-table", "trial_number") == [str(n) for n in front["trial_number"]]
     assert set(table_column(page, "chosen-table", "trial_number")) <= {str(n) for n in table["trial_number"]}
@@ -176,4 +178,22 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     pixels = matplotlib.image.imread(shot)[..., :3]
     assert pixels.shape[:2] == (2000, 1200)
     assert pixels.std() > 0.05 and pixels.min() < 0.5  # not blank, not all white: text and figures drawn
-    assert (pixels.reshape(-1, 3).std(axis=1) > 0.1).mean() > 0.001  # some coloured pixels (the scatter's markers)
+    assert (pixels.reshape(-1, 3).std(axis=1) > 0.1).mean() > 1e-4  # some coloured pixels (the scatter's markers: a few hundred at least)
+
+
+def test_fronts_respect_each_sweeps_constraints(tmp_path):
+    import json
+
+    import yaml
+
+    rows = [("a", 0, 0.95, 0.10), ("a", 1, 0.70, 0.01), ("a", 2, 0.90, 0.05), ("b", 0, 0.70, 0.01), ("b", 1, 0.96, 0.20)]
+    table = pd.DataFrame([{"sweep": s, "trial_number": n, "status": "ok", "reg": "hs", "val_accuracy": acc, "nonzero_frac": nz}
+                          for s, n, acc, nz in rows], columns=list(COLUMNS)).astype(COLUMNS)
+    for sweep, floor in (("a", 0.8), ("b", None)):  # only sweep a has an accuracy floor
+        (tmp_path / sweep).mkdir()
+        (tmp_path / sweep / "state.json").write_text(json.dumps({"name": sweep}))
+        (tmp_path / sweep / "spec.yaml").write_text(yaml.safe_dump({"constraints": [{"metric": "val_accuracy", "min": floor}] if floor else []}))
+    data = collect(table, list(DEFAULT_OBJECTIVES), by="sweep", sources=[str(tmp_path / "a"), str(tmp_path / "b")])
+    on_front = set(zip(data.front["sweep"], data.front["trial_number"]))
+    assert on_front == {("a", 0), ("a", 2), ("b", 0), ("b", 1)}  # a's 0.70 trial breaks a's floor; b's identical one has none
+    assert any("1 trial(s) violate" in note for note in data.notes["front"])
