@@ -486,6 +486,10 @@ def print_summary(outcome: SweepOutcome, spec: SweepSpec, elapsed: float) -> Non
         shown = list(dict.fromkeys(shown))
         print(f"Pareto front ({len(outcome.front)} trials; chosen on validation, test shown beside):")
         print(outcome.front[shown].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    elif outcome.ok:
+        rules = ", ".join(f"{c.metric} {'≥ ' + format(c.min, 'g') if c.min is not None else '≤ ' + format(c.max, 'g')}" for c in spec.constraints)
+        why = f"no ok trial met the constraints ({rules})" if rules else "no ok trial has finite objective values"
+        print(f"Pareto front empty: {why}; `hoyersweep pareto {directory} --ignore-constraints` shows the rest.")
     print(f"  results : {directory / RESULTS_FILE}")
     print(f"  front   : {directory / PARETO_FILE}")
     print(f"  mlflow  : {outcome.tracking_uri}   (hoyersweep ui {directory})")
