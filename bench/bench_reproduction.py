@@ -136,6 +136,13 @@ def main() -> None:
 
     sweep_dirs: dict[str, Path] = {}
     walls: dict[str, float] = {}
+
+    def report_and_summarise() -> list[dict[str, Any]]:
+        """Read the stored sweeps (while they exist: a scratch storage goes away after the run)."""
+        if args.report:
+            write_report(base, list(sweep_dirs.values()), args.report, metric, args.cap)
+        return summarise(sweep_dirs, walls, metric, args.cap)
+
     if args.from_storage:
         if not args.storage:
             parser.error("--from-storage needs --storage")
@@ -143,8 +150,7 @@ def main() -> None:
             sweep_dirs[method] = Path(args.storage) / method_spec(base, method, args.l1_shift, (low, high)).name
             if not (sweep_dirs[method] / "state.json").exists():
                 parser.error(f"{sweep_dirs[method]}: no stored sweep of method {method}")
-        if args.report:
-            write_report(base, list(sweep_dirs.values()), args.report, metric, args.cap)
+        rows = report_and_summarise()
     else:
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
         try:
@@ -157,13 +163,9 @@ def main() -> None:
                     walls[method] = time.perf_counter() - started
                     sweep_dirs[method] = outcome.sweep_dir
                     print(f"{method}: {outcome.ok}/{outcome.total} trials ok in {walls[method]:.0f} s; {outcome.sweep_dir}", flush=True)
-                if args.report:
-                    write_report(base, list(sweep_dirs.values()), args.report, metric, args.cap)
-                rows = summarise(sweep_dirs, walls, metric, args.cap)
+                rows = report_and_summarise()
         finally:
             ray.shutdown()
-    if args.from_storage:
-        rows = summarise(sweep_dirs, walls, metric, args.cap)
     print_tables(base, rows, metric, args)
     print(json.dumps({"spec": args.spec, "overrides": overrides, "metric": metric, "cap": args.cap, "results": rows}, default=str))
 
