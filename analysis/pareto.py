@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence, Union
+from typing import Literal, Union
 
 import numpy as np
 import pandas as pd
@@ -64,9 +65,7 @@ class Objective:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"objective name must be a non-empty string, got {self.name!r}")
         if self.direction not in _DIRECTIONS:
-            raise ValueError(
-                f"objective {self.name!r}: direction must be 'min' or 'max', got {self.direction!r}"
-            )
+            raise ValueError(f"objective {self.name!r}: direction must be 'min' or 'max', got {self.direction!r}")
 
 
 DEFAULT_OBJECTIVES: list[Objective] = [
@@ -74,7 +73,7 @@ DEFAULT_OBJECTIVES: list[Objective] = [
     Objective("nonzero_frac", "min"),
 ]
 
-ObjectivesLike = Union[str, Sequence[Union[Objective, str]]]
+ObjectivesLike = Union[str, Sequence[Objective | str]]
 OkStatus = Union[str, Sequence[object]]
 
 # Known worst values used by ``default_reference`` (name, direction) -> bound.
@@ -616,9 +615,7 @@ def sparsest_with_accuracy(
     ``test_accuracy`` here (a ``UserWarning`` is raised if you do) -- the test
     set is for reporting the chosen model only.
     """
-    return _select(
-        df, accuracy, sparsity, status_col, ok_status, qualifies="accuracy", threshold=float(min_accuracy)
-    )
+    return _select(df, accuracy, sparsity, status_col, ok_status, qualifies="accuracy", threshold=float(min_accuracy))
 
 
 def most_accurate_with_sparsity(
@@ -638,6 +635,4 @@ def most_accurate_with_sparsity(
     ``test_accuracy`` here (a ``UserWarning`` is raised if you do) -- the test
     set is for reporting the chosen model only.
     """
-    return _select(
-        df, accuracy, sparsity, status_col, ok_status, qualifies="sparsity", threshold=float(max_sparsity)
-    )
+    return _select(df, accuracy, sparsity, status_col, ok_status, qualifies="sparsity", threshold=float(max_sparsity))

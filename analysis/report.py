@@ -24,12 +24,12 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from typing import TYPE_CHECKING
 
 from analysis.pareto import (
     Objective,
@@ -37,8 +37,8 @@ from analysis.pareto import (
     hypervolume_history,
     knee_point,
     most_accurate_with_sparsity,
-    parse_objectives,
     pareto_front,
+    parse_objectives,
     sparsest_with_accuracy,
 )
 from analysis.results import feasible_mask, load_layers, load_results, sweep_constraints, sweep_dirs
@@ -49,12 +49,32 @@ if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn, so ``ho
 
 FIGURES: tuple[str, ...] = ("scatter", "hypervolume", "layers", "coverage")
 TABLE_COLUMNS: tuple[str, ...] = (
-    "sweep", "trial_number", "reg", "strength", "threshold", "threshold_mode",
-    "val_accuracy", "test_accuracy", "nonzero_frac", "flops_frac", "mlflow_run_id",
+    "sweep",
+    "trial_number",
+    "reg",
+    "strength",
+    "threshold",
+    "threshold_mode",
+    "val_accuracy",
+    "test_accuracy",
+    "nonzero_frac",
+    "flops_frac",
+    "mlflow_run_id",
 )
 STATUS_ORDER: tuple[str, ...] = ("ok", "diverged", "error", "stopped", "running")
 OUTCOME_COLORS: dict[str, str] = {"on front": "#d62728", "ok": "#1f77b4", "failed or diverged": "#7f7f7f"}
-GROUP_COLORS: tuple[str, ...] = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
+GROUP_COLORS: tuple[str, ...] = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#17becf",
+    "#bcbd22",
+    "#7f7f7f",
+)
 LAYER_BARS: tuple[tuple[str, str, str], ...] = (
     ("nonzero_frac", "nonzero weights", "#1f77b4"),
     ("rows_frac", "live rows (outputs)", "#ff7f0e"),
@@ -117,8 +137,15 @@ def _finite(table: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
     return np.isfinite(values).all(axis=1)
 
 
-def _choices(table: pd.DataFrame, feasible: pd.DataFrame, objectives: list[Objective], accuracy: str, sparsity: str,
-             min_accuracy: float | None, max_nonzero: float | None) -> list[Choice]:
+def _choices(
+    table: pd.DataFrame,
+    feasible: pd.DataFrame,
+    objectives: list[Objective],
+    accuracy: str,
+    sparsity: str,
+    min_accuracy: float | None,
+    max_nonzero: float | None,
+) -> list[Choice]:
     """Knee of the overall (feasible) front; sparsest above an accuracy floor and most accurate below a density cap, over all trials."""
     ok = table[table["status"].eq("ok").fillna(False).to_numpy(dtype=bool) & _finite(table, [accuracy, sparsity])]
     if ok.empty:
@@ -129,14 +156,24 @@ def _choices(table: pd.DataFrame, feasible: pd.DataFrame, objectives: list[Objec
         if min_accuracy is None:
             min_accuracy = float(ok[accuracy].max()) - 0.01
         if max_nonzero is None:
-            best = most_accurate_with_sparsity(table, float(ok[sparsity].max()), accuracy=accuracy, sparsity=sparsity)  # the most accurate trial
+            best = most_accurate_with_sparsity(
+                table, float(ok[sparsity].max()), accuracy=accuracy, sparsity=sparsity
+            )  # the most accurate trial
             max_nonzero = float(best[sparsity]) / 2 if best is not None else float(ok[sparsity].max())
         sparsest = sparsest_with_accuracy(table, min_accuracy, accuracy=accuracy, sparsity=sparsity)
         accurate = most_accurate_with_sparsity(table, max_nonzero, accuracy=accuracy, sparsity=sparsity)
     return [
         Choice("knee", "knee point of the overall front (largest distance from the line joining its extremes)", knee),
-        Choice(f"sparsest {accuracy} ≥ {min_accuracy:.4g}", f"smallest {sparsity} among trials with {accuracy} ≥ {min_accuracy:.4g}", sparsest),
-        Choice(f"most accurate {sparsity} ≤ {max_nonzero:.4g}", f"highest {accuracy} among trials with {sparsity} ≤ {max_nonzero:.4g}", accurate),
+        Choice(
+            f"sparsest {accuracy} ≥ {min_accuracy:.4g}",
+            f"smallest {sparsity} among trials with {accuracy} ≥ {min_accuracy:.4g}",
+            sparsest,
+        ),
+        Choice(
+            f"most accurate {sparsity} ≤ {max_nonzero:.4g}",
+            f"highest {accuracy} among trials with {sparsity} ≤ {max_nonzero:.4g}",
+            accurate,
+        ),
     ]
 
 
@@ -146,7 +183,11 @@ def _history(table: pd.DataFrame, objectives: list[Objective], reference: np.nda
     for sweep, rows in table.groupby("sweep", sort=True, dropna=False):
         history = hypervolume_history(rows, objectives, reference)
         frames.append(history.assign(sweep=sweep))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["sweep", "trial_number", "n_trials", "hypervolume"])
+    return (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["sweep", "trial_number", "n_trials", "hypervolume"])
+    )
 
 
 def _layers(sources: Sequence[str], data: ReportData) -> pd.DataFrame | None:
@@ -155,8 +196,17 @@ def _layers(sources: Sequence[str], data: ReportData) -> pd.DataFrame | None:
     for source in sources:
         dirs = sweep_dirs(str(source))
         if not dirs:
-            kind = "an MLflow URI" if "://" in str(source) else "a parquet table" if str(source).endswith(".parquet") else "not a sweep folder"
-            data.note("layers", f"{source} is {kind}: per-layer sparsity is only read from sweep folders (results.jsonl), so its trials have none here.")
+            kind = (
+                "an MLflow URI"
+                if "://" in str(source)
+                else "a parquet table"
+                if str(source).endswith(".parquet")
+                else "not a sweep folder"
+            )
+            data.note(
+                "layers",
+                f"{source} is {kind}: per-layer sparsity is only read from sweep folders (results.jsonl), so its trials have none here.",
+            )
         frames.extend(load_layers(d) for d in dirs)
     frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else None
@@ -167,10 +217,19 @@ def _constraint_text(c: dict) -> str:
     return f"{c['sweep']}: {c['metric']} {bound}"
 
 
-def collect(table: pd.DataFrame, objectives: list[Objective], *, by: str | None = None, min_accuracy: float | None = None,
-            max_nonzero: float | None = None, sources: Sequence[str] = ()) -> ReportData:
+def collect(
+    table: pd.DataFrame,
+    objectives: list[Objective],
+    *,
+    by: str | None = None,
+    min_accuracy: float | None = None,
+    max_nonzero: float | None = None,
+    sources: Sequence[str] = (),
+) -> ReportData:
     """Fronts, chosen points, hypervolume history and layers for a results table (``load_results`` schema)."""
-    missing = [o.name for o in objectives if o.name not in table.columns] + ([by] if by and by not in table.columns else [])
+    missing = [o.name for o in objectives if o.name not in table.columns] + (
+        [by] if by and by not in table.columns else []
+    )
     if missing:
         raise ValueError(f"unknown column(s): {', '.join(missing)}")
     by = by or default_by(table)
@@ -180,11 +239,25 @@ def collect(table: pd.DataFrame, objectives: list[Objective], *, by: str | None 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         front = pareto_front(feasible, objectives, by=by)
-    data = ReportData(table, objectives, by, accuracy, sparsity, front, _choices(table, feasible, objectives, accuracy, sparsity, min_accuracy, max_nonzero),
-                      pd.DataFrame(), None, None, constraints)
+    data = ReportData(
+        table,
+        objectives,
+        by,
+        accuracy,
+        sparsity,
+        front,
+        _choices(table, feasible, objectives, accuracy, sparsity, min_accuracy, max_nonzero),
+        pd.DataFrame(),
+        None,
+        None,
+        constraints,
+    )
     infeasible = len(table) - len(feasible)
     if infeasible:
-        data.note("front", f"{infeasible} trial(s) violate their sweep's constraints: plotted, but kept off the fronts, the knee and the hypervolume.")
+        data.note(
+            "front",
+            f"{infeasible} trial(s) violate their sweep's constraints: plotted, but kept off the fronts, the knee and the hypervolume.",
+        )
     try:
         data.reference = default_reference(table, objectives)
         data.history = _history(feasible, objectives, data.reference)
@@ -246,7 +319,9 @@ def _group_colors(keys: Sequence[object]) -> dict[object, str]:
 
 
 def _label(value: object) -> str:
-    return "(none)" if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA else str(value)
+    return (
+        "(none)" if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA else str(value)
+    )
 
 
 def _png(fig: Figure) -> bytes:
@@ -268,23 +343,67 @@ def _draw_trials(ax: Axes, data: ReportData, plotted: pd.DataFrame, ok: np.ndarr
         front = data.front[(front_keys == key).to_numpy()] if not data.front.empty else data.front
         if front.empty:
             continue
-        ax.scatter(front[x], front[y], s=55, color=colors[key], edgecolor="black", linewidth=0.8, zorder=3, label=f"front {data.by}={key}")
+        ax.scatter(
+            front[x],
+            front[y],
+            s=55,
+            color=colors[key],
+            edgecolor="black",
+            linewidth=0.8,
+            zorder=3,
+            label=f"front {data.by}={key}",
+        )
         if len(data.objectives) == 2:
             signs = [-1.0 if o.direction == "max" else 1.0 for o in data.objectives]
             xi = [o.name for o in data.objectives].index(x)
             order = np.argsort(front[x].to_numpy(dtype=float) * signs[xi], kind="stable")
-            ax.step(front[x].to_numpy(dtype=float)[order], front[y].to_numpy(dtype=float)[order], where="post", color=colors[key], linewidth=1.4, zorder=2)
+            ax.step(
+                front[x].to_numpy(dtype=float)[order],
+                front[y].to_numpy(dtype=float)[order],
+                where="post",
+                color=colors[key],
+                linewidth=1.4,
+                zorder=2,
+            )
     failed = plotted[~ok]
     if len(failed):
-        ax.scatter(failed[x], failed[y], marker="x", s=30, color=OUTCOME_COLORS["failed or diverged"], label="not ok (excluded)")
+        ax.scatter(
+            failed[x],
+            failed[y],
+            marker="x",
+            s=30,
+            color=OUTCOME_COLORS["failed or diverged"],
+            label="not ok (excluded)",
+        )
     for i, choice in enumerate(c for c in data.choices if c.row is not None):
-        ax.scatter([choice.row[x]], [choice.row[y]], marker="*", s=260, facecolor="none", edgecolor="black", linewidth=1.2, zorder=4)
-        ax.annotate(choice.label, (choice.row[x], choice.row[y]), xytext=(8, -14 - 11 * i), textcoords="offset points", fontsize=8,
-                    arrowprops=dict(arrowstyle="-", color="0.4", linewidth=0.6))
+        ax.scatter(
+            [choice.row[x]],
+            [choice.row[y]],
+            marker="*",
+            s=260,
+            facecolor="none",
+            edgecolor="black",
+            linewidth=1.2,
+            zorder=4,
+        )
+        ax.annotate(
+            choice.label,
+            (choice.row[x], choice.row[y]),
+            xytext=(8, -14 - 11 * i),
+            textcoords="offset points",
+            fontsize=8,
+            arrowprops=dict(arrowstyle="-", color="0.4", linewidth=0.6),
+        )
     for c in {(c["metric"], c.get("min"), c.get("max")) for c in data.constraints}:
         bound = c[1] if c[1] is not None else c[2]
         if c[0] in (x, y) and bound is not None:
-            (ax.axhline if c[0] == y else ax.axvline)(bound, color="0.5", linestyle="--", linewidth=0.9, label=f"sweep constraint {c[0]} {'≥' if c[1] is not None else '≤'} {bound:g}")
+            (ax.axhline if c[0] == y else ax.axvline)(
+                bound,
+                color="0.5",
+                linestyle="--",
+                linewidth=0.9,
+                label=f"sweep constraint {c[0]} {'≥' if c[1] is not None else '≤'} {bound:g}",
+            )
 
 
 def _zoom_floor(data: ReportData, plotted: pd.DataFrame, ok: np.ndarray) -> float | None:
@@ -315,7 +434,9 @@ def scatter_figure(data: ReportData) -> Figure | None:
     labels = (f"{x} ({_direction(data, x)})", f"{y} ({_direction(data, y)})")
     _draw_trials(axes[0], data, plotted, ok)
     _log_if_spans(axes[0], "x", plotted[x].to_numpy(dtype=float))
-    _style(axes[0], f"All {len(table)} trials" + (f" ({left_out} without metrics not shown)" if left_out else ""), *labels)
+    _style(
+        axes[0], f"All {len(table)} trials" + (f" ({left_out} without metrics not shown)" if left_out else ""), *labels
+    )
     if floor is not None:
         ax = axes[1]
         _draw_trials(ax, data, plotted, ok)
@@ -347,7 +468,9 @@ def hypervolume_figure(data: ReportData) -> Figure | None:
         ax.step(trials, rows["hypervolume"], where="post", color=colors[sweep], linewidth=1.6, label=str(sweep))
         ax.scatter(trials, rows["hypervolume"], s=10, color=colors[sweep])
     reference = ", ".join(f"{o.name}={r:g}" for o, r in zip(data.objectives, data.reference))
-    _style(ax, f"Hypervolume of the front so far (reference {reference})", "trials run (trial_number + 1)", "hypervolume")
+    _style(
+        ax, f"Hypervolume of the front so far (reference {reference})", "trials run (trial_number + 1)", "hypervolume"
+    )
     return fig
 
 
@@ -356,7 +479,10 @@ def _layer_rows(data: ReportData, row: pd.Series) -> pd.DataFrame:
     layers = data.layers
     if layers is None or layers.empty:
         return pd.DataFrame()
-    rows = layers[(layers["sweep"] == row["sweep"]).to_numpy(dtype=bool) & (layers["trial_number"] == row["trial_number"]).to_numpy(dtype=bool)].copy()
+    rows = layers[
+        (layers["sweep"] == row["sweep"]).to_numpy(dtype=bool)
+        & (layers["trial_number"] == row["trial_number"]).to_numpy(dtype=bool)
+    ].copy()
     for part in ("rows", "cols"):
         total = rows[f"{part}_total"].astype(float)
         rows[f"{part}_frac"] = (rows[f"{part}_live"].astype(float) / total).where(total > 0)
@@ -386,7 +512,13 @@ def layers_figure(data: ReportData) -> Figure | None:
         positions = np.arange(len(layers))
         for j, (column, name, color) in enumerate(LAYER_BARS):
             ax.bar(positions + (j - 1) * width, layers[column].to_numpy(dtype=float), width, color=color, label=name)
-        ax.set_xticks(positions, layers["name"].tolist(), rotation=45 if len(layers) > 6 else 0, ha="right" if len(layers) > 6 else "center", fontsize=8)
+        ax.set_xticks(
+            positions,
+            layers["name"].tolist(),
+            rotation=45 if len(layers) > 6 else 0,
+            ha="right" if len(layers) > 6 else "center",
+            fontsize=8,
+        )
         ax.set_ylim(0, 1.05)
         title = f"{label}: {row['sweep']} trial {row['trial_number']} ({data.sparsity}={row[data.sparsity]:.4g}, {data.accuracy}={row[data.accuracy]:.4g})"
         _style(ax, title, "", "fraction kept", legend=False)
@@ -399,17 +531,30 @@ def coverage_figure(data: ReportData) -> Figure | None:
     table = data.table
     if table.empty or not {"strength", "threshold"} <= set(table.columns):
         return None
-    outcome = np.where(table["status"].eq("ok").fillna(False).to_numpy(dtype=bool), "ok", "failed or diverged").astype(object)
+    outcome = np.where(table["status"].eq("ok").fillna(False).to_numpy(dtype=bool), "ok", "failed or diverged").astype(
+        object
+    )
     outcome[table.index.get_indexer(data.front.index)] = "on front"
     modes = sorted(table["threshold_mode"].dropna().unique().tolist()) if "threshold_mode" in table.columns else []
     modes = modes if len(modes) > 1 else [None]
     fig, axes = _new_figure(len(modes), width=6.5, height=5)
     for ax, mode in zip(axes, modes):
-        in_mode = np.ones(len(table), dtype=bool) if mode is None else table["threshold_mode"].eq(mode).fillna(False).to_numpy(dtype=bool)
+        in_mode = (
+            np.ones(len(table), dtype=bool)
+            if mode is None
+            else table["threshold_mode"].eq(mode).fillna(False).to_numpy(dtype=bool)
+        )
         for name, color in OUTCOME_COLORS.items():
             rows = table[in_mode & (outcome == name)]
             marker = "x" if name == "failed or diverged" else "o"
-            ax.scatter(rows["strength"], rows["threshold"], s=40 if name == "on front" else 22, marker=marker, color=color, label=f"{name} ({len(rows)})")
+            ax.scatter(
+                rows["strength"],
+                rows["threshold"],
+                s=40 if name == "on front" else 22,
+                marker=marker,
+                color=color,
+                label=f"{name} ({len(rows)})",
+            )
         for axis, column in (("x", "strength"), ("y", "threshold")):
             _log_if_spans(ax, axis, table.loc[in_mode, column].to_numpy(dtype=float, na_value=np.nan), decades=0.0)
         _style(ax, "search coverage" + (f", threshold_mode={mode}" if mode else ""), "strength", "threshold")
@@ -427,7 +572,20 @@ th { background: #f3f3f3; } td.text, th.text { text-align: left; } tr:nth-child(
 img { max-width: 100%; height: auto; border: 1px solid #eee; } .note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 6px 10px; margin: 8px 0; }
 .muted { color: #666; font-size: 0.9em; } .scroll { overflow-x: auto; } td.text { white-space: nowrap; } code { background: #f3f3f3; padding: 0 3px; }
 """
-TEXT_COLUMNS = {"sweep", "reg", "threshold_mode", "mlflow_run_id", "status", "message", "rule", "chosen", "name", "shape", "model", "dataset"}
+TEXT_COLUMNS = {
+    "sweep",
+    "reg",
+    "threshold_mode",
+    "mlflow_run_id",
+    "status",
+    "message",
+    "rule",
+    "chosen",
+    "name",
+    "shape",
+    "model",
+    "dataset",
+}
 
 
 def _esc(value: object) -> str:
@@ -449,7 +607,10 @@ def table_html(frame: pd.DataFrame, columns: Sequence[str], css_id: str | None =
     """An escaped HTML table of ``columns`` (those present) of ``frame``."""
     columns = [c for c in dict.fromkeys(columns) if c in frame.columns]
     head = "".join(f'<th class="{"text" if c in TEXT_COLUMNS else ""}">{_esc(c)}</th>' for c in columns)
-    body = "".join("<tr>" + "".join(_cell(c, v) for c, v in zip(columns, row)) + "</tr>" for row in frame[columns].itertuples(index=False, name=None))
+    body = "".join(
+        "<tr>" + "".join(_cell(c, v) for c, v in zip(columns, row)) + "</tr>"
+        for row in frame[columns].itertuples(index=False, name=None)
+    )
     ident = f' id="{_esc(css_id)}"' if css_id else ""
     return f'<div class="scroll"><table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
@@ -471,10 +632,14 @@ def _header(data: ReportData, sources: Sequence[str]) -> str:
     table = data.table
     labelled = table.assign(sweep=table["sweep"].fillna("(unnamed)"), status=table["status"].fillna("(unknown)"))
     counts = labelled.groupby(["sweep", "status"]).size().unstack(fill_value=0) if len(table) else pd.DataFrame()
-    statuses = [s for s in STATUS_ORDER if s in counts.columns] + sorted(str(s) for s in counts.columns if s not in STATUS_ORDER)
+    statuses = [s for s in STATUS_ORDER if s in counts.columns] + sorted(
+        str(s) for s in counts.columns if s not in STATUS_ORDER
+    )
     counts = counts.reindex(columns=statuses).reset_index() if len(counts) else pd.DataFrame(columns=["sweep"])
     counts["total"] = counts[statuses].sum(axis=1) if statuses else 0
-    objectives = ", ".join(f"<code>{_esc(o.name)}</code> ({'maximise' if o.direction == 'max' else 'minimise'})" for o in data.objectives)
+    objectives = ", ".join(
+        f"<code>{_esc(o.name)}</code> ({'maximise' if o.direction == 'max' else 'minimise'})" for o in data.objectives
+    )
     parts = [
         "<p>Sources: " + ", ".join(f"<code>{_esc(s)}</code>" for s in sources) + "</p>",
         f"<p>{len(table)} trial(s) in {table['sweep'].nunique()} sweep(s); {len(data.ok)} ok.</p>",
@@ -484,29 +649,54 @@ def _header(data: ReportData, sources: Sequence[str]) -> str:
         "chosen point for reporting and is never used to select. Failed, diverged and stopped trials never enter a front.</p>",
     ]
     if any("test" in o.name.lower() for o in data.objectives):
-        parts.append('<p class="note">An objective is a test metric: choosing on it leaks the test set into model selection.</p>')
+        parts.append(
+            '<p class="note">An objective is a test metric: choosing on it leaks the test set into model selection.</p>'
+        )
     if data.constraints:
-        parts.append('<p class="muted">Sweep constraints (trials that violate them stay off the fronts, as in each sweep\'s own '
-                     "<code>pareto.csv</code>; the chosen points' rules apply to all trials): " + "; ".join(_esc(_constraint_text(c)) for c in data.constraints) + ".</p>")
+        parts.append(
+            '<p class="muted">Sweep constraints (trials that violate them stay off the fronts, as in each sweep\'s own '
+            "<code>pareto.csv</code>; the chosen points' rules apply to all trials): "
+            + "; ".join(_esc(_constraint_text(c)) for c in data.constraints)
+            + ".</p>"
+        )
     if data.ok.empty:
-        parts.append('<p class="note" id="no-ok-trial">No trial finished ok: there is no Pareto front, no chosen point and no hypervolume. '
-                     "See the excluded trials below for what went wrong.</p>")
+        parts.append(
+            '<p class="note" id="no-ok-trial">No trial finished ok: there is no Pareto front, no chosen point and no hypervolume. '
+            "See the excluded trials below for what went wrong.</p>"
+        )
     return "".join(parts)
 
 
 def _front_section(data: ReportData) -> str:
     """The front table, the chosen points and the excluded trials."""
     columns = [data.by, *TABLE_COLUMNS, *(o.name for o in data.objectives)]
-    parts = [f"<p>{len(data.front)} trial(s) on the front(s) per <code>{_esc(data.by)}</code>.</p>",
-             table_html(data.front, columns, "front-table") if len(data.front) else '<p class="note">The front is empty: no ok trial with finite objectives.</p>']
+    parts = [
+        f"<p>{len(data.front)} trial(s) on the front(s) per <code>{_esc(data.by)}</code>.</p>",
+        table_html(data.front, columns, "front-table")
+        if len(data.front)
+        else '<p class="note">The front is empty: no ok trial with finite objectives.</p>',
+    ]
     chosen = pd.DataFrame([{"chosen": c.label, **c.row.to_dict()} for c in data.choices if c.row is not None])
     if data.choices:
-        rules = "".join(f"<li><b>{_esc(c.label)}</b>: {_esc(c.rule)}{'' if c.row is not None else ' — nothing qualifies'}.</li>" for c in data.choices)
-        parts += ["<h3>Chosen points</h3>", table_html(chosen, ["chosen", *TABLE_COLUMNS], "chosen-table") if len(chosen) else "", f'<ul class="muted">{rules}</ul>']
+        rules = "".join(
+            f"<li><b>{_esc(c.label)}</b>: {_esc(c.rule)}{'' if c.row is not None else ' — nothing qualifies'}.</li>"
+            for c in data.choices
+        )
+        parts += [
+            "<h3>Chosen points</h3>",
+            table_html(chosen, ["chosen", *TABLE_COLUMNS], "chosen-table") if len(chosen) else "",
+            f'<ul class="muted">{rules}</ul>',
+        ]
     excluded = data.table[~data.table["status"].eq("ok").fillna(False).to_numpy(dtype=bool)]
     if len(excluded):
-        body = table_html(excluded.assign(message=excluded["message"].fillna("").str.slice(0, 300)), ["sweep", "trial_number", "status", "reg", "strength", "threshold", "message"], "excluded-table")
-        parts.append(f"<details{' open' if len(excluded) <= 20 else ''}><summary>{len(excluded)} excluded trial(s) (not ok)</summary>{body}</details>")
+        body = table_html(
+            excluded.assign(message=excluded["message"].fillna("").str.slice(0, 300)),
+            ["sweep", "trial_number", "status", "reg", "strength", "threshold", "message"],
+            "excluded-table",
+        )
+        parts.append(
+            f"<details{' open' if len(excluded) <= 20 else ''}><summary>{len(excluded)} excluded trial(s) (not ok)</summary>{body}</details>"
+        )
     return "".join(parts)
 
 
@@ -518,42 +708,94 @@ def _layers_tables(data: ReportData) -> str:
     for label, row in _chosen_trials(data):
         layers = _layer_rows(data, row)
         if layers.empty:
-            parts.append(f'<p class="note">{_esc(label)} ({_esc(row["sweep"])} trial {_esc(row["trial_number"])}): no per-layer record.</p>')
+            parts.append(
+                f'<p class="note">{_esc(label)} ({_esc(row["sweep"])} trial {_esc(row["trial_number"])}): no per-layer record.</p>'
+            )
             continue
-        columns = ["name", "shape", "numel", "nonzero", "nonzero_frac", "rows_live", "rows_total", "cols_live", "cols_total"]
-        parts.append(f"<details><summary>{_esc(label)}: {_esc(row['sweep'])} trial {_esc(row['trial_number'])}, {len(layers)} layers</summary>{table_html(layers, columns)}</details>")
+        columns = [
+            "name",
+            "shape",
+            "numel",
+            "nonzero",
+            "nonzero_frac",
+            "rows_live",
+            "rows_total",
+            "cols_live",
+            "cols_total",
+        ]
+        parts.append(
+            f"<details><summary>{_esc(label)}: {_esc(row['sweep'])} trial {_esc(row['trial_number'])}, {len(layers)} layers</summary>{table_html(layers, columns)}</details>"
+        )
     return "".join(parts)
 
 
 def render_html(data: ReportData, images: dict[str, bytes], sources: Sequence[str]) -> str:
     """The whole page: header and five sections, every figure inlined."""
+
     def figure(name: str, alt: str, missing: str) -> str:
         return _img(name, images[name], alt) if name in images else f'<p class="note">{_esc(missing)}</p>'
 
     sections = [
-        _section("scatter", "Pareto scatter", figure("scatter", "accuracy against sparsity of every trial", "No trial has finite objective values to plot.")
-                 + ('<p class="muted">Large outlined markers are each group\'s front, joined by the boundary of what it dominates; stars are the chosen '
-                    "points; crosses are trials that did not finish ok (never on a front).</p>" if "scatter" in images else "")),
+        _section(
+            "scatter",
+            "Pareto scatter",
+            figure(
+                "scatter", "accuracy against sparsity of every trial", "No trial has finite objective values to plot."
+            )
+            + (
+                '<p class="muted">Large outlined markers are each group\'s front, joined by the boundary of what it dominates; stars are the chosen '
+                "points; crosses are trials that did not finish ok (never on a front).</p>"
+                if "scatter" in images
+                else ""
+            ),
+        ),
         _section("front", "Pareto front and chosen points", _notes(data, "front") + _front_section(data)),
-        _section("hypervolume", "Hypervolume against trials run",
-                 _notes(data, "hypervolume") + figure("hypervolume", "hypervolume of the front against trials run", "No ok trial with finite objectives: no hypervolume to show.")
-                 + '<p class="muted">One reference point for every sweep, so the curves compare: a curve that flattens early found its front early.</p>'),
-        _section("layers", "Per-layer sparsity of the chosen points",
-                 _notes(data, "layers") + figure("layers", "per-layer kept fractions of the chosen points", "No per-layer record for the chosen points.") + _layers_tables(data)),
-        _section("coverage", "Search-space coverage", figure("coverage", "strength against threshold of every trial, by outcome", "No trial to show.")),
+        _section(
+            "hypervolume",
+            "Hypervolume against trials run",
+            _notes(data, "hypervolume")
+            + figure(
+                "hypervolume",
+                "hypervolume of the front against trials run",
+                "No ok trial with finite objectives: no hypervolume to show.",
+            )
+            + '<p class="muted">One reference point for every sweep, so the curves compare: a curve that flattens early found its front early.</p>',
+        ),
+        _section(
+            "layers",
+            "Per-layer sparsity of the chosen points",
+            _notes(data, "layers")
+            + figure(
+                "layers", "per-layer kept fractions of the chosen points", "No per-layer record for the chosen points."
+            )
+            + _layers_tables(data),
+        ),
+        _section(
+            "coverage",
+            "Search-space coverage",
+            figure("coverage", "strength against threshold of every trial, by outcome", "No trial to show."),
+        ),
     ]
     title = f"hoyersweep report: {', '.join(sorted(map(str, data.table['sweep'].dropna().unique()))) or 'no trials'}"
-    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title><style>{CSS}</style></head><body>'
-            f'<h1>{_esc(title)}</h1><p class="muted">generated {_esc(generated)}</p><section id="header">{_header(data, sources)}</section>'
-            + "".join(sections) + "</body></html>\n")
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title><style>{CSS}</style></head><body>'
+        f'<h1>{_esc(title)}</h1><p class="muted">generated {_esc(generated)}</p><section id="header">{_header(data, sources)}</section>'
+        + "".join(sections)
+        + "</body></html>\n"
+    )
 
 
 def write_report(data: ReportData, output: str | Path, sources: Sequence[str] = ()) -> dict[str, Path]:
     """Write the HTML page and ``<stem>_<figure>.png`` beside it; returns what was written (stale PNGs removed)."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    makers = {"scatter": scatter_figure, "hypervolume": hypervolume_figure, "layers": layers_figure, "coverage": coverage_figure}
+    makers = {
+        "scatter": scatter_figure,
+        "hypervolume": hypervolume_figure,
+        "layers": layers_figure,
+        "coverage": coverage_figure,
+    }
     images, written = {}, {}
     for name in FIGURES:
         path = output.with_name(f"{output.stem}_{name}.png")
@@ -569,11 +811,25 @@ def write_report(data: ReportData, output: str | Path, sources: Sequence[str] = 
     return written
 
 
-def build_report(sources: Sequence[str], output: str | Path, *, objectives: str = "val_accuracy:max,nonzero_frac:min", by: str | None = None,
-                 min_accuracy: float | None = None, max_nonzero: float | None = None) -> dict[str, Path]:
+def build_report(
+    sources: Sequence[str],
+    output: str | Path,
+    *,
+    objectives: str = "val_accuracy:max,nonzero_frac:min",
+    by: str | None = None,
+    min_accuracy: float | None = None,
+    max_nonzero: float | None = None,
+) -> dict[str, Path]:
     """Load ``sources`` (as ``load_results``) and write the report; returns the written paths."""
     sources = [str(s) for s in sources]
-    data = collect(load_results(sources), parse_objectives(objectives), by=by, min_accuracy=min_accuracy, max_nonzero=max_nonzero, sources=sources)
+    data = collect(
+        load_results(sources),
+        parse_objectives(objectives),
+        by=by,
+        min_accuracy=min_accuracy,
+        max_nonzero=max_nonzero,
+        sources=sources,
+    )
     return write_report(data, output, sources)
 
 
@@ -581,17 +837,39 @@ def build_report(sources: Sequence[str], output: str | Path, *, objectives: str 
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("sweeps", nargs="+", metavar="SWEEP", help="sweep folder, folder of sweeps, .parquet table or MLflow URI")
-    parser.add_argument("-o", "--output", default="report.html", help="HTML file to write; figures go beside it as <stem>_<figure>.png (default report.html)")
-    parser.add_argument("--objectives", default="val_accuracy:max,nonzero_frac:min", help="name:max|min, comma-separated")
+    parser.add_argument(
+        "sweeps", nargs="+", metavar="SWEEP", help="sweep folder, folder of sweeps, .parquet table or MLflow URI"
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        default="report.html",
+        help="HTML file to write; figures go beside it as <stem>_<figure>.png (default report.html)",
+    )
+    parser.add_argument(
+        "--objectives", default="val_accuracy:max,nonzero_frac:min", help="name:max|min, comma-separated"
+    )
     parser.add_argument("--by", help="one front per value of this column (default: reg when several, else sweep)")
-    parser.add_argument("--min-accuracy", type=float, help="accuracy floor of 'sparsest with accuracy >= X' (default: best minus 0.01)")
-    parser.add_argument("--max-nonzero", type=float, help="cap of 'most accurate with nonzero_frac <= Y' (default: half that of the most accurate trial)")
+    parser.add_argument(
+        "--min-accuracy", type=float, help="accuracy floor of 'sparsest with accuracy >= X' (default: best minus 0.01)"
+    )
+    parser.add_argument(
+        "--max-nonzero",
+        type=float,
+        help="cap of 'most accurate with nonzero_frac <= Y' (default: half that of the most accurate trial)",
+    )
 
 
 def report_command(args: argparse.Namespace) -> int:
     """Write the HTML report and its PNG figures; print where they are."""
-    written = build_report(args.sweeps, args.output, objectives=args.objectives, by=args.by, min_accuracy=args.min_accuracy, max_nonzero=args.max_nonzero)
+    written = build_report(
+        args.sweeps,
+        args.output,
+        objectives=args.objectives,
+        by=args.by,
+        min_accuracy=args.min_accuracy,
+        max_nonzero=args.max_nonzero,
+    )
     print(f"report: {written.pop('html')}")
     for name, path in written.items():
         print(f"  {name}: {path}")

@@ -33,8 +33,15 @@ from sweeps.records import RESULTS_FILE, read_ledger
 from trainables.config import TrialConfig
 
 METRIC_COLUMNS: tuple[str, ...] = (
-    "val_accuracy", "test_accuracy", "nonzero_frac", "flops_frac", "loss", "val_loss",
-    "val_accuracy_before_prune", "val_accuracy_after_prune", "wall_time_s",
+    "val_accuracy",
+    "test_accuracy",
+    "nonzero_frac",
+    "flops_frac",
+    "loss",
+    "val_loss",
+    "val_accuracy_before_prune",
+    "val_accuracy_after_prune",
+    "wall_time_s",
 )
 _SETTING_DTYPES = {"float": "float64", "int": "Int64", "bool": "boolean", "str": "string"}
 
@@ -71,7 +78,11 @@ def _typed(rows: list[dict[str, Any]]) -> pd.DataFrame:
         elif dtype in ("float64", "Int64"):
             frame[column] = pd.to_numeric(frame[column].replace({"None": None}), errors="coerce").astype(dtype)
         else:
-            frame[column] = frame[column].map(lambda v: None if v is None or v == "None" or (isinstance(v, float) and v != v) else str(v)).astype(dtype)
+            frame[column] = (
+                frame[column]
+                .map(lambda v: None if v is None or v == "None" or (isinstance(v, float) and v != v) else str(v))
+                .astype(dtype)
+            )
     return frame.sort_values(["sweep", "trial_number"], kind="stable").reset_index(drop=True)
 
 
@@ -100,9 +111,17 @@ def from_sweep_dir(sweep_dir: str | os.PathLike) -> pd.DataFrame:
         raise ResultsError(f"{sweep_dir}: not a sweep folder (no state.json)")
     name, searched = sweep_meta(sweep_dir)
     rows = [
-        {**row.get("config", {}), **{k: row.get(k) for k in METRIC_COLUMNS}, "sweep": name, "trial_number": row["trial_number"],
-         "status": row["status"], "message": row.get("message"), "epochs_run": row.get("epochs"),
-         "mlflow_run_id": row.get("mlflow_run_id"), "searched": searched}
+        {
+            **row.get("config", {}),
+            **{k: row.get(k) for k in METRIC_COLUMNS},
+            "sweep": name,
+            "trial_number": row["trial_number"],
+            "status": row["status"],
+            "message": row.get("message"),
+            "epochs_run": row.get("epochs"),
+            "mlflow_run_id": row.get("mlflow_run_id"),
+            "searched": searched,
+        }
         for row in read_ledger(ledger)
     ]
     return _typed(rows)
@@ -139,7 +158,11 @@ def sweep_constraints(sources: Sequence[str]) -> list[dict]:
         for sweep in sweep_dirs(str(source)):
             spec = yaml.safe_load((sweep / "spec.yaml").read_text()) if (sweep / "spec.yaml").exists() else {}
             name = sweep_meta(sweep)[0]
-            found += [{"sweep": name, **c} for c in (spec or {}).get("constraints") or [] if isinstance(c, dict) and "metric" in c]
+            found += [
+                {"sweep": name, **c}
+                for c in (spec or {}).get("constraints") or []
+                if isinstance(c, dict) and "metric" in c
+            ]
     return found
 
 
@@ -176,20 +199,24 @@ def from_mlflow(tracking_uri: str, experiment: str | None = None, parent_run_id:
     rows = []
     for parent in parents:
         searched = ",".join(sorted(k.removeprefix("search.") for k in parent.data.params if k.startswith("search.")))
-        children = client.search_runs(experiment_ids, filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=50000)
+        children = client.search_runs(
+            experiment_ids, filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=50000
+        )
         for run in children:
             metrics, tags = run.data.metrics, run.data.tags
-            rows.append({
-                **run.data.params,
-                **{name: metrics.get(f"final_{name}") for name in METRIC_COLUMNS},
-                "sweep": tags.get("hoyersweep.sweep"),
-                "trial_number": int(tags["hoyersweep.trial_number"]),
-                "status": tags.get("hoyersweep.status", "running"),
-                "message": tags.get("hoyersweep.message", ""),
-                "epochs_run": metrics.get("final_epochs"),
-                "mlflow_run_id": run.info.run_id,
-                "searched": searched,
-            })
+            rows.append(
+                {
+                    **run.data.params,
+                    **{name: metrics.get(f"final_{name}") for name in METRIC_COLUMNS},
+                    "sweep": tags.get("hoyersweep.sweep"),
+                    "trial_number": int(tags["hoyersweep.trial_number"]),
+                    "status": tags.get("hoyersweep.status", "running"),
+                    "message": tags.get("hoyersweep.message", ""),
+                    "epochs_run": metrics.get("final_epochs"),
+                    "mlflow_run_id": run.info.run_id,
+                    "searched": searched,
+                }
+            )
     return _typed(rows)
 
 
@@ -216,7 +243,9 @@ def load_results(sources: str | os.PathLike | Iterable[str | os.PathLike]) -> pd
         elif path.is_dir() and (sweeps := sorted(p.parent for p in path.glob("*/state.json"))):
             frames.extend(from_sweep_dir(sweep) for sweep in sweeps)
         else:
-            raise ResultsError(f"{text}: no sweep results here (expected a sweep folder, a folder of sweeps, a .parquet file or an MLflow URI)")
+            raise ResultsError(
+                f"{text}: no sweep results here (expected a sweep folder, a folder of sweeps, a .parquet file or an MLflow URI)"
+            )
     return _typed([]) if not frames else pd.concat(frames, ignore_index=True).pipe(lambda f: f.astype(COLUMNS))
 
 

@@ -34,10 +34,22 @@ def build_store(directory: Path, trials: int, seed: int = 0) -> str:
     tracker.start_parent(None, "bench", {"search.strength": "{}", "search.threshold": "{}"}, {}, "name: bench\n")
     rng = np.random.default_rng(seed)
     for number in range(trials):
-        params = {**TrialConfig().to_dict(), "strength": float(10 ** rng.uniform(-6, -2)), "threshold": float(10 ** rng.uniform(-3, -1))}
+        params = {
+            **TrialConfig().to_dict(),
+            "strength": float(10 ** rng.uniform(-6, -2)),
+            "threshold": float(10 ** rng.uniform(-3, -1)),
+        }
         run_id = tracker.child(number, "bench", params)
-        result = {"val_accuracy": float(rng.uniform(0.8, 1)), "test_accuracy": float(rng.uniform(0.8, 1)), "nonzero_frac": float(rng.uniform(0, 1)),
-                  "flops_frac": float(rng.uniform(0, 1)), "loss": 0.1, "val_loss": 0.1, "wall_time_s": 1.0, "epochs": 40}
+        result = {
+            "val_accuracy": float(rng.uniform(0.8, 1)),
+            "test_accuracy": float(rng.uniform(0.8, 1)),
+            "nonzero_frac": float(rng.uniform(0, 1)),
+            "flops_frac": float(rng.uniform(0, 1)),
+            "loss": 0.1,
+            "val_loss": 0.1,
+            "wall_time_s": 1.0,
+            "epochs": 40,
+        }
         tracker.finish(run_id, result, "ok")
     tracker.end_parent()
     return uri
@@ -67,8 +79,13 @@ def main() -> None:
             read_parquet(directory / "t.parquet")
             parquet_times.append(time.perf_counter() - began)
         assert len(table) == args.trials
-    summary = {"trials": args.trials, "build_store_s": round(build_s, 2), "from_mlflow_s": round(statistics.median(mlflow_times), 3),
-               "parquet_round_trip_s": round(statistics.median(parquet_times), 3), "repeats": args.repeats}
+    summary = {
+        "trials": args.trials,
+        "build_store_s": round(build_s, 2),
+        "from_mlflow_s": round(statistics.median(mlflow_times), 3),
+        "parquet_round_trip_s": round(statistics.median(parquet_times), 3),
+        "repeats": args.repeats,
+    }
     print("| measure | median |\n| --- | --- |")
     for key in ("from_mlflow_s", "parquet_round_trip_s", "build_store_s"):
         print(f"| {key} ({args.trials} trials) | {summary[key]} |")

@@ -14,8 +14,8 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -27,8 +27,8 @@ from analysis.pareto import (  # noqa: E402
     hypervolume,
     hypervolume_history,
     nondominated_mask,
-    parse_objectives,
     pareto_front,
+    parse_objectives,
 )
 
 
@@ -39,14 +39,16 @@ def synthetic_trials(n: int, rng: np.random.Generator) -> pd.DataFrame:
     acc = np.round(acc, 4)  # metric resolution -> many ties
     acc[rng.random(n) < 0.01] = np.nan
     status = rng.choice(["ok", "failed", "diverged", "early_stopped"], n, p=[0.9, 0.04, 0.03, 0.03])
-    return pd.DataFrame({
-        "trial_number": np.arange(n),
-        "regularizer": rng.choice(["hoyer", "hoyer_square", "l1"], n),
-        "val_accuracy": acc,
-        "nonzero_frac": np.round(nonzero, 4),
-        "train_seconds": rng.lognormal(5.0, 0.5, n),
-        "status": status,
-    })
+    return pd.DataFrame(
+        {
+            "trial_number": np.arange(n),
+            "regularizer": rng.choice(["hoyer", "hoyer_square", "l1"], n),
+            "val_accuracy": acc,
+            "nonzero_frac": np.round(nonzero, 4),
+            "train_seconds": rng.lognormal(5.0, 0.5, n),
+            "status": status,
+        }
+    )
 
 
 def simplex_points(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -71,7 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--history-rows", type=int, default=2_000, help="trials for hypervolume_history")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="3 repeats, 1 000 3-objective rows (a few seconds; same 100 000-row 2-D case)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="3 repeats, 1 000 3-objective rows (a few seconds; same 100 000-row 2-D case)",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.repeats, args.rows_3d = 3, min(args.rows_3d, 1_000)
@@ -94,20 +100,31 @@ def main(argv: list[str] | None = None) -> int:
         ("pareto_front, 2 obj, by=regularizer", args.rows, lambda: pareto_front(df2, by="regularizer")),
         ("pareto_front, 3 obj", args.rows_3d, lambda: pareto_front(df3, obj3)),
         ("nondominated_mask, 3 obj, all on front", args.rows_3d, lambda: nondominated_mask(simplex)),
-        (f"hypervolume 2-D ({len(front2)} front pts)", len(front2),
-         lambda: hypervolume(front2[["val_accuracy", "nonzero_frac"]].to_numpy(), [0.0, 1.0], ["max", "min"])),
-        (f"hypervolume 3-D ({len(front3)} front pts)", len(front3),
-         lambda: hypervolume(front3_vals, ref3, ["max", "min", "min"])),
-        ("hypervolume_history, 2 obj", len(hist_df),
-         lambda: hypervolume_history(hist_df, DEFAULT_OBJECTIVES, [0.0, 1.0])),
+        (
+            f"hypervolume 2-D ({len(front2)} front pts)",
+            len(front2),
+            lambda: hypervolume(front2[["val_accuracy", "nonzero_frac"]].to_numpy(), [0.0, 1.0], ["max", "min"]),
+        ),
+        (
+            f"hypervolume 3-D ({len(front3)} front pts)",
+            len(front3),
+            lambda: hypervolume(front3_vals, ref3, ["max", "min", "min"]),
+        ),
+        (
+            "hypervolume_history, 2 obj",
+            len(hist_df),
+            lambda: hypervolume_history(hist_df, DEFAULT_OBJECTIVES, [0.0, 1.0]),
+        ),
     ]
 
     results = []
     for name, n, fn in cases:
         results.append({"case": name, "rows": n, "median_s": median_seconds(fn, args.repeats)})
 
-    print(f"python {platform.python_version()}, numpy {np.__version__}, pandas {pd.__version__}, "
-          f"repeats={args.repeats}, front sizes: 2-obj {len(front2)}, 3-obj {len(front3)}")
+    print(
+        f"python {platform.python_version()}, numpy {np.__version__}, pandas {pd.__version__}, "
+        f"repeats={args.repeats}, front sizes: 2-obj {len(front2)}, 3-obj {len(front3)}"
+    )
     print()
     print("| case | rows | median ms |")
     print("|---|---:|---:|")
@@ -115,16 +132,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['case']} | {r['rows']} | {r['median_s'] * 1e3:.1f} |")
     print()
     goal = results[0]["median_s"] < 1.0
-    print(json.dumps({
-        "bench": "pareto",
-        "rows": args.rows,
-        "rows_3d": args.rows_3d,
-        "repeats": args.repeats,
-        "front2_size": len(front2),
-        "front3_size": len(front3),
-        "median_ms": {r["case"]: round(r["median_s"] * 1e3, 3) for r in results},
-        "goal_2obj_under_1s": goal,
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "pareto",
+                "rows": args.rows,
+                "rows_3d": args.rows_3d,
+                "repeats": args.repeats,
+                "front2_size": len(front2),
+                "front3_size": len(front3),
+                "median_ms": {r["case"]: round(r["median_s"] * 1e3, 3) for r in results},
+                "goal_2obj_under_1s": goal,
+            }
+        )
+    )
     return 0 if goal else 1
 
 

@@ -30,8 +30,20 @@ sys.path.insert(0, str(ROOT))
 
 # The LeNet-300-100 MNIST point near 1.2 % nonzero from the first reproduction sweep.
 MNIST_BASE: dict[str, Any] = dict(
-    dataset="mnist", model="lenet300_100", reg="hs", strength=1.4e-4, threshold=0.0468, pretrain_epochs=10, epochs=30,
-    finetune_epochs=10, optimizer="adam", lr=1e-3, batch_size=128, seed=0, val_fraction=0.1, augment="none",
+    dataset="mnist",
+    model="lenet300_100",
+    reg="hs",
+    strength=1.4e-4,
+    threshold=0.0468,
+    pretrain_epochs=10,
+    epochs=30,
+    finetune_epochs=10,
+    optimizer="adam",
+    lr=1e-3,
+    batch_size=128,
+    seed=0,
+    val_fraction=0.1,
+    augment="none",
 )
 VARIANTS: dict[str, dict[str, Any]] = {
     "dense (pretraining only)": {"reg": "none", "epochs": 0, "finetune_epochs": 0, "threshold": 0.0},
@@ -42,12 +54,30 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "weight_decay 1e-4": {"weight_decay": 1e-4},
     "batch 64": {"batch_size": 64},
     "batch 64, 20 pretraining epochs": {"pretrain_epochs": 20, "batch_size": 64},
-    "shift augmentation, dense": {"augment": "shift", "reg": "none", "epochs": 0, "finetune_epochs": 0, "threshold": 0.0},
+    "shift augmentation, dense": {
+        "augment": "shift",
+        "reg": "none",
+        "epochs": 0,
+        "finetune_epochs": 0,
+        "threshold": 0.0,
+    },
     "shift augmentation": {"augment": "shift"},
     "shift augmentation, strength 2e-4": {"augment": "shift", "strength": 2e-4},
 }
-QUICK_BASE: dict[str, Any] = dict(dataset="digits", model="lenet300_100", reg="hs", strength=3e-4, threshold=0.02, pretrain_epochs=5,
-                                  epochs=10, finetune_epochs=3, batch_size=64, seed=0, val_fraction=0.2, augment="none")
+QUICK_BASE: dict[str, Any] = dict(
+    dataset="digits",
+    model="lenet300_100",
+    reg="hs",
+    strength=3e-4,
+    threshold=0.02,
+    pretrain_epochs=5,
+    epochs=10,
+    finetune_epochs=3,
+    batch_size=64,
+    seed=0,
+    val_fraction=0.2,
+    augment="none",
+)
 QUICK_VARIANTS = ("dense (pretraining only)", "base", "finetune_lr 1e-4", "weight_decay 1e-4")
 
 
@@ -59,12 +89,25 @@ def run_variant(item: tuple[str, dict[str, Any]]) -> dict[str, Any]:
     name, settings = item
     started = time.perf_counter()
     result = run_trial(TrialConfig.from_dict(settings))
-    keys = ("status", "val_accuracy_before_prune", "val_accuracy_after_prune", "val_accuracy", "test_accuracy", "nonzero_frac")
-    return {"variant": name, **{key: result.get(key) for key in keys}, "wall_s": round(time.perf_counter() - started, 1)}
+    keys = (
+        "status",
+        "val_accuracy_before_prune",
+        "val_accuracy_after_prune",
+        "val_accuracy",
+        "test_accuracy",
+        "nonzero_frac",
+    )
+    return {
+        "variant": name,
+        **{key: result.get(key) for key in keys},
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"), help="MNIST IDX folder")
     parser.add_argument("--variants", help="comma-separated subset of the variant names (default: all)")
     parser.add_argument("--workers", type=int, default=2, help="trial processes at a time (default 2)")
@@ -79,18 +122,25 @@ def main() -> None:
         if unknown:
             parser.error(f"unknown variant(s): {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
     with tempfile.TemporaryDirectory() as cache:
-        items = [(name, {**base, "num_threads": 1, "device": "cpu", "pretrain_cache_dir": cache, **VARIANTS[name]}) for name in names]
+        items = [
+            (name, {**base, "num_threads": 1, "device": "cpu", "pretrain_cache_dir": cache, **VARIANTS[name]})
+            for name in names
+        ]
         # Variants that share a pretraining run after the first one filled the cache (the cache lock serialises the rest).
         with ProcessPoolExecutor(args.workers) as pool:
             rows = list(pool.map(run_variant, items))
 
-    print(f"\nRecipe ablation: {base['model']} on {base['dataset']}, HS strength {base['strength']:g}, threshold {base['threshold']:g} "
-          f"({base['pretrain_epochs']}+{base['epochs']}+{base['finetune_epochs']} epochs unless changed):\n")
+    print(
+        f"\nRecipe ablation: {base['model']} on {base['dataset']}, HS strength {base['strength']:g}, threshold {base['threshold']:g} "
+        f"({base['pretrain_epochs']}+{base['epochs']}+{base['finetune_epochs']} epochs unless changed):\n"
+    )
     print("| variant | val before prune | val after prune | val final | test | nonzero | wall |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['variant']} | {100 * r['val_accuracy_before_prune']:.2f} % | {100 * r['val_accuracy_after_prune']:.2f} % "
-              f"| {100 * r['val_accuracy']:.2f} % | {100 * r['test_accuracy']:.2f} % | {100 * r['nonzero_frac']:.2f} % | {r['wall_s']:.0f} s |")
+        print(
+            f"| {r['variant']} | {100 * r['val_accuracy_before_prune']:.2f} % | {100 * r['val_accuracy_after_prune']:.2f} % "
+            f"| {100 * r['val_accuracy']:.2f} % | {100 * r['test_accuracy']:.2f} % | {100 * r['nonzero_frac']:.2f} % | {r['wall_s']:.0f} s |"
+        )
     print(json.dumps({"base": base, "rows": rows}))
 
 

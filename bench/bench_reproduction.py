@@ -75,7 +75,12 @@ def method_spec(base: SweepSpec, method: str, l1_shift: float, magnitude_range: 
         data["search"].pop("strength", None)
         data["search"].pop("threshold_mode", None)
         data["trial"].update(reg="none", strength=0.0, threshold_mode="std")
-        data["search"]["threshold"] = {"type": "float", "low": magnitude_range[0], "high": magnitude_range[1], "log": True}
+        data["search"]["threshold"] = {
+            "type": "float",
+            "low": magnitude_range[0],
+            "high": magnitude_range[1],
+            "log": True,
+        }
     elif method != "hs":
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     return parse_spec(data, f"{base.name} ({method})")
@@ -98,24 +103,55 @@ def chosen_row(table: pd.DataFrame, metric: str, cap: float) -> dict[str, Any]:
 def _fmt(value: Any, kind: str) -> str:
     if value is None or (isinstance(value, float) and value != value):
         return "—"
-    return {"pct": f"{100 * value:.2f} %", "acc": f"{100 * value:.2f} %", "sci": f"{value:.2g}", "int": f"{int(value)}"}[kind]
+    return {
+        "pct": f"{100 * value:.2f} %",
+        "acc": f"{100 * value:.2f} %",
+        "sci": f"{value:.2g}",
+        "int": f"{int(value)}",
+    }[kind]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--spec", default="sweeps/digits_quick.yaml")
     parser.add_argument("--data-dir", help="dataset folder (overrides the spec's data_dir)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
     parser.add_argument("--num-samples", type=int, help="trials per method (default: the spec's budget)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="spec override for every method, e.g. trial.epochs=15")
-    parser.add_argument("--cap", type=float, help="selection cap on the spec's minimised objective, e.g. nonzero_frac (default 0.015; 0.25 with --quick)")
-    parser.add_argument("--target", type=float, help="test accuracy the chosen model should reach (printed as met / missed by)")
-    parser.add_argument("--l1-shift", type=float, default=1.0, help="decades to shift l1's strength range up (default 1)")
-    parser.add_argument("--magnitude-range", default="0.1,4.0", help="std-multiple threshold range of the λ = 0 baseline (default 0.1,4.0)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="spec override for every method, e.g. trial.epochs=15",
+    )
+    parser.add_argument(
+        "--cap",
+        type=float,
+        help="selection cap on the spec's minimised objective, e.g. nonzero_frac (default 0.015; 0.25 with --quick)",
+    )
+    parser.add_argument(
+        "--target", type=float, help="test accuracy the chosen model should reach (printed as met / missed by)"
+    )
+    parser.add_argument(
+        "--l1-shift", type=float, default=1.0, help="decades to shift l1's strength range up (default 1)"
+    )
+    parser.add_argument(
+        "--magnitude-range",
+        default="0.1,4.0",
+        help="std-multiple threshold range of the λ = 0 baseline (default 0.1,4.0)",
+    )
     parser.add_argument("--storage", help="keep the sweeps here (default: a temporary folder)")
     parser.add_argument("--report", help="write the HTML report (and PNGs beside it) here")
-    parser.add_argument("--caps", help="also print the chosen model's test accuracy at each of these caps, e.g. 0.01,0.015,0.02,0.05")
-    parser.add_argument("--from-storage", action="store_true", help="run nothing: summarise (and report) the sweeps already in --storage")
+    parser.add_argument(
+        "--caps", help="also print the chosen model's test accuracy at each of these caps, e.g. 0.01,0.015,0.02,0.05"
+    )
+    parser.add_argument(
+        "--from-storage",
+        action="store_true",
+        help="run nothing: summarise (and report) the sweeps already in --storage",
+    )
     parser.add_argument("--quick", action="store_true", help="digits, 8 trials per method, short schedule (1-2 min)")
     args = parser.parse_args()
 
@@ -162,19 +198,31 @@ def main() -> None:
                     outcome = run_sweep(spec, storage=str(storage), quiet=True)
                     walls[method] = time.perf_counter() - started
                     sweep_dirs[method] = outcome.sweep_dir
-                    print(f"{method}: {outcome.ok}/{outcome.total} trials ok in {walls[method]:.0f} s; {outcome.sweep_dir}", flush=True)
+                    print(
+                        f"{method}: {outcome.ok}/{outcome.total} trials ok in {walls[method]:.0f} s; {outcome.sweep_dir}",
+                        flush=True,
+                    )
                 rows = report_and_summarise()
         finally:
             ray.shutdown()
     print_tables(base, rows, metric, args)
-    print(json.dumps({"spec": args.spec, "overrides": overrides, "metric": metric, "cap": args.cap, "results": rows}, default=str))
+    print(
+        json.dumps(
+            {"spec": args.spec, "overrides": overrides, "metric": metric, "cap": args.cap, "results": rows}, default=str
+        )
+    )
 
 
 def write_report(base: SweepSpec, sweep_dirs: list[Path], output: str, metric: str, cap: float) -> None:
     """One HTML report (and PNGs beside it) with a front per method."""
     objectives = ",".join(f"{o.metric}:{o.mode}" for o in base.objectives)
-    written = build_report([str(d) for d in sweep_dirs], output, objectives=objectives, by="sweep",
-                           max_nonzero=cap if metric == "nonzero_frac" else None)
+    written = build_report(
+        [str(d) for d in sweep_dirs],
+        output,
+        objectives=objectives,
+        by="sweep",
+        max_nonzero=cap if metric == "nonzero_frac" else None,
+    )
     print(f"report: {written['html']}")
 
 
@@ -184,26 +232,43 @@ def summarise(sweep_dirs: dict[str, Path], walls: dict[str, float], metric: str,
     for method, sweep_dir in sweep_dirs.items():
         table = from_sweep_dir(sweep_dir)
         front = pd.read_csv(sweep_dir / PARETO_FILE) if (sweep_dir / PARETO_FILE).exists() else table.iloc[:0]
-        rows.append({"method": method, "trials": int((table["status"] == "ok").sum()), "wall_s": round(walls[method], 1) if method in walls else None,
-                     "front": len(front), "sweep_dir": str(sweep_dir), "table": table, **chosen_row(table, metric, cap)})
+        rows.append(
+            {
+                "method": method,
+                "trials": int((table["status"] == "ok").sum()),
+                "wall_s": round(walls[method], 1) if method in walls else None,
+                "front": len(front),
+                "sweep_dir": str(sweep_dir),
+                "table": table,
+                **chosen_row(table, metric, cap),
+            }
+        )
     return rows
 
 
 def print_tables(base: SweepSpec, rows: list[dict[str, Any]], metric: str, args: argparse.Namespace) -> None:
     """The chosen model per method at ``--cap``; with ``--caps``, its test accuracy at each cap."""
-    print(f"\nChosen on validation accuracy among trials with {metric} ≤ {100 * args.cap:g} % "
-          f"({base.name}, {base.model} on {base.dataset}; {base.budget.num_samples} trials per method):\n")
+    print(
+        f"\nChosen on validation accuracy among trials with {metric} ≤ {100 * args.cap:g} % "
+        f"({base.name}, {base.model} on {base.dataset}; {base.budget.num_samples} trials per method):\n"
+    )
     print("| method | trial | strength | threshold | val acc | test acc | nonzero | FLOPs | front | wall |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         wall = "—" if r["wall_s"] is None else f"{r['wall_s']:.0f} s"
-        print(f"| {r['method']} | {_fmt(r.get('trial_number'), 'int')} | {_fmt(r.get('strength'), 'sci')} | {_fmt(r.get('threshold'), 'sci')} "
-              f"| {_fmt(r.get('val_accuracy'), 'acc')} | {_fmt(r.get('test_accuracy'), 'acc')} | {_fmt(r.get('nonzero_frac'), 'pct')} "
-              f"| {_fmt(r.get('flops_frac'), 'pct')} | {r['front']} | {wall} |")
+        print(
+            f"| {r['method']} | {_fmt(r.get('trial_number'), 'int')} | {_fmt(r.get('strength'), 'sci')} | {_fmt(r.get('threshold'), 'sci')} "
+            f"| {_fmt(r.get('val_accuracy'), 'acc')} | {_fmt(r.get('test_accuracy'), 'acc')} | {_fmt(r.get('nonzero_frac'), 'pct')} "
+            f"| {_fmt(r.get('flops_frac'), 'pct')} | {r['front']} | {wall} |"
+        )
     if args.target is not None:
         for r in rows:
             test = r.get("test_accuracy")
-            verdict = "no trial under the cap" if test is None else ("met" if test >= args.target else f"missed by {100 * (args.target - test):.2f} points")
+            verdict = (
+                "no trial under the cap"
+                if test is None
+                else ("met" if test >= args.target else f"missed by {100 * (args.target - test):.2f} points")
+            )
             print(f"{r['method']}: target {100 * args.target:.2f} % at {metric} ≤ {100 * args.cap:g} % — {verdict}")
     if args.caps:
         caps = [float(c) for c in args.caps.split(",")]
@@ -214,7 +279,9 @@ def print_tables(base: SweepSpec, rows: list[dict[str, Any]], metric: str, args:
             cells = []
             for c in caps:
                 chosen = chosen_row(r["table"], metric, c)
-                cells.append(f"{_fmt(chosen.get('test_accuracy'), 'acc')} ({_fmt(chosen.get(metric), 'pct')})" if chosen else "—")
+                cells.append(
+                    f"{_fmt(chosen.get('test_accuracy'), 'acc')} ({_fmt(chosen.get(metric), 'pct')})" if chosen else "—"
+                )
             print(f"| {r['method']} | " + " | ".join(cells) + " |")
     for r in rows:
         r.pop("table")

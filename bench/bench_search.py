@@ -51,13 +51,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--checkpoints", default="10,20,30,60")
     parser.add_argument("--storage", help="keep the sweeps here (default: a temporary folder)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="spec overrides, e.g. trial.epochs=10")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="spec overrides, e.g. trial.epochs=10"
+    )
     parser.add_argument("--quick", action="store_true", help="30 trials, 2 seeds")
     args = parser.parse_args()
     if args.quick:
         args.trials, args.seeds = 30, 2
     checkpoints = [k for k in map(int, args.checkpoints.split(",")) if k <= args.trials]
-    overrides = {key: json.loads(value) if value[:1] in "0123456789-[{tf" else value for key, _, value in (s.partition("=") for s in args.set)}
+    overrides = {
+        key: json.loads(value) if value[:1] in "0123456789-[{tf" else value
+        for key, _, value in (s.partition("=") for s in args.set)
+    }
     if args.data_dir:
         overrides["data_dir"] = str(Path(args.data_dir).resolve())
     curves: dict[str, list[list[float]]] = {sampler: [] for sampler in SAMPLERS}
@@ -69,8 +74,18 @@ def main() -> None:
                 for sampler in SAMPLERS:
                     settings = {"sampler.n_startup_trials": None} if sampler not in ("tpe", "gp") else {}
                     settings |= {"sampler.population_size": None} if sampler != "nsga2" else {}
-                    spec, _ = load_spec(args.spec, {**overrides, "name": f"search_{sampler}_{seed}", "sampler.type": sampler, "sampler.seed": seed,
-                                                    "budget.num_samples": args.trials, "warm_start": False, **settings})
+                    spec, _ = load_spec(
+                        args.spec,
+                        {
+                            **overrides,
+                            "name": f"search_{sampler}_{seed}",
+                            "sampler.type": sampler,
+                            "sampler.seed": seed,
+                            "budget.num_samples": args.trials,
+                            "warm_start": False,
+                            **settings,
+                        },
+                    )
                     outcome = run_sweep(spec, storage=str(storage), quiet=True)
                     curves[sampler].append(hv_curve(outcome.sweep_dir, args.trials))
                     print(f"{sampler:>6} seed {seed}: HV@{args.trials} = {curves[sampler][-1][-1]:.4f}", flush=True)
@@ -87,10 +102,25 @@ def main() -> None:
         median_curve = [statistics.median(c[i] for c in curves[sampler]) for i in range(args.trials)]
         first = next((i + 1 for i, v in enumerate(median_curve) if v >= random_final), None)
         reached[sampler] = first
-        print(f"| {sampler} | " + " | ".join(f"{v:.4f}" for v in medians[sampler]) + f" | {first if first else 'not within ' + str(args.trials)} |")
+        print(
+            f"| {sampler} | "
+            + " | ".join(f"{v:.4f}" for v in medians[sampler])
+            + f" | {first if first else 'not within ' + str(args.trials)} |"
+        )
     goal = any(reached[s] is not None and reached[s] <= 30 for s in ("tpe", "nsga2"))
-    print(json.dumps({"spec": args.spec, "trials": args.trials, "seeds": args.seeds, "medians": medians, "random_final": random_final,
-                      "trials_to_random_final": reached, "goal_met": goal}))
+    print(
+        json.dumps(
+            {
+                "spec": args.spec,
+                "trials": args.trials,
+                "seeds": args.seeds,
+                "medians": medians,
+                "random_final": random_final,
+                "trials_to_random_final": reached,
+                "goal_met": goal,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

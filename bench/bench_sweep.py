@@ -119,11 +119,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         runs = [one_repeat(args, seed, Path(workdir)) for seed in range(args.repeats)]
     medians = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-    print(f"\n{args.trials} trials of {args.model} on {args.dataset}, {args.concurrency} concurrent, {args.repeats} repeats (medians)\n")
+    print(
+        f"\n{args.trials} trials of {args.model} on {args.dataset}, {args.concurrency} concurrent, {args.repeats} repeats (medians)\n"
+    )
     print("| measure | median |\n| --- | --- |")
     for key, value in medians.items():
         print(f"| {key} | {value:.3f} |")
-    print(json.dumps({"dataset": args.dataset, "trials": args.trials, "concurrency": args.concurrency, "repeats": args.repeats, **{k: round(v, 4) for k, v in medians.items()}}))
+    print(
+        json.dumps(
+            {
+                "dataset": args.dataset,
+                "trials": args.trials,
+                "concurrency": args.concurrency,
+                "repeats": args.repeats,
+                **{k: round(v, 4) for k, v in medians.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

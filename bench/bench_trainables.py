@@ -46,9 +46,11 @@ import torch.nn.functional as F
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from trainables import run_trial  # noqa: E402
 from trainables import data as tdata  # noqa: E402
-from trainables import regularizers  # noqa: E402
+from trainables import (
+    regularizers,  # noqa: E402
+    run_trial,  # noqa: E402
+)
 from trainables.models import build_model  # noqa: E402
 
 DEFAULT_DATA_DIR = (REPO_ROOT / ".." / "shared" / "data" / "mnist").resolve()
@@ -120,7 +122,9 @@ def hs_reference(model: torch.nn.Module) -> torch.Tensor:
 STEP_VARIANTS = {"plain": None, "hs": hs_library, "hs_autograd_ref": hs_reference}
 
 
-def bench_step(data: tdata.DatasetSplits, batch_size: int, steps: int, warmup: int, repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+def bench_step(
+    data: tdata.DatasetSplits, batch_size: int, steps: int, warmup: int, repeats: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Wall and process-CPU seconds per step, one list per variant (one entry per repeat)."""
     torch.manual_seed(0)
     base = build_model(MODEL, data.input_shape, data.num_classes)
@@ -190,7 +194,9 @@ def raw_train_split(data_dir: Path, n: int) -> tuple[np.ndarray, np.ndarray, flo
     return np.ascontiguousarray(images[:n]), np.ascontiguousarray(labels[:n]), mean, std
 
 
-def bench_data(data: tdata.DatasetSplits, data_dir: Path, n: int, repeats: int, batch_size: int = 64) -> tuple[dict[str, list[float]], dict[str, str]]:
+def bench_data(
+    data: tdata.DatasetSplits, data_dir: Path, n: int, repeats: int, batch_size: int = 64
+) -> tuple[dict[str, list[float]], dict[str, str]]:
     """Samples/s of one pass over ``n`` training samples, per variant (one entry per repeat)."""
     x, y = data.train_x[:n], data.train_y[:n]
     images, labels, mean, std = raw_train_split(data_dir, n)
@@ -205,6 +211,7 @@ def bench_data(data: tdata.DatasetSplits, data_dir: Path, n: int, repeats: int, 
         def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             torch.manual_seed(epoch)  # DataLoader's shuffle draws from the global generator
             return iter(torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers))
+
         return batches
 
     sources = {"ours": ours, "dataloader_w0": loader(0), "dataloader_w2": loader(2)}
@@ -226,12 +233,14 @@ def bench_data(data: tdata.DatasetSplits, data_dir: Path, n: int, repeats: int, 
             step = trainers[name]
             for xb, yb in sources[name](epoch):
                 step(xb, yb)
+
         return run
 
     def data_only(name: str) -> Callable[[int], None]:
         def run(epoch: int) -> None:
             for _ in sources[name](epoch):
                 pass
+
         return run
 
     variants = {name: with_step(name) for name in sources}
@@ -250,13 +259,24 @@ def bench_data(data: tdata.DatasetSplits, data_dir: Path, n: int, repeats: int, 
 # --------------------------------------------------------------------------------------------
 
 
-def bench_trial(data_dir: Path, epochs: int, finetune_epochs: int, threads: int, repeats: int, n_train: int) -> tuple[list[float], list[dict]]:
+def bench_trial(
+    data_dir: Path, epochs: int, finetune_epochs: int, threads: int, repeats: int, n_train: int
+) -> tuple[list[float], list[dict]]:
     rates, results = [], []
     for _ in range(repeats):
-        result = run_trial(dict(
-            dataset="mnist", data_dir=str(data_dir), model=MODEL, reg="hs", epochs=epochs,
-            finetune_epochs=finetune_epochs, batch_size=64, device="cpu", num_threads=threads,
-        ))
+        result = run_trial(
+            dict(
+                dataset="mnist",
+                data_dir=str(data_dir),
+                model=MODEL,
+                reg="hs",
+                epochs=epochs,
+                finetune_epochs=finetune_epochs,
+                batch_size=64,
+                device="cpu",
+                num_threads=threads,
+            )
+        )
         rates.append((epochs + finetune_epochs) * n_train / result["wall_time_s"])
         results.append(result)
     return rates, results
@@ -269,12 +289,24 @@ def bench_trial(data_dir: Path, epochs: int, finetune_epochs: int, threads: int,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer steps, a 12 800-sample pass, one short trial (~1 min)")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=f"MNIST IDX files (default {DEFAULT_DATA_DIR})")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="repeats of the epoch passes (default 7, quick 5); the step timing uses 3x as many")
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1: one Ray trial per core)")
-    parser.add_argument("--trial-epochs", type=int, default=None, help="HS epochs of each run_trial (default 3, quick 1)")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer steps, a 12 800-sample pass, one short trial (~1 min)"
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=f"MNIST IDX files (default {DEFAULT_DATA_DIR})"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="repeats of the epoch passes (default 7, quick 5); the step timing uses 3x as many",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch.set_num_threads (default 1: one Ray trial per core)"
+    )
+    parser.add_argument(
+        "--trial-epochs", type=int, default=None, help="HS epochs of each run_trial (default 3, quick 1)"
+    )
     args = parser.parse_args(argv)
 
     quick = args.quick
@@ -298,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     for bs in (64, 256):
         step_wall[bs], step_cpu[bs] = bench_step(data, bs, steps, warmup, step_repeats)
     data_rates, skipped = bench_data(data, data_dir, data_n, repeats)
-    trial_rates, trial_results = bench_trial(data_dir, trial_epochs, trial_finetune, args.threads, trial_repeats, n_train)
+    trial_rates, trial_results = bench_trial(
+        data_dir, trial_epochs, trial_finetune, args.threads, trial_repeats, n_train
+    )
     torch.set_num_threads(args.threads)  # run_trial set it too; keep the statement true
     elapsed = time.perf_counter() - t0
     load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -332,36 +366,50 @@ def main(argv: list[str] | None = None) -> int:
     def goal(ok: bool) -> str:
         return "met" if ok else "**missed**"
 
-    print(f"torch {torch.__version__}, torch.set_num_threads({args.threads}), CPU: {cpu_model()} "
-          f"({os.cpu_count()} logical CPUs), repeats={repeats} (step: {step_repeats} × {steps} steps)"
-          f"{' (quick)' if quick else ''}, "
-          f"load average {load0:.1f} -> {load1:.1f}, wall {elapsed:.0f} s\n")
+    print(
+        f"torch {torch.__version__}, torch.set_num_threads({args.threads}), CPU: {cpu_model()} "
+        f"({os.cpu_count()} logical CPUs), repeats={repeats} (step: {step_repeats} × {steps} steps)"
+        f"{' (quick)' if quick else ''}, "
+        f"load average {load0:.1f} -> {load1:.1f}, wall {elapsed:.0f} s\n"
+    )
     print("| measurement | median | ratio | goal |")
     print("|---|---:|---|---|")
     for bs in (64, 256):
         m = step_ms[bs]
         print(f"| step, batch {bs}, no regularizer | {m['plain']:.3f} ms | 1 | |")
-        print(f"| step, batch {bs}, + λ·ΣHS (library) | {m['hs']:.3f} ms | {overhead[bs]['hs']:+.1f} % "
-              f"(paired {paired[bs]:+.1f} %, CPU time {cpu_overhead[bs]['hs']:+.1f} %) | "
-              f"≤ {STEP_GOAL_PCT:g} % ({verdict_basis}): {goal(verdict[bs]['hs'] <= STEP_GOAL_PCT)} |")
-        print(f"| step, batch {bs}, + λ·ΣHS (plain-autograd reference) | {m['hs_autograd_ref']:.3f} ms | "
-              f"{overhead[bs]['hs_autograd_ref']:+.1f} % (CPU time {cpu_overhead[bs]['hs_autograd_ref']:+.1f} %) | |")
-    print(f"| epoch pass + step, ours (tensors + iterate_batches), {data_n} samples | {rate['ours']:,.0f} samples/s | 1 | |")
+        print(
+            f"| step, batch {bs}, + λ·ΣHS (library) | {m['hs']:.3f} ms | {overhead[bs]['hs']:+.1f} % "
+            f"(paired {paired[bs]:+.1f} %, CPU time {cpu_overhead[bs]['hs']:+.1f} %) | "
+            f"≤ {STEP_GOAL_PCT:g} % ({verdict_basis}): {goal(verdict[bs]['hs'] <= STEP_GOAL_PCT)} |"
+        )
+        print(
+            f"| step, batch {bs}, + λ·ΣHS (plain-autograd reference) | {m['hs_autograd_ref']:.3f} ms | "
+            f"{overhead[bs]['hs_autograd_ref']:+.1f} % (CPU time {cpu_overhead[bs]['hs_autograd_ref']:+.1f} %) | |"
+        )
+    print(
+        f"| epoch pass + step, ours (tensors + iterate_batches), {data_n} samples | {rate['ours']:,.0f} samples/s | 1 | |"
+    )
     for k in ("dataloader_w0", "dataloader_w2"):
         label = f"epoch pass + step, per-sample Dataset + DataLoader(num_workers={k[-1]})"
         if k in rate:
-            print(f"| {label} | {rate[k]:,.0f} samples/s | ours {speedup[k]:.2f}× | "
-                  f"≥ {DATA_GOAL_X:g}×: {goal(speedup[k] >= DATA_GOAL_X)} |")
+            print(
+                f"| {label} | {rate[k]:,.0f} samples/s | ours {speedup[k]:.2f}× | "
+                f"≥ {DATA_GOAL_X:g}×: {goal(speedup[k] >= DATA_GOAL_X)} |"
+            )
         else:
             print(f"| {label} | n/a ({skipped[k]}) | | |")
     print(f"| data only (no step), ours | {rate['ours_data_only']:,.0f} samples/s | 1 | |")
     for k in loaders:
-        print(f"| data only (no step), DataLoader(num_workers={k[-1]}) | {rate[f'{k}_data_only']:,.0f} samples/s | "
-              f"ours {speedup_data_only[k]:.1f}× | |")
+        print(
+            f"| data only (no step), DataLoader(num_workers={k[-1]}) | {rate[f'{k}_data_only']:,.0f} samples/s | "
+            f"ours {speedup_data_only[k]:.1f}× | |"
+        )
     last = trial_results[-1]
-    print(f"| run_trial MNIST, {trial_epochs} HS + {trial_finetune} fine-tune epochs (×{trial_repeats}) | "
-          f"{trial_rate:,.0f} samples/s | {median([r['wall_time_s'] for r in trial_results]):.1f} s wall, "
-          f"test acc {last['test_accuracy']:.4f}, nonzero {last['nonzero_frac']:.3f} | (context) |")
+    print(
+        f"| run_trial MNIST, {trial_epochs} HS + {trial_finetune} fine-tune epochs (×{trial_repeats}) | "
+        f"{trial_rate:,.0f} samples/s | {median([r['wall_time_s'] for r in trial_results]):.1f} s wall, "
+        f"test acc {last['test_accuracy']:.4f}, nonzero {last['nonzero_frac']:.3f} | (context) |"
+    )
     print()
 
     summary = {

@@ -58,19 +58,35 @@ def run_command(args: argparse.Namespace) -> int:
     from sweeps.spec import load_spec
 
     spec, _ = load_spec(args.spec, spec_overrides(args))
-    outcome = run_sweep(spec, storage=args.storage, tracking_uri=args.tracking_uri, address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus, quiet=args.quiet)
+    outcome = run_sweep(
+        spec,
+        storage=args.storage,
+        tracking_uri=args.tracking_uri,
+        address=args.address,
+        num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus,
+        quiet=args.quiet,
+    )
     return 0 if outcome.ok else 1
 
 
 def resume_command(args: argparse.Namespace) -> int:
     from sweeps.runner import find_sweep_dir, resume_sweep
 
-    outcome = resume_sweep(find_sweep_dir(args.sweep, args.storage or "results"), address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus, quiet=args.quiet)
+    outcome = resume_sweep(
+        find_sweep_dir(args.sweep, args.storage or "results"),
+        address=args.address,
+        num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus,
+        quiet=args.quiet,
+    )
     return 0 if outcome.ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hoyersweep", description="DeepHoyer sparse-training sweeps: Ray Tune + Optuna + MLflow.")
+    parser = argparse.ArgumentParser(
+        prog="hoyersweep", description="DeepHoyer sparse-training sweeps: Ray Tune + Optuna + MLflow."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="run one DeepHoyer trial without Ray")
@@ -88,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="override sampler.seed")
     run.add_argument("--data-dir", help="override data_dir")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in the sweep folder)")
-    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any spec field, e.g. --set trial.epochs=5")
+    run.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override any spec field, e.g. --set trial.epochs=5"
+    )
     _add_ray_arguments(run)
     run.set_defaults(handler=run_command)
 

@@ -45,7 +45,13 @@ class SweepState:
     @classmethod
     def new(cls, name: str, problem_hash: str, tracking_uri: str) -> SweepState:
         sweep_id = uuid.uuid4().hex[:8]
-        return cls(name=name, sweep_id=sweep_id, study_name=f"{name}-{sweep_id}", problem_hash=problem_hash, tracking_uri=tracking_uri)
+        return cls(
+            name=name,
+            sweep_id=sweep_id,
+            study_name=f"{name}-{sweep_id}",
+            problem_hash=problem_hash,
+            tracking_uri=tracking_uri,
+        )
 
     @classmethod
     def load(cls, sweep_dir: Path) -> SweepState:

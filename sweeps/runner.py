@@ -15,8 +15,8 @@ import logging
 import os
 import queue
 import subprocess
-import threading
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -29,9 +29,9 @@ import optuna
 import pandas as pd
 import ray
 import yaml
+from optuna.trial import TrialState
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
-from optuna.trial import TrialState
 
 from analysis.pareto import nondominated_mask
 from sweeps.records import (
@@ -46,9 +46,9 @@ from sweeps.records import (
 )
 from sweeps.search import FINISHED_STATES, TRIAL_NUMBER_KEY, WARM_START_ATTR, SweepSearch, own_trials
 from sweeps.spec import SpecError, SweepSpec, parse_spec
+from sweeps.tracking import SweepTracker
 from sweeps.trainable import CHECKPOINT_FILE, IDENTITY_FILE, deephoyer_trainable
 from trainables.config import TrialConfig
-from sweeps.tracking import SweepTracker
 
 logger = logging.getLogger(__name__)
 EPOCH_FLUSH_S = 2.0  # live epoch curves reach MLflow at most this late; fewer sqlite commits on the driver
@@ -69,7 +69,9 @@ class SweepOutcome:
 
 
 def optuna_storage(sweep_dir: Path) -> optuna.storages.RDBStorage:
-    return optuna.storages.RDBStorage(f"sqlite:///{(sweep_dir / OPTUNA_FILE).resolve()}", engine_kwargs={"connect_args": {"timeout": 60}})
+    return optuna.storages.RDBStorage(
+        f"sqlite:///{(sweep_dir / OPTUNA_FILE).resolve()}", engine_kwargs={"connect_args": {"timeout": 60}}
+    )
 
 
 def default_tracking_uri(sweep_dir: Path) -> str:
@@ -90,7 +92,9 @@ def find_sweep_dir(name_or_path: str, storage: str = "results") -> Path:
     for candidate in (Path(name_or_path), Path(storage) / name_or_path):
         if (candidate / "state.json").exists():
             return candidate
-    raise SpecError(f"{name_or_path}: no sweep found (looked for state.json in {name_or_path} and {Path(storage) / name_or_path})")
+    raise SpecError(
+        f"{name_or_path}: no sweep found (looked for state.json in {name_or_path} and {Path(storage) / name_or_path})"
+    )
 
 
 def package_versions() -> dict[str, str]:
@@ -105,7 +109,9 @@ def package_versions() -> dict[str, str]:
 
 def git_commit() -> str | None:
     try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout.strip() if done.returncode == 0 else None
@@ -182,7 +188,16 @@ class SweepRecorder:
     same methods, called directly, repair records when a sweep resumes.
     """
 
-    def __init__(self, spec: SweepSpec, name: str, fixed: dict[str, Any], tracker: SweepTracker, ledger: ResultsLedger, started: float, quiet: bool = False) -> None:
+    def __init__(
+        self,
+        spec: SweepSpec,
+        name: str,
+        fixed: dict[str, Any],
+        tracker: SweepTracker,
+        ledger: ResultsLedger,
+        started: float,
+        quiet: bool = False,
+    ) -> None:
         self.spec = spec
         self.name = name
         self.fixed = fixed
@@ -208,7 +223,15 @@ class SweepRecorder:
         if run_id is not None:
             self.tracker.buffer_epoch(run_id, result)
 
-    def finished(self, number: int, sampled: dict[str, Any], result: dict[str, Any] | None, status: str, message: str = "", ray_trial_id: str = "") -> None:
+    def finished(
+        self,
+        number: int,
+        sampled: dict[str, Any],
+        result: dict[str, Any] | None,
+        status: str,
+        message: str = "",
+        ray_trial_id: str = "",
+    ) -> None:
         """Record one finished trial everywhere it belongs (each step skips what is already there)."""
         result = dict(result or {})
         layers = json.loads(result.pop("layers_json", "[]") or "[]")
@@ -225,7 +248,24 @@ class SweepRecorder:
             "status": status,
             "message": result.get("message") or message,
             **{f"param.{k}": v for k, v in sampled.items() if k in self.spec.search},
-            **{k: result.get(k) for k in ("val_accuracy", "test_accuracy", "nonzero_frac", "flops_frac", "loss", "val_loss", "epochs", "wall_time_s", "report_wait_s", "val_accuracy_before_prune", "val_accuracy_after_prune", "resumed_from_epoch", "node_id")},
+            **{
+                k: result.get(k)
+                for k in (
+                    "val_accuracy",
+                    "test_accuracy",
+                    "nonzero_frac",
+                    "flops_frac",
+                    "loss",
+                    "val_loss",
+                    "epochs",
+                    "wall_time_s",
+                    "report_wait_s",
+                    "val_accuracy_before_prune",
+                    "val_accuracy_after_prune",
+                    "resumed_from_epoch",
+                    "node_id",
+                )
+            },
             "driver_run": self.driver_run,
             "config": self.trial_params(sampled),
             "mlflow_run_id": run_id,
@@ -308,10 +348,25 @@ class RecorderCallback(tune.Callback):
         result = trial.last_result or {}
         final = dict(result) if result.get("final") else None
         status = result.get("status", "stopped") if final else "stopped"
-        self.recorder.submit(self.recorder.finished, trial.config[TRIAL_NUMBER_KEY], dict(trial.config), final, status, ray_trial_id=trial.trial_id)
+        self.recorder.submit(
+            self.recorder.finished,
+            trial.config[TRIAL_NUMBER_KEY],
+            dict(trial.config),
+            final,
+            status,
+            ray_trial_id=trial.trial_id,
+        )
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.recorder.submit(self.recorder.finished, trial.config[TRIAL_NUMBER_KEY], dict(trial.config), None, "error", _error_summary(trial), ray_trial_id=trial.trial_id)
+        self.recorder.submit(
+            self.recorder.finished,
+            trial.config[TRIAL_NUMBER_KEY],
+            dict(trial.config),
+            None,
+            "error",
+            _error_summary(trial),
+            ray_trial_id=trial.trial_id,
+        )
 
 
 def _error_summary(trial) -> str:
@@ -327,7 +382,11 @@ def _error_summary(trial) -> str:
 def current_front(spec: SweepSpec, ledger: ResultsLedger) -> pd.DataFrame:
     """The Pareto front of this sweep's ok trials that satisfy the constraints."""
     rows = [row for row in ledger.rows.values() if row["status"] == "ok"]
-    rows = [row for row in rows if all(c.violation(row[c.metric]) <= 0 for c in spec.constraints if row.get(c.metric) is not None)]
+    rows = [
+        row
+        for row in rows
+        if all(c.violation(row[c.metric]) <= 0 for c in spec.constraints if row.get(c.metric) is not None)
+    ]
     if not rows:
         return pd.DataFrame()
     table = pd.DataFrame(rows)
@@ -345,7 +404,13 @@ def repair_records(study: optuna.Study, recorder: SweepRecorder) -> int:
             continue
         attrs = dict(trial.user_attrs)
         status = attrs.get("status") or OPTUNA_STATUS.get(trial.state, "error")
-        recorder.finished(trial.number, dict(trial.params), attrs, status, attrs.get("message", "recorded from the Optuna study after a restart"))
+        recorder.finished(
+            trial.number,
+            dict(trial.params),
+            attrs,
+            status,
+            attrs.get("message", "recorded from the Optuna study after a restart"),
+        )
         repaired += 1
     return repaired
 
@@ -363,7 +428,9 @@ def _init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None) -
     return True
 
 
-def prepare_sweep(spec: SweepSpec, storage: str | None = None, tracking_uri: str | None = None) -> tuple[Path, SweepState]:
+def prepare_sweep(
+    spec: SweepSpec, storage: str | None = None, tracking_uri: str | None = None
+) -> tuple[Path, SweepState]:
     """Create a new sweep folder with its spec copy and state."""
     sweep_dir = new_sweep_dir(Path(storage or spec.storage), spec.name)
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -393,13 +460,20 @@ def execute_sweep(
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter honours verbose=0: our progress lines only
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/TensorBoard per report; JSON kept below
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # resume uses our records, not Tune's snapshots
+    os.environ.setdefault(
+        "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0"
+    )  # resume uses our records, not Tune's snapshots
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.time()
     storage = optuna_storage(sweep_dir)
-    study = optuna.create_study(storage=storage, study_name=state.study_name, directions=["maximize" if m == "max" else "minimize" for m in spec.modes], load_if_exists=True)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=state.study_name,
+        directions=["maximize" if m == "max" else "minimize" for m in spec.modes],
+        load_if_exists=True,
+    )
     if not study.user_attrs:
         study.set_user_attr("problem_hash", spec.problem_hash())
         study.set_user_attr("sweep", state.name)
@@ -407,9 +481,21 @@ def execute_sweep(
             print(f"[{state.name}] warm start: {copied} trials from earlier sweeps of the same problem", flush=True)
 
     tracker = SweepTracker(state.tracking_uri, state.name, sweep_dir / "mlartifacts")
-    parent_params = {"spec_hash": spec.problem_hash(), "sampler": spec.sampler.type, "num_samples": spec.budget.num_samples, **{f"search.{k}": v.model_dump_json() for k, v in spec.search.items()}}
-    tags = {"spec_hash": spec.problem_hash(), "git_commit": git_commit() or "unknown", "sweep_dir": str(sweep_dir.resolve()), **package_versions()}
-    state.parent_run_id = tracker.start_parent(state.parent_run_id, state.name, parent_params, tags, (sweep_dir / SPEC_FILE).read_text())
+    parent_params = {
+        "spec_hash": spec.problem_hash(),
+        "sampler": spec.sampler.type,
+        "num_samples": spec.budget.num_samples,
+        **{f"search.{k}": v.model_dump_json() for k, v in spec.search.items()},
+    }
+    tags = {
+        "spec_hash": spec.problem_hash(),
+        "git_commit": git_commit() or "unknown",
+        "sweep_dir": str(sweep_dir.resolve()),
+        **package_versions(),
+    }
+    state.parent_run_id = tracker.start_parent(
+        state.parent_run_id, state.name, parent_params, tags, (sweep_dir / SPEC_FILE).read_text()
+    )
     state.status = "running"
     state.runs.append({"started": now_iso()})
     state.save(sweep_dir)
@@ -420,7 +506,9 @@ def execute_sweep(
     recorder.driver_run = len(state.runs)  # 1 for the first run of the sweep, 2 after one resume, …
     repaired = repair_records(study, recorder)
     if repaired and not quiet:
-        print(f"[{state.name}] repaired the records of {repaired} trial(s) finished before the interruption", flush=True)
+        print(
+            f"[{state.name}] repaired the records of {repaired} trial(s) finished before the interruption", flush=True
+        )
 
     finished = len(own_trials(study, FINISHED_STATES))
     remaining = spec.budget.num_samples - finished
@@ -429,7 +517,9 @@ def execute_sweep(
         try:
             search = SweepSearch(spec, storage, state.study_name, resume_checkpoints(sweep_dir))
             trainable = tune.with_resources(
-                tune.with_parameters(deephoyer_trainable, fixed=fixed, checkpoint_interval_s=spec.checkpoint_interval_s),
+                tune.with_parameters(
+                    deephoyer_trainable, fixed=fixed, checkpoint_interval_s=spec.checkpoint_interval_s
+                ),
                 {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus},
             )
             tuner = tune.Tuner(
@@ -458,18 +548,36 @@ def execute_sweep(
     return finalize_sweep(spec, sweep_dir, state, study, recorder, started, quiet)
 
 
-def finalize_sweep(spec: SweepSpec, sweep_dir: Path, state: SweepState, study: optuna.Study, recorder: SweepRecorder, started: float, quiet: bool) -> SweepOutcome:
+def finalize_sweep(
+    spec: SweepSpec,
+    sweep_dir: Path,
+    state: SweepState,
+    study: optuna.Study,
+    recorder: SweepRecorder,
+    started: float,
+    quiet: bool,
+) -> SweepOutcome:
     """Tag the Pareto trials in MLflow, write pareto.csv, close the parent run and say where things are."""
     ledger, tracker = recorder.ledger, recorder.tracker
     front = current_front(spec, ledger)
     front_numbers = set(front["trial_number"]) if not front.empty else set()
     tracker.tag_pareto(front_numbers, ledger.rows)
-    columns = ["trial_number", *[c for c in front.columns if c.startswith("param.")], "val_accuracy", "test_accuracy", "nonzero_frac", "flops_frac", "mlflow_run_id"]
+    columns = [
+        "trial_number",
+        *[c for c in front.columns if c.startswith("param.")],
+        "val_accuracy",
+        "test_accuracy",
+        "nonzero_frac",
+        "flops_frac",
+        "mlflow_run_id",
+    ]
     (front[columns] if not front.empty else pd.DataFrame(columns=columns)).to_csv(sweep_dir / PARETO_FILE, index=False)
     rows = list(ledger.rows.values())
     ok = sum(row["status"] == "ok" for row in rows)
     complete = len(own_trials(study, FINISHED_STATES)) >= spec.budget.num_samples
-    tracker.end_parent("FINISHED" if complete else "KILLED", {"trials": len(rows), "trials_ok": ok, "front_size": len(front_numbers)})
+    tracker.end_parent(
+        "FINISHED" if complete else "KILLED", {"trials": len(rows), "trials_ok": ok, "front_size": len(front_numbers)}
+    )
     state.status = "finished" if complete else "incomplete"
     state.save(sweep_dir)
     outcome = SweepOutcome(sweep_dir, state.study_name, state.tracking_uri, len(rows), ok, len(rows) - ok, front)
@@ -482,22 +590,34 @@ def print_summary(outcome: SweepOutcome, spec: SweepSpec, elapsed: float) -> Non
     directory = outcome.sweep_dir
     print(f"\nSweep {spec.name}: {outcome.total} trials ({outcome.ok} ok, {outcome.failed} failed) in {elapsed:.0f}s")
     if not outcome.front.empty:
-        shown = ["trial_number", *[c for c in outcome.front.columns if c.startswith("param.")], *spec.metric_names, "test_accuracy"]
+        shown = [
+            "trial_number",
+            *[c for c in outcome.front.columns if c.startswith("param.")],
+            *spec.metric_names,
+            "test_accuracy",
+        ]
         shown = list(dict.fromkeys(shown))
         print(f"Pareto front ({len(outcome.front)} trials; chosen on validation, test shown beside):")
         print(outcome.front[shown].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     elif outcome.ok:
-        rules = ", ".join(f"{c.metric} {'≥ ' + format(c.min, 'g') if c.min is not None else '≤ ' + format(c.max, 'g')}" for c in spec.constraints)
+        rules = ", ".join(
+            f"{c.metric} {'≥ ' + format(c.min, 'g') if c.min is not None else '≤ ' + format(c.max, 'g')}"
+            for c in spec.constraints
+        )
         why = f"no ok trial met the constraints ({rules})" if rules else "no ok trial has finite objective values"
         print(f"Pareto front empty: {why}; `hoyersweep pareto {directory} --ignore-constraints` shows the rest.")
     print(f"  results : {directory / RESULTS_FILE}")
     print(f"  front   : {directory / PARETO_FILE}")
     print(f"  mlflow  : {outcome.tracking_uri}   (hoyersweep ui {directory})")
-    print(f"  optuna  : optuna-dashboard sqlite:///{(directory / OPTUNA_FILE).resolve()}   (study {outcome.study_name})")
+    print(
+        f"  optuna  : optuna-dashboard sqlite:///{(directory / OPTUNA_FILE).resolve()}   (study {outcome.study_name})"
+    )
     sys.stdout.flush()
 
 
-def run_sweep(spec: SweepSpec, *, storage: str | None = None, tracking_uri: str | None = None, **kwargs: Any) -> SweepOutcome:
+def run_sweep(
+    spec: SweepSpec, *, storage: str | None = None, tracking_uri: str | None = None, **kwargs: Any
+) -> SweepOutcome:
     """Start a new sweep of ``spec`` and run it to the end."""
     sweep_dir, state = prepare_sweep(spec, storage, tracking_uri)
     if not kwargs.get("quiet"):
@@ -509,4 +629,3 @@ def resume_sweep(sweep_dir: Path, **kwargs: Any) -> SweepOutcome:
     """Continue an interrupted sweep from its folder."""
     spec, state = load_sweep(sweep_dir)
     return execute_sweep(spec, sweep_dir, state, **kwargs)
-

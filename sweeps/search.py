@@ -74,8 +74,21 @@ def objective_values(result: dict[str, Any] | None, metrics: Sequence[str]) -> l
 
 def final_attrs(result: dict[str, Any]) -> dict[str, Any]:
     """The scalar final metrics worth keeping on the Optuna trial."""
-    keep = ("status", "message", "val_accuracy", "test_accuracy", "nonzero_frac", "flops_frac", "loss", "val_loss", "epochs", "wall_time_s")
-    return {k: result[k] for k in keep if k in result and (not isinstance(result[k], float) or math.isfinite(result[k]))}
+    keep = (
+        "status",
+        "message",
+        "val_accuracy",
+        "test_accuracy",
+        "nonzero_frac",
+        "flops_frac",
+        "loss",
+        "val_loss",
+        "epochs",
+        "wall_time_s",
+    )
+    return {
+        k: result[k] for k in keep if k in result and (not isinstance(result[k], float) or math.isfinite(result[k]))
+    }
 
 
 class SweepSearch(OptunaSearch):
@@ -144,7 +157,10 @@ class SweepSearch(OptunaSearch):
                 self._ot_study.tell(ot_trial, state=TrialState.FAIL)
             else:
                 for constraint in self._constraints:
-                    ot_trial.set_constraint(f"{constraint.metric}_{'min' if constraint.min is not None else 'max'}", constraint.violation(result[constraint.metric]))
+                    ot_trial.set_constraint(
+                        f"{constraint.metric}_{'min' if constraint.min is not None else 'max'}",
+                        constraint.violation(result[constraint.metric]),
+                    )
                 self._ot_study.tell(ot_trial, values, state=TrialState.COMPLETE)
         except Exception as exc:  # noqa: BLE001 - Optuna refusing one trial must not stop the sweep
             logger.warning("could not record trial %d in Optuna: %s", ot_trial.number, exc)

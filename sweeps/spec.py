@@ -21,7 +21,11 @@ from trainables.config import ConfigError, TrialConfig
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_SPEC = "sweeps/digits_quick.yaml"
-SEARCHABLE = tuple(name for name in TrialConfig.__dataclass_fields__ if name not in ("dataset", "data_dir", "model", "device", "pretrain_cache_dir", "init_checkpoint"))
+SEARCHABLE = tuple(
+    name
+    for name in TrialConfig.__dataclass_fields__
+    if name not in ("dataset", "data_dir", "model", "device", "pretrain_cache_dir", "init_checkpoint")
+)
 
 
 class SpecError(ValueError):
@@ -134,7 +138,10 @@ class SweepSpec(_Strict):
     trial: dict[str, Any] = Field(default_factory=dict)
     search: dict[str, SearchParam] = Field(default_factory=dict)
     objectives: list[ObjectiveSpec] = Field(
-        default_factory=lambda: [ObjectiveSpec(metric="val_accuracy", mode="max"), ObjectiveSpec(metric="nonzero_frac", mode="min")],
+        default_factory=lambda: [
+            ObjectiveSpec(metric="val_accuracy", mode="max"),
+            ObjectiveSpec(metric="nonzero_frac", mode="min"),
+        ],
         min_length=1,
     )
     constraints: list[ConstraintSpec] = Field(default_factory=list)
@@ -179,14 +186,18 @@ class SweepSpec(_Strict):
 
     def trial_config(self, params: dict[str, Any]) -> TrialConfig:
         """The validated TrialConfig of one trial: fixed settings plus the sampled ``params``."""
-        return TrialConfig.from_dict({"dataset": self.dataset, "data_dir": self.data_dir, "model": self.model, **self.trial, **params})
+        return TrialConfig.from_dict(
+            {"dataset": self.dataset, "data_dir": self.data_dir, "model": self.model, **self.trial, **params}
+        )
 
     def problem_hash(self) -> str:
         """Hash of what defines the optimisation problem (not budget, sampler, name or storage).
 
         Sweeps with the same problem hash can warm-start from one another.
         """
-        problem = self.model_dump(include={"model", "dataset", "data_dir", "trial", "search", "objectives", "constraints"})
+        problem = self.model_dump(
+            include={"model", "dataset", "data_dir", "trial", "search", "objectives", "constraints"}
+        )
         return hashlib.sha256(json.dumps(problem, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     @property

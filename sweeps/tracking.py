@@ -26,8 +26,18 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 EPOCH_METRICS = ("val_accuracy", "nonzero_frac", "flops_frac", "loss", "task_loss", "reg_loss", "val_loss", "lr")
-FINAL_METRICS = ("val_accuracy", "test_accuracy", "nonzero_frac", "flops_frac", "loss", "val_loss", "wall_time_s", "epochs",
-                 "val_accuracy_before_prune", "val_accuracy_after_prune")
+FINAL_METRICS = (
+    "val_accuracy",
+    "test_accuracy",
+    "nonzero_frac",
+    "flops_frac",
+    "loss",
+    "val_loss",
+    "wall_time_s",
+    "epochs",
+    "val_accuracy_before_prune",
+    "val_accuracy_after_prune",
+)
 TRIAL_TAG = "hoyersweep.trial_number"
 SWEEP_TAG = "hoyersweep.sweep"
 STATUS_TAG = "hoyersweep.status"
@@ -56,7 +66,9 @@ class SweepTracker:
         self._last_step: dict[str, int] = {}
         self._pending: dict[str, list[dict[str, Any]]] = {}
 
-    def start_parent(self, run_id: str | None, name: str, params: dict[str, Any], tags: dict[str, str], spec_text: str) -> str:
+    def start_parent(
+        self, run_id: str | None, name: str, params: dict[str, Any], tags: dict[str, str], spec_text: str
+    ) -> str:
         """Create the sweep's parent run, or re-open the one a resumed sweep already has."""
         if run_id:
             self.client.update_run(run_id, status="RUNNING")
@@ -70,7 +82,9 @@ class SweepTracker:
 
     def end_parent(self, status: str = "FINISHED", metrics: dict[str, float] | None = None) -> None:
         if metrics:
-            self.client.log_batch(self.parent_run_id, metrics=[Metric(k, float(v), _now(), 0) for k, v in metrics.items() if _finite(v)])
+            self.client.log_batch(
+                self.parent_run_id, metrics=[Metric(k, float(v), _now(), 0) for k, v in metrics.items() if _finite(v)]
+            )
         self.client.set_terminated(self.parent_run_id, status=status)
 
     def find_child(self, trial_number: int) -> str | None:
@@ -93,10 +107,17 @@ class SweepTracker:
         if existing is not None:
             self.client.update_run(existing, status="RUNNING")
             return existing
-        tags = {MLFLOW_PARENT_RUN_ID: self.parent_run_id, TRIAL_TAG: str(trial_number), SWEEP_TAG: sweep, MLFLOW_RUN_NAME: f"{sweep}-trial-{trial_number:04d}"}
+        tags = {
+            MLFLOW_PARENT_RUN_ID: self.parent_run_id,
+            TRIAL_TAG: str(trial_number),
+            SWEEP_TAG: sweep,
+            MLFLOW_RUN_NAME: f"{sweep}-trial-{trial_number:04d}",
+        }
         run = self.client.create_run(self.experiment_id, tags=tags)
         run_id = run.info.run_id
-        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in {**params, "trial_number": trial_number}.items()])
+        self.client.log_batch(
+            run_id, params=[Param(k, str(v)) for k, v in {**params, "trial_number": trial_number}.items()]
+        )
         self._children[trial_number] = run_id
         return run_id
 
@@ -124,13 +145,25 @@ class SweepTracker:
         if not fresh:
             return
         timestamp = _now()
-        batch = [Metric(k, float(e[k]), timestamp, int(e["epoch"])) for e in fresh for k in EPOCH_METRICS if _finite(e.get(k))]
+        batch = [
+            Metric(k, float(e[k]), timestamp, int(e["epoch"]))
+            for e in fresh
+            for k in EPOCH_METRICS
+            if _finite(e.get(k))
+        ]
         for start in range(0, len(batch), 900):
             self.client.log_batch(run_id, metrics=batch[start : start + 900])
         self.client.set_tag(run_id, "phase", str(fresh[-1].get("phase", "")))
         self._last_step[run_id] = int(fresh[-1]["epoch"])
 
-    def finish(self, run_id: str, result: dict[str, Any], status: str, layers: Iterable[dict] | None = None, history: Iterable[dict] | None = None) -> None:
+    def finish(
+        self,
+        run_id: str,
+        result: dict[str, Any],
+        status: str,
+        layers: Iterable[dict] | None = None,
+        history: Iterable[dict] | None = None,
+    ) -> None:
         """Log final metrics, missing epochs and the per-layer table, tag the status, terminate the run."""
         run = self.client.get_run(run_id)
         if run.info.status != "RUNNING":
@@ -139,7 +172,9 @@ class SweepTracker:
         if history:
             self.log_epochs(run_id, history)
         timestamp = _now()
-        metrics = [Metric(f"final_{k}", float(result[k]), timestamp, 0) for k in FINAL_METRICS if _finite(result.get(k))]
+        metrics = [
+            Metric(f"final_{k}", float(result[k]), timestamp, 0) for k in FINAL_METRICS if _finite(result.get(k))
+        ]
         tags = [RunTag(STATUS_TAG, status)]
         if result.get("message"):
             tags.append(RunTag("hoyersweep.message", str(result["message"])[:5000]))

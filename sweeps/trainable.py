@@ -62,7 +62,9 @@ def deephoyer_trainable(config: dict[str, Any], fixed: dict[str, Any], checkpoin
         if checkpoint_interval_s and time.monotonic() - last_checkpoint >= checkpoint_interval_s:
             with tempfile.TemporaryDirectory() as directory:
                 state.save(Path(directory) / CHECKPOINT_FILE)
-                (Path(directory) / IDENTITY_FILE).write_text(json.dumps({TRIAL_NUMBER_KEY: trial_number, "epoch": state.epoch}))
+                (Path(directory) / IDENTITY_FILE).write_text(
+                    json.dumps({TRIAL_NUMBER_KEY: trial_number, "epoch": state.epoch})
+                )
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
             last_checkpoint = time.monotonic()
         else:
@@ -73,6 +75,18 @@ def deephoyer_trainable(config: dict[str, Any], fixed: dict[str, Any], checkpoin
         resume_from = _local_copy_of_checkpoint(Path(workdir), resume_path)
         result = run_trial(trial_config, report, resume_from=resume_from)
     final = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in _scalars(result).items()}
-    history = json.dumps([{k: v for k, v in epoch.items() if isinstance(v, (int, float, str))} for epoch in result["history"]])
+    history = json.dumps(
+        [{k: v for k, v in epoch.items() if isinstance(v, (int, float, str))} for epoch in result["history"]]
+    )
     node_id = ray.get_runtime_context().get_node_id()
-    tune.report({**final, TRIAL_NUMBER_KEY: trial_number, "final": True, "report_wait_s": waited, "node_id": node_id, "layers_json": json.dumps(result["layers"]), "history_json": history})
+    tune.report(
+        {
+            **final,
+            TRIAL_NUMBER_KEY: trial_number,
+            "final": True,
+            "report_wait_s": waited,
+            "node_id": node_id,
+            "layers_json": json.dumps(result["layers"]),
+            "history_json": history,
+        }
+    )

@@ -19,5 +19,8 @@ def digits_sweep(local_ray, tmp_path_factory):
     from sweeps.runner import run_sweep
     from sweeps.spec import load_spec
 
-    spec, _ = load_spec("sweeps/digits_quick.yaml", {"budget.num_samples": 6, "trial.epochs": 2, "trial.finetune_epochs": 1, "trial.batch_size": 256})
+    spec, _ = load_spec(
+        "sweeps/digits_quick.yaml",
+        {"budget.num_samples": 6, "trial.epochs": 2, "trial.finetune_epochs": 1, "trial.batch_size": 256},
+    )
     return run_sweep(spec, storage=str(tmp_path_factory.mktemp("sweeps")), quiet=True)

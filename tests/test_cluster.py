@@ -125,7 +125,9 @@ def test_config_installs_the_project_and_mounts_shared_storage(name: str) -> Non
     assert any(f"mountpoint -q {SHARED} ||" in c and f" {SHARED}" in c for c in setup), "no shared storage mounted"
     assert any("pip install" in c and "-e ~/hoyersweep" in c for c in setup), "the project is not installed"
     assert any("pip install" in c and "torch" in c for c in setup), "torch is not installed"
-    assert any(f'"ray[default,tune]=={ray.__version__}"' in c for c in setup), f"nodes must run this Ray ({ray.__version__})"
+    assert any(f'"ray[default,tune]=={ray.__version__}"' in c for c in setup), (
+        f"nodes must run this Ray ({ray.__version__})"
+    )
     for command in [*setup, *config["head_start_ray_commands"], *config["worker_start_ray_commands"]]:
         checked = subprocess.run(["bash", "-n", "-c", command], capture_output=True, text=True)
         assert checked.returncode == 0, f"{name}: not valid bash: {command}\n{checked.stderr}"
@@ -133,6 +135,7 @@ def test_config_installs_the_project_and_mounts_shared_storage(name: str) -> Non
 
 def test_configs_share_their_setup() -> None:
     """The on-prem config differs from the AWS one in where storage comes from, not in the install."""
+
     def install(name: str) -> list[str]:
         return [c for c in load_config(name)["setup_commands"] if "mount" not in c]
 
@@ -268,7 +271,9 @@ class RayNode:
         state = proc_state(pid)
         if state is not None and state[1] == self.sid:
             return True
-        return any(self.logs_dir.glob(f"worker-*-{pid}.out")) or any(self.logs_dir.glob(f"python-core-worker-*_{pid}.log"))
+        return any(self.logs_dir.glob(f"worker-*-{pid}.out")) or any(
+            self.logs_dir.glob(f"python-core-worker-*_{pid}.log")
+        )
 
     def report(self) -> str:
         parts = [f"--- node {self.name} ({self.temp_dir}): ray start output\n{tail(self.start_log, 15)}"]
@@ -359,7 +364,15 @@ class LocalRayCluster:
             "--disable-usage-stats",
         ]
         with start_log.open("w") as out:
-            process = subprocess.Popen(command, env=self.env, cwd=temp_dir, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            process = subprocess.Popen(
+                command,
+                env=self.env,
+                cwd=temp_dir,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         node = RayNode(name, temp_dir, process.pid, start_log)
         self.nodes.append(node)  # before waiting: teardown stops whatever it started
         try:
@@ -388,19 +401,38 @@ class LocalRayCluster:
         storage.mkdir(parents=True, exist_ok=True)
         log = storage.parent / f"driver-{len(self.drivers)}.log"
         command = [
-            sys.executable, "-m", "sweeps.cli", "run", "sweeps/digits_quick.yaml",
-            "--address", self.address,
-            "--storage", str(storage),
-            "--num-samples", str(num_samples),
-            "--max-concurrent-trials", "2",
-            "--set", "resources.cpus=1",
-            "--set", "resources.gpus=0",
-            "--set", "warm_start=false",
+            sys.executable,
+            "-m",
+            "sweeps.cli",
+            "run",
+            "sweeps/digits_quick.yaml",
+            "--address",
+            self.address,
+            "--storage",
+            str(storage),
+            "--num-samples",
+            str(num_samples),
+            "--max-concurrent-trials",
+            "2",
+            "--set",
+            "resources.cpus=1",
+            "--set",
+            "resources.gpus=0",
+            "--set",
+            "warm_start=false",
         ]
         for setting in settings:
             command += ["--set", setting]
         with log.open("w") as out:
-            process = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            process = subprocess.Popen(
+                command,
+                cwd=REPO,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         driver = Driver(process, log, storage)
         self.drivers.append(driver)
         return driver
@@ -408,7 +440,9 @@ class LocalRayCluster:
     def report(self) -> str:
         parts = [f"=== cluster at {self.address}"]
         for driver in self.drivers:
-            parts.append(f"--- driver {shlex.join(driver.process.args)} (exit {driver.process.poll()})\n{tail(driver.log, 60)}")
+            parts.append(
+                f"--- driver {shlex.join(driver.process.args)} (exit {driver.process.poll()})\n{tail(driver.log, 60)}"
+            )
         parts += [node.report() for node in self.nodes]
         return "\n".join(parts)
 
@@ -498,7 +532,10 @@ def test_sweep_runs_on_both_nodes(ray_cluster: LocalRayCluster, tmp_path: Path) 
         driver = ray_cluster.sweep(tmp_path / "results", num_samples, "trial.epochs=20", "trial.finetune_epochs=2")
         assert driver.wait(timeout_s=150) == 0
         check_records(driver, num_samples)
-        placement = {row["ray_trial_id"]: {node.name for node in ray_cluster.nodes if node.ran(row["ray_trial_id"])} for row in driver.ledger()}
+        placement = {
+            row["ray_trial_id"]: {node.name for node in ray_cluster.nodes if node.ran(row["ray_trial_id"])}
+            for row in driver.ledger()
+        }
         assert all(len(nodes) == 1 for nodes in placement.values()), placement
         assert set().union(*placement.values()) == {"head", "second"}, placement
         # the results the driver received say the same: they came from processes of those nodes
@@ -535,7 +572,9 @@ def test_sweep_survives_losing_a_node(ray_cluster: LocalRayCluster, tmp_path: Pa
                     return trial_id
             return None
 
-        victim = wait_for(checkpointed_trial_on_second_node, 90, "a trial with a checkpoint running on the second node", driver)
+        victim = wait_for(
+            checkpointed_trial_on_second_node, 90, "a trial with a checkpoint running on the second node", driver
+        )
         raylet = second.raylet_pid()
         assert raylet is not None
         os.kill(raylet, signal.SIGKILL)
@@ -554,7 +593,9 @@ def test_sweep_survives_losing_a_node(ray_cluster: LocalRayCluster, tmp_path: Pa
         assert nodes[0] == "second" and nodes[-1] == "head" and results[victim][-1].get("final"), nodes
         retried = [row for row, node in zip(results[victim], nodes) if node == "head"]
         assert nodes == ["second"] * (len(nodes) - len(retried)) + ["head"] * len(retried), nodes
-        assert retried[0]["epoch"] > 1, f"the retry started again from epoch {retried[0]['epoch']}, not from its checkpoint"
+        assert retried[0]["epoch"] > 1, (
+            f"the retry started again from epoch {retried[0]['epoch']}, not from its checkpoint"
+        )
         # no other trial was interrupted: each ran on one node
         for row in driver.ledger():
             if row["ray_trial_id"] != victim:

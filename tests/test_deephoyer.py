@@ -81,7 +81,9 @@ def test_hoyer_square_is_clearly_sparser_than_plain_pruning_at_the_same_threshol
 
 @pytest.mark.parametrize("model", ["lenet5", "resnet20"])
 def test_conv_models_with_group_hs_count_filters_and_channels(model):
-    result = run_trial(dict(model=model, reg="group_hs", strength=1e-3, threshold=0.05, epochs=1, finetune_epochs=1, batch_size=256))
+    result = run_trial(
+        dict(model=model, reg="group_hs", strength=1e-3, threshold=0.05, epochs=1, finetune_epochs=1, batch_size=256)
+    )
     assert result["status"] == "ok"
     convs = [layer for layer in result["layers"] if len(layer["shape"]) == 4]
     assert convs and all(layer["rows_total"] == layer["shape"][0] for layer in convs)
@@ -136,7 +138,11 @@ def test_cli_json_prints_exactly_one_object():
 
 @pytest.mark.parametrize(
     "args, field",
-    [(["--strength", "-1"], "strength"), (["--model", "nope"], "unknown model"), (["--dataset", "mnist", "--data-dir", "/nonexistent"], "/nonexistent")],
+    [
+        (["--strength", "-1"], "strength"),
+        (["--model", "nope"], "unknown model"),
+        (["--dataset", "mnist", "--data-dir", "/nonexistent"], "/nonexistent"),
+    ],
 )
 def test_cli_bad_values_are_one_line_errors(args, field):
     done = _cli(*args, "--epochs", "1")

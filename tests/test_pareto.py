@@ -22,8 +22,8 @@ from analysis.pareto import (
     knee_point,
     most_accurate_with_sparsity,
     nondominated_mask,
-    parse_objectives,
     pareto_front,
+    parse_objectives,
     sparsest_with_accuracy,
     to_minimisation,
 )
@@ -117,8 +117,11 @@ def test_front_properties_with_status(table, data):
     rows, dirs = table
     k = len(dirs)
     names = [f"m{j}" for j in range(k)]
-    status = data.draw(st.lists(st.sampled_from(["ok", "ok", "ok", "failed", "diverged", "running"]),
-                                min_size=len(rows), max_size=len(rows)))
+    status = data.draw(
+        st.lists(
+            st.sampled_from(["ok", "ok", "ok", "failed", "diverged", "running"]), min_size=len(rows), max_size=len(rows)
+        )
+    )
     df = pd.DataFrame(as_array(rows, k), columns=names)
     df["status"] = status
     df.index = [f"t{i}" for i in range(len(df))]
@@ -217,7 +220,11 @@ def test_by_grouping():
     front = pareto_front(df, by="reg")
     assert "reg" in front.columns
     assert front[["reg", "trial_number"]].values.tolist() == [
-        ["hoyer", 4], ["hoyer", 0], ["hoyer", 1], ["l1", 2], ["l1", 7],
+        ["hoyer", 4],
+        ["hoyer", 0],
+        ["hoyer", 1],
+        ["l1", 2],
+        ["l1", 7],
     ]
     for reg, grp in df.groupby("reg"):
         expected = pareto_front(grp)
@@ -257,8 +264,9 @@ def test_hypervolume_hand_computed_3d():
 @given(st.sampled_from([2, 3]), st.data())
 def test_hypervolume_equals_lattice_count(k, data):
     n = data.draw(st.integers(0, 12))
-    pts_min = np.array(data.draw(st.lists(st.lists(st.integers(0, 5), min_size=k, max_size=k),
-                                          min_size=n, max_size=n)), dtype=float).reshape(n, k)
+    pts_min = np.array(
+        data.draw(st.lists(st.lists(st.integers(0, 5), min_size=k, max_size=k), min_size=n, max_size=n)), dtype=float
+    ).reshape(n, k)
     ref_min = np.array(data.draw(st.lists(st.integers(1, 6), min_size=k, max_size=k)), dtype=float)
     dirs = data.draw(st.lists(st.sampled_from(["min", "max"]), min_size=k, max_size=k))
     sign = np.array([-1.0 if d == "max" else 1.0 for d in dirs])
@@ -270,11 +278,16 @@ def test_hypervolume_equals_lattice_count(k, data):
 @given(st.sampled_from([2, 3]), st.data())
 def test_hypervolume_invariant_to_dominated_points(k, data):
     n = data.draw(st.integers(1, 10))
-    base = np.array(data.draw(st.lists(st.lists(st.integers(0, 8), min_size=k, max_size=k),
-                                       min_size=n, max_size=n)), dtype=float)
+    base = np.array(
+        data.draw(st.lists(st.lists(st.integers(0, 8), min_size=k, max_size=k), min_size=n, max_size=n)), dtype=float
+    )
     parents = np.array(data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=15)))
-    delta = np.array(data.draw(st.lists(st.lists(st.integers(0, 3), min_size=k, max_size=k),
-                                        min_size=len(parents), max_size=len(parents))), dtype=float)
+    delta = np.array(
+        data.draw(
+            st.lists(st.lists(st.integers(0, 3), min_size=k, max_size=k), min_size=len(parents), max_size=len(parents))
+        ),
+        dtype=float,
+    )
     ref = np.full(k, 10.0)
     dirs = ["max"] + ["min"] * (k - 1)
     sign = np.array([-1.0] + [1.0] * (k - 1))
@@ -297,7 +310,8 @@ def test_hypervolume_history():
     np.testing.assert_allclose(hist["hypervolume"], expected)
     front = pareto_front(df)
     assert hist["hypervolume"].iloc[-1] == pytest.approx(
-        hypervolume(front[["val_accuracy", "nonzero_frac"]].to_numpy(), [0.0, 1.0], ["max", "min"]))
+        hypervolume(front[["val_accuracy", "nonzero_frac"]].to_numpy(), [0.0, 1.0], ["max", "min"])
+    )
     # shuffled rows: order_col decides, and the default reference is (0, 1)
     shuffled = hypervolume_history(df.sample(frac=1.0, random_state=0))
     pd.testing.assert_frame_equal(shuffled, hist)
@@ -322,8 +336,9 @@ def test_hypervolume_history_monotone_and_final(table):
 
 def test_default_reference():
     np.testing.assert_array_equal(default_reference(), [0.0, 1.0])
-    df = pd.DataFrame({"loss": [1.0, 3.0, NAN, 9.0], "acc": [0.5, 0.7, 0.9, 0.1],
-                       "status": ["ok", "ok", "ok", "failed"]})
+    df = pd.DataFrame(
+        {"loss": [1.0, 3.0, NAN, 9.0], "acc": [0.5, 0.7, 0.9, 0.1], "status": ["ok", "ok", "ok", "failed"]}
+    )
     objs = parse_objectives("loss:min,acc:max")
     np.testing.assert_array_equal(default_reference(df, objs), [3.0, 0.5])  # worst eligible observed
     np.testing.assert_allclose(default_reference(df, objs, margin=0.5), [4.0, 0.4])
@@ -335,15 +350,17 @@ def test_default_reference():
 
 
 def test_knee_point_on_convex_front():
-    front = pd.DataFrame({
-        "val_accuracy": [0.95, 0.94, 0.93, 0.91, 0.85],
-        "nonzero_frac": [1.00, 0.40, 0.20, 0.10, 0.00],
-    }, index=list("abcde"))
+    front = pd.DataFrame(
+        {
+            "val_accuracy": [0.95, 0.94, 0.93, 0.91, 0.85],
+            "nonzero_frac": [1.00, 0.40, 0.20, 0.10, 0.00],
+        },
+        index=list("abcde"),
+    )
     knee = knee_point(front, DEFAULT_OBJECTIVES)
     assert knee.name == "c"
     # extra dominated / ineligible rows do not change the answer
-    noisy = pd.concat([front, pd.DataFrame({"val_accuracy": [0.5, NAN], "nonzero_frac": [0.9, 0.0]},
-                                           index=["x", "y"])])
+    noisy = pd.concat([front, pd.DataFrame({"val_accuracy": [0.5, NAN], "nonzero_frac": [0.9, 0.0]}, index=["x", "y"])])
     assert knee_point(noisy).name == "c"
 
 

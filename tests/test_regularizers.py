@@ -95,7 +95,9 @@ def test_model_regularization_sums_prunable_weights_only():
     expected = hoyer_square(model[0].weight) + hoyer_square(model[3].weight)
     assert model_regularization(model, "hs").item() == pytest.approx(expected.item())
     with_bias = model_regularization(model, "l1", include_bias=True).item()
-    assert with_bias == pytest.approx(sum(p.abs().sum().item() for n, p in model.named_parameters() if not n.startswith("1.")))
+    assert with_bias == pytest.approx(
+        sum(p.abs().sum().item() for n, p in model.named_parameters() if not n.startswith("1."))
+    )
     assert model_regularization(model, "none").item() == 0.0
 
 

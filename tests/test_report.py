@@ -78,7 +78,10 @@ def sweep_dir(request, local_ray, tmp_path_factory) -> Path:
         from sweeps.runner import run_sweep
         from sweeps.spec import load_spec
 
-        spec, _ = load_spec("sweeps/digits_quick.yaml", {"budget.num_samples": 6, "trial.epochs": 2, "trial.finetune_epochs": 1, "trial.batch_size": 256})
+        spec, _ = load_spec(
+            "sweeps/digits_quick.yaml",
+            {"budget.num_samples": 6, "trial.epochs": 2, "trial.finetune_epochs": 1, "trial.batch_size": 256},
+        )
         return run_sweep(spec, storage=str(tmp_path_factory.mktemp("report_sweeps")), quiet=True).sweep_dir
 
 
@@ -93,14 +96,18 @@ def test_report_of_a_real_sweep(report, sweep_dir):
     page = report.read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>")
     for name in FIGURES:  # every figure inlined, and written beside the page as a real PNG
-        assert f'id="fig-{name}" alt="' in page and re.search(rf'id="fig-{name}"[^>]*src="data:image/png;base64,[A-Za-z0-9+/=]{{1000,}}"', page)
+        assert f'id="fig-{name}" alt="' in page and re.search(
+            rf'id="fig-{name}"[^>]*src="data:image/png;base64,[A-Za-z0-9+/=]{{1000,}}"', page
+        )
         assert_png(report.with_name(f"report_{name}.png"))
     for section in ("header", "scatter", "front", "hypervolume", "layers", "coverage"):
         assert f'<section id="{section}">' in page
     assert_self_contained(page)
 
     table = load_results(sweep_dir)
-    feasible = table[feasible_mask(table, sweep_constraints([str(sweep_dir)]))]  # the spec's accuracy floor, as the sweep's pareto.csv
+    feasible = table[
+        feasible_mask(table, sweep_constraints([str(sweep_dir)]))
+    ]  # the spec's accuracy floor, as the sweep's pareto.csv
     assert len(feasible) < len(table) or (table["val_accuracy"] >= 0.8).all()
     front = pareto_front(feasible, DEFAULT_OBJECTIVES, by=default_by(table))
     assert not front.empty
@@ -112,9 +119,20 @@ def test_report_of_a_real_sweep(report, sweep_dir):
 
 def test_report_when_every_trial_failed(tmp_path):
     rows = [
-        {"sweep": "broken", "trial_number": i, "status": status, "message": message, "reg": "hs", "strength": 1e-4 * (i + 1),
-         "threshold": 0.01, "threshold_mode": "abs", "mlflow_run_id": f"run{i}"}
-        for i, (status, message) in enumerate([("error", "ValueError: <script>alert(1)</script> & more"), ("diverged", "loss is nan"), ("stopped", None)])
+        {
+            "sweep": "broken",
+            "trial_number": i,
+            "status": status,
+            "message": message,
+            "reg": "hs",
+            "strength": 1e-4 * (i + 1),
+            "threshold": 0.01,
+            "threshold_mode": "abs",
+            "mlflow_run_id": f"run{i}",
+        }
+        for i, (status, message) in enumerate(
+            [("error", "ValueError: <script>alert(1)</script> & more"), ("diverged", "loss is nan"), ("stopped", None)]
+        )
     ]
     table = pd.DataFrame(rows, columns=list(COLUMNS)).astype(COLUMNS)
     write_parquet(table, tmp_path / "broken.parquet")
@@ -134,10 +152,30 @@ def test_report_when_every_trial_failed(tmp_path):
 
 def test_report_of_one_trial_with_nans(tmp_path):
     rows = [
-        {"sweep": "s", "trial_number": 0, "status": "ok", "reg": "hs", "strength": 1e-3, "threshold": 0.02, "threshold_mode": "abs",
-         "val_accuracy": 0.9, "test_accuracy": np.nan, "nonzero_frac": 0.2, "flops_frac": np.nan},
-        {"sweep": "s", "trial_number": 1, "status": "ok", "reg": "hs", "strength": 2e-3, "threshold": 0.05, "threshold_mode": "std",
-         "val_accuracy": 0.95, "nonzero_frac": np.nan},  # NaN objective: never on the front, never chosen
+        {
+            "sweep": "s",
+            "trial_number": 0,
+            "status": "ok",
+            "reg": "hs",
+            "strength": 1e-3,
+            "threshold": 0.02,
+            "threshold_mode": "abs",
+            "val_accuracy": 0.9,
+            "test_accuracy": np.nan,
+            "nonzero_frac": 0.2,
+            "flops_frac": np.nan,
+        },
+        {
+            "sweep": "s",
+            "trial_number": 1,
+            "status": "ok",
+            "reg": "hs",
+            "strength": 2e-3,
+            "threshold": 0.05,
+            "threshold_mode": "std",
+            "val_accuracy": 0.95,
+            "nonzero_frac": np.nan,
+        },  # NaN objective: never on the front, never chosen
     ]
     table = pd.DataFrame(rows, columns=list(COLUMNS)).astype(COLUMNS)
     written = write_report(collect(table, list(DEFAULT_OBJECTIVES)), tmp_path / "one.html")
@@ -152,15 +190,26 @@ def test_report_of_one_trial_with_nans(tmp_path):
 def test_scatter_zooms_on_trials_above_the_accuracy_floor():
     rng = np.random.default_rng(0)
     n = 30
-    rows = {"sweep": "s", "trial_number": np.arange(n), "status": "ok", "reg": "hs", "strength": 1e-3, "threshold": 0.02, "threshold_mode": "abs",
-            "val_accuracy": np.r_[rng.uniform(0.95, 0.99, n - 5), [0.1, 0.2, 0.5, 0.6, 0.3]], "nonzero_frac": rng.uniform(0.005, 0.5, n)}
+    rows = {
+        "sweep": "s",
+        "trial_number": np.arange(n),
+        "status": "ok",
+        "reg": "hs",
+        "strength": 1e-3,
+        "threshold": 0.02,
+        "threshold_mode": "abs",
+        "val_accuracy": np.r_[rng.uniform(0.95, 0.99, n - 5), [0.1, 0.2, 0.5, 0.6, 0.3]],
+        "nonzero_frac": rng.uniform(0.005, 0.5, n),
+    }
     table = pd.DataFrame(rows, columns=list(COLUMNS)).astype(COLUMNS)
     collapsed = collect(table, list(DEFAULT_OBJECTIVES))  # no constraint: the zoom keeps the best 5 points of accuracy
     fig = scatter_figure(collapsed)
     assert len(fig.axes) == 2
     low, high = fig.axes[1].get_ylim()
     assert 0.93 < low < 0.95 and high >= table["val_accuracy"].max() and fig.axes[1].get_xscale() == "log"
-    healthy = collect(table[table["val_accuracy"] > 0.9], list(DEFAULT_OBJECTIVES))  # nothing below the floor: one panel
+    healthy = collect(
+        table[table["val_accuracy"] > 0.9], list(DEFAULT_OBJECTIVES)
+    )  # nothing below the floor: one panel
     assert len(scatter_figure(healthy).axes) == 1
 
 
@@ -169,16 +218,30 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     if chromium is None:
         pytest.skip("chromium is not installed (apt-get install -y chromium)")
     shot = tmp_path / "shot.png"
-    command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
-               "--window-size=1200,2000", report.resolve().as_uri()]
+    command = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={shot}",
+        "--window-size=1200,2000",
+        report.resolve().as_uri(),
+    ]
     subprocess.run(command, check=True, capture_output=True, timeout=120)
     import matplotlib.image
 
     pixels = matplotlib.image.imread(shot)[..., :3]
     assert pixels.shape[:2] == (2000, 1200)
     assert pixels.std() > 0.05 and pixels.min() < 0.5  # not blank, not all white: text and figures drawn
-    assert (pixels.reshape(-1, 3).std(axis=1) > 0.1).mean() > 1e-4  # some coloured pixels (the scatter's markers: a few hundred at least)
+    assert (
+        pixels.reshape(-1, 3).std(axis=1) > 0.1
+    ).mean() > 1e-4  # some coloured pixels (the scatter's markers: a few hundred at least)
 
 
 def test_fronts_respect_each_sweeps_constraints(tmp_path):
@@ -186,14 +249,32 @@ def test_fronts_respect_each_sweeps_constraints(tmp_path):
 
     import yaml
 
-    rows = [("a", 0, 0.95, 0.10), ("a", 1, 0.70, 0.01), ("a", 2, 0.90, 0.05), ("b", 0, 0.70, 0.01), ("b", 1, 0.96, 0.20)]
-    table = pd.DataFrame([{"sweep": s, "trial_number": n, "status": "ok", "reg": "hs", "val_accuracy": acc, "nonzero_frac": nz}
-                          for s, n, acc, nz in rows], columns=list(COLUMNS)).astype(COLUMNS)
+    rows = [
+        ("a", 0, 0.95, 0.10),
+        ("a", 1, 0.70, 0.01),
+        ("a", 2, 0.90, 0.05),
+        ("b", 0, 0.70, 0.01),
+        ("b", 1, 0.96, 0.20),
+    ]
+    table = pd.DataFrame(
+        [
+            {"sweep": s, "trial_number": n, "status": "ok", "reg": "hs", "val_accuracy": acc, "nonzero_frac": nz}
+            for s, n, acc, nz in rows
+        ],
+        columns=list(COLUMNS),
+    ).astype(COLUMNS)
     for sweep, floor in (("a", 0.8), ("b", None)):  # only sweep a has an accuracy floor
         (tmp_path / sweep).mkdir()
         (tmp_path / sweep / "state.json").write_text(json.dumps({"name": sweep}))
-        (tmp_path / sweep / "spec.yaml").write_text(yaml.safe_dump({"constraints": [{"metric": "val_accuracy", "min": floor}] if floor else []}))
+        (tmp_path / sweep / "spec.yaml").write_text(
+            yaml.safe_dump({"constraints": [{"metric": "val_accuracy", "min": floor}] if floor else []})
+        )
     data = collect(table, list(DEFAULT_OBJECTIVES), by="sweep", sources=[str(tmp_path / "a"), str(tmp_path / "b")])
     on_front = set(zip(data.front["sweep"], data.front["trial_number"]))
-    assert on_front == {("a", 0), ("a", 2), ("b", 0), ("b", 1)}  # a's 0.70 trial breaks a's floor; b's identical one has none
+    assert on_front == {
+        ("a", 0),
+        ("a", 2),
+        ("b", 0),
+        ("b", 1),
+    }  # a's 0.70 trial breaks a's floor; b's identical one has none
     assert any("1 trial(s) violate" in note for note in data.notes["front"])

@@ -5,7 +5,16 @@ import json
 import pandas as pd
 import pytest
 
-from analysis.results import COLUMNS, ResultsError, from_mlflow, from_sweep_dir, load_layers, load_results, read_parquet, write_parquet
+from analysis.results import (
+    COLUMNS,
+    ResultsError,
+    from_mlflow,
+    from_sweep_dir,
+    load_layers,
+    load_results,
+    read_parquet,
+    write_parquet,
+)
 from sweeps.cli import main as cli_main
 
 
@@ -14,10 +23,14 @@ def test_same_table_from_sweep_folder_and_mlflow(digits_sweep):
     state = json.loads((digits_sweep.sweep_dir / "state.json").read_text())
     by_parent = from_mlflow(state["tracking_uri"], parent_run_id=state["parent_run_id"])
     by_experiment = from_mlflow(state["tracking_uri"], experiment=state["name"])
-    assert list(folder.columns) == list(COLUMNS) and dict(folder.dtypes.astype(str)) == {k: str(pd.Series(dtype=v).dtype) for k, v in COLUMNS.items()}
+    assert list(folder.columns) == list(COLUMNS) and dict(folder.dtypes.astype(str)) == {
+        k: str(pd.Series(dtype=v).dtype) for k, v in COLUMNS.items()
+    }
     assert len(folder) == 6 and folder["trial_number"].tolist() == list(range(6))
     for other in (by_parent, by_experiment):
-        pd.testing.assert_frame_equal(folder.drop(columns="message"), other.drop(columns="message"), check_exact=False, rtol=1e-12)
+        pd.testing.assert_frame_equal(
+            folder.drop(columns="message"), other.drop(columns="message"), check_exact=False, rtol=1e-12
+        )
     assert folder["searched"].unique().tolist() == ["reg,strength,threshold"]
     assert folder["num_threads"].unique().tolist() == [1]  # the setting as it ran, not just the spec
 

@@ -28,7 +28,10 @@ def test_default_spec_is_found_from_anywhere(tmp_path, monkeypatch):
     [
         ({"budgett": {}}, "budgett: unknown key"),
         ({"budget": {"num_samples": 0}}, "budget.num_samples: Input should be greater than or equal to 1"),
-        ({"search": {"strength": {"type": "float", "low": 1, "high": 0.5}}}, "search.strength.float: needs finite low < high"),
+        (
+            {"search": {"strength": {"type": "float", "low": 1, "high": 0.5}}},
+            "search.strength.float: needs finite low < high",
+        ),
         ({"search": {"strength": {"type": "float", "low": 0, "high": 1, "log": True}}}, "a log scale needs low > 0"),
         ({"search": {"colour": {"type": "categorical", "choices": ["red"]}}}, "search: cannot search colour"),
         ({"trial": {"strength": 0.1}}, "strength both fixed in trial and searched"),
@@ -38,8 +41,14 @@ def test_default_spec_is_found_from_anywhere(tmp_path, monkeypatch):
         ({"objectives": [{"metric": "val_accuracy", "mode": "up"}]}, "objectives.0.mode"),
         ({"constraints": [{"metric": "val_accuracy"}]}, "give exactly one of min or max"),
         ({"name": "bad name/.."}, "name: String should match pattern"),
-        ({"sampler": {"type": "nsga2", "n_startup_trials": 4}}, "sampler: n_startup_trials is a tpe/gp setting; nsga2 does not use it"),
-        ({"sampler": {"type": "tpe", "population_size": 8}}, "sampler: population_size is an nsga2 setting; tpe does not use it"),
+        (
+            {"sampler": {"type": "nsga2", "n_startup_trials": 4}},
+            "sampler: n_startup_trials is a tpe/gp setting; nsga2 does not use it",
+        ),
+        (
+            {"sampler": {"type": "tpe", "population_size": 8}},
+            "sampler: population_size is an nsga2 setting; tpe does not use it",
+        ),
     ],
 )
 def test_bad_specs_name_file_and_field(change, message):
@@ -65,7 +74,9 @@ def test_yaml_errors_and_missing_files(tmp_path):
 
 def test_cli_reports_a_malformed_spec_in_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\nsearch:\n  strength: {type: float, low: 1.0e-5, high: 1.0e-2}\nbudget: {num_samples: -1}\n")
+    bad.write_text(
+        "name: x\nsearch:\n  strength: {type: float, low: 1.0e-5, high: 1.0e-2}\nbudget: {num_samples: -1}\n"
+    )
     with pytest.raises(SystemExit) as raised:
         cli_main(["run", str(bad), "--storage", str(tmp_path / "out")])
     assert raised.value.code == 2
@@ -88,15 +99,31 @@ def _bench_module(name: str):
 def test_reproduction_baselines_share_everything_but_the_method():
     bench = _bench_module("bench_reproduction")
     base, _ = load_spec("sweeps/mnist_lenet300.yaml")
-    hs, l1, magnitude = (bench.method_spec(base, m, l1_shift=1.0, magnitude_range=(0.1, 4.0)) for m in ("hs", "l1", "magnitude"))
-    assert [s.name for s in (hs, l1, magnitude)] == ["mnist_lenet300-hs", "mnist_lenet300-l1", "mnist_lenet300-magnitude"]
+    hs, l1, magnitude = (
+        bench.method_spec(base, m, l1_shift=1.0, magnitude_range=(0.1, 4.0)) for m in ("hs", "l1", "magnitude")
+    )
+    assert [s.name for s in (hs, l1, magnitude)] == [
+        "mnist_lenet300-hs",
+        "mnist_lenet300-l1",
+        "mnist_lenet300-magnitude",
+    ]
     assert hs.trial == base.trial and hs.search == base.search and not hs.warm_start
     assert l1.trial["reg"] == "l1" and l1.search["strength"].low == pytest.approx(10 * base.search["strength"].low)
-    assert magnitude.trial["reg"] == "none" and set(magnitude.search) == {"threshold"} and magnitude.trial["threshold_mode"] == "std"
+    assert (
+        magnitude.trial["reg"] == "none"
+        and set(magnitude.search) == {"threshold"}
+        and magnitude.trial["threshold_mode"] == "std"
+    )
     for other in (l1, magnitude):  # same schedule, data, objectives and budget
-        assert {k: v for k, v in other.trial.items() if k not in ("reg", "strength", "threshold_mode")} == \
-            {k: v for k, v in base.trial.items() if k not in ("reg", "strength", "threshold_mode")}
-        assert (other.objectives, other.budget, other.dataset, other.model) == (base.objectives, base.budget, base.dataset, base.model)
+        assert {k: v for k, v in other.trial.items() if k not in ("reg", "strength", "threshold_mode")} == {
+            k: v for k, v in base.trial.items() if k not in ("reg", "strength", "threshold_mode")
+        }
+        assert (other.objectives, other.budget, other.dataset, other.model) == (
+            base.objectives,
+            base.budget,
+            base.dataset,
+            base.model,
+        )
     searched_reg, _ = load_spec("sweeps/digits_quick.yaml")  # searches reg: each method fixes it
     assert "reg" not in bench.method_spec(searched_reg, "hs", 1.0, (0.1, 4.0)).search
     with pytest.raises(ValueError, match="method must be one of"):

@@ -22,7 +22,9 @@ from trainables.config import TrialConfig
 def children(sweep_dir: Path, parent_run_id: str):
     client = MlflowClient(f"sqlite:///{sweep_dir / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(json.loads((sweep_dir / "state.json").read_text())["name"])
-    return client, client.search_runs([experiment.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    return client, client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
+    )
 
 
 def study_of(sweep_dir: Path) -> optuna.Study:
@@ -44,7 +46,13 @@ def test_digits_sweep_records_every_trial_once(digits_sweep, tmp_path):
     assert param_keys == {frozenset([*TrialConfig.__dataclass_fields__, "trial_number"])}
     for run in runs:
         assert run.info.status == "FINISHED"
-        assert {"final_val_accuracy", "final_test_accuracy", "final_nonzero_frac", "final_flops_frac", "final_loss"} <= set(run.data.metrics)
+        assert {
+            "final_val_accuracy",
+            "final_test_accuracy",
+            "final_nonzero_frac",
+            "final_flops_frac",
+            "final_loss",
+        } <= set(run.data.metrics)
         history = client.get_metric_history(run.info.run_id, "val_accuracy")
         assert [m.step for m in history] == [1, 2, 3]
         assert set(EPOCH_METRICS) - {"reg_loss"} <= set(run.data.metrics)
@@ -90,7 +98,9 @@ def test_failing_and_diverging_trials_do_not_stop_the_sweep(local_ray, tmp_path)
     failed = {t.number for t in study.trials if t.state == optuna.trial.TrialState.FAIL}
     assert failed == {n for n, row in rows.items() if row["status"] != "ok"}
     _, runs = children(outcome.sweep_dir, json.loads((outcome.sweep_dir / "state.json").read_text())["parent_run_id"])
-    assert sorted(run.info.status for run in runs) == sorted("FINISHED" if r["status"] == "ok" else "FAILED" for r in rows.values())
+    assert sorted(run.info.status for run in runs) == sorted(
+        "FINISHED" if r["status"] == "ok" else "FAILED" for r in rows.values()
+    )
 
 
 def _hoyersweep(*args: str) -> list[str]:
@@ -99,10 +109,30 @@ def _hoyersweep(*args: str) -> list[str]:
 
 def test_driver_killed_with_sigkill_then_resumed_loses_and_repeats_nothing(tmp_path):
     num_samples = 8
-    args = ["run", "sweeps/digits_quick.yaml", "--storage", str(tmp_path), "--num-samples", str(num_samples), "--num-cpus", "2",
-            "--set", "trial.epochs=6", "--set", "trial.finetune_epochs=2", "--set", "checkpoint_interval_s=0.2"]
+    args = [
+        "run",
+        "sweeps/digits_quick.yaml",
+        "--storage",
+        str(tmp_path),
+        "--num-samples",
+        str(num_samples),
+        "--num-cpus",
+        "2",
+        "--set",
+        "trial.epochs=6",
+        "--set",
+        "trial.finetune_epochs=2",
+        "--set",
+        "checkpoint_interval_s=0.2",
+    ]
     log = open(tmp_path / "driver.log", "w")
-    driver = subprocess.Popen(_hoyersweep(*args), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=Path(__file__).resolve().parents[1])
+    driver = subprocess.Popen(
+        _hoyersweep(*args),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     sweep_dir = tmp_path / "digits_quick"
     results = sweep_dir / "results.jsonl"
     deadline = time.time() + 180
@@ -115,14 +145,22 @@ def test_driver_killed_with_sigkill_then_resumed_loses_and_repeats_nothing(tmp_p
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, by process group
         driver.wait()
-    done_before = {int(json.loads(line)["trial_number"]) for line in results.read_text().splitlines() if line.strip().endswith("}")}
+    done_before = {
+        int(json.loads(line)["trial_number"]) for line in results.read_text().splitlines() if line.strip().endswith("}")
+    }
     assert 3 <= len(done_before) < num_samples
     # Interrupted = still RUNNING in the study (a trial told to Optuna whose ledger line the kill cut
     # is repaired on resume, not re-run).
     running_at_kill = {t.number for t in own_trials(study_of(sweep_dir)) if not t.state.is_finished()}
     interrupted_with_checkpoint = set(resume_checkpoints(sweep_dir)) & running_at_kill
 
-    resumed = subprocess.run(_hoyersweep("resume", str(sweep_dir), "--num-cpus", "2"), capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    resumed = subprocess.run(
+        _hoyersweep("resume", str(sweep_dir), "--num-cpus", "2"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
 
     study = study_of(sweep_dir)
@@ -146,7 +184,10 @@ def test_driver_killed_with_sigkill_then_resumed_loses_and_repeats_nothing(tmp_p
 
 
 def test_a_second_sweep_of_the_same_problem_warm_starts_from_the_first(digits_sweep, capsys):
-    spec, _ = load_spec("sweeps/digits_quick.yaml", {"budget.num_samples": 2, "trial.epochs": 2, "trial.finetune_epochs": 1, "trial.batch_size": 256})
+    spec, _ = load_spec(
+        "sweeps/digits_quick.yaml",
+        {"budget.num_samples": 2, "trial.epochs": 2, "trial.finetune_epochs": 1, "trial.batch_size": 256},
+    )
     second = run_sweep(spec, storage=str(digits_sweep.sweep_dir.parent), quiet=True)
     assert second.sweep_dir.name == "digits_quick-2" and second.total == 2
     study = study_of(second.sweep_dir)

@@ -31,9 +31,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
     parser.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS)
     parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--finetune-lr", type=float, default=d.finetune_lr, help="learning rate of fine-tuning (default: --lr)")
+    parser.add_argument(
+        "--finetune-lr", type=float, default=d.finetune_lr, help="learning rate of fine-tuning (default: --lr)"
+    )
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    parser.add_argument("--augment", default=d.augment, choices=AUGMENTATIONS, help="default: crop_flip for colour 32×32 images, else none")
+    parser.add_argument(
+        "--augment",
+        default=d.augment,
+        choices=AUGMENTATIONS,
+        help="default: crop_flip for colour 32×32 images, else none",
+    )
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")

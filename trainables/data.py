@@ -290,9 +290,7 @@ def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.n
         raise DataError(f"{path}: not an IDX file (magic number {magic:#010x})")
     header_len = 4 + 4 * ndim
     if len(data) < header_len:
-        raise DataError(
-            f"{path}: truncated IDX header: {len(data)} bytes, need {header_len} for {ndim} dims"
-        )
+        raise DataError(f"{path}: truncated IDX header: {len(data)} bytes, need {header_len} for {ndim} dims")
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     dtype = _IDX_DTYPES[type_code]
     expected = math.prod(dims) * dtype.itemsize
@@ -356,19 +354,14 @@ def _find_file(directory: Path, candidates: tuple[str, ...]) -> Path:
 def _check_labels(labels: np.ndarray, num_classes: int, path: Path) -> None:
     """Labels must be integers in ``[0, num_classes)``."""
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise DataError(
-            f"{path}: labels range {int(labels.min())}..{int(labels.max())}, "
-            f"expected 0..{num_classes - 1}"
-        )
+        raise DataError(f"{path}: labels range {int(labels.min())}..{int(labels.max())}, expected 0..{num_classes - 1}")
 
 
 def _val_split(n: int, val_fraction: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Sorted (train, val) indices of ``range(n)``; val is ``round(val_fraction * n)`` samples."""
     n_val = int(round(val_fraction * n))
     if not 0 < n_val < n:
-        raise ValueError(
-            f"val_fraction={val_fraction} of {n} training samples leaves an empty train or val split"
-        )
+        raise ValueError(f"val_fraction={val_fraction} of {n} training samples leaves an empty train or val split")
     perm = np.random.default_rng(split_seed).permutation(n)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
@@ -495,7 +488,11 @@ def random_crop_flip(
     draw = _draw_device(x, generator)
     off_y = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=draw).to(x.device)
     off_x = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=draw).to(x.device)
-    flips = torch.randint(0, 2, (n,), generator=generator, device=draw).to(x.device).bool() if flip else torch.zeros(n, dtype=torch.bool, device=x.device)
+    flips = (
+        torch.randint(0, 2, (n,), generator=generator, device=draw).to(x.device).bool()
+        if flip
+        else torch.zeros(n, dtype=torch.bool, device=x.device)
+    )
 
     padded = F.pad(x, (padding, padding, padding, padding)) if padding else x
     rows = off_y[:, None] + torch.arange(h, device=x.device)  # (N, H)

@@ -115,8 +115,20 @@ def pretrain_cache_key(config: TrialConfig) -> str:
     relevant = {
         name: getattr(config, name)
         for name in (
-            "dataset", "data_dir", "model", "pretrain_epochs", "optimizer", "lr", "lr_schedule", "momentum",
-            "weight_decay", "batch_size", "seed", "val_fraction", "split_seed", "augment",
+            "dataset",
+            "data_dir",
+            "model",
+            "pretrain_epochs",
+            "optimizer",
+            "lr",
+            "lr_schedule",
+            "momentum",
+            "weight_decay",
+            "batch_size",
+            "seed",
+            "val_fraction",
+            "split_seed",
+            "augment",
         )
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
@@ -181,7 +193,9 @@ class _TrialRun:
         task_sum = torch.zeros((), device=device)
         reg_sum = torch.zeros((), device=device)
         batches = 0
-        for xb, yb in iterate_batches(self.data.train_x, self.data.train_y, config.batch_size, generator=generator, augment=self.augment):
+        for xb, yb in iterate_batches(
+            self.data.train_x, self.data.train_y, config.batch_size, generator=generator, augment=self.augment
+        ):
             task = F.cross_entropy(self.model(xb), yb)
             loss = task
             if regularize:
@@ -195,10 +209,20 @@ class _TrialRun:
             batches += 1
         task_mean = float(task_sum) / max(batches, 1)
         reg_mean = float(reg_sum) / max(batches, 1)
-        return {"task_loss": task_mean, "reg_loss": reg_mean, "loss": task_mean + config.strength * reg_mean * regularize}
+        return {
+            "task_loss": task_mean,
+            "reg_loss": reg_mean,
+            "loss": task_mean + config.strength * reg_mean * regularize,
+        }
 
     def sparsity(self, projected: bool):
-        masks = compute_masks(self.model, self.config.threshold, self.config.threshold_mode, include_bias=self.config.include_bias) if projected else None
+        masks = (
+            compute_masks(
+                self.model, self.config.threshold, self.config.threshold_mode, include_bias=self.config.include_bias
+            )
+            if projected
+            else None
+        )
         return sparsity_report(self.model, self.positions, masks, include_bias=self.config.include_bias)
 
     def run_phase(self, phase: str, epochs: int, start: int, epoch_offset: int, base_lr: float) -> bool:
@@ -233,7 +257,9 @@ class _TrialRun:
 
     def prune(self) -> None:
         self.marks["val_accuracy_before_prune"] = self.evaluate(self.data.val_x, self.data.val_y)[0]
-        self.masks = compute_masks(self.model, self.config.threshold, self.config.threshold_mode, include_bias=self.config.include_bias)
+        self.masks = compute_masks(
+            self.model, self.config.threshold, self.config.threshold_mode, include_bias=self.config.include_bias
+        )
         apply_masks(self.model, self.masks)
         self.marks["val_accuracy_after_prune"] = self.evaluate(self.data.val_x, self.data.val_y)[0]
 
@@ -330,14 +356,20 @@ def run_trial(
     device = resolve_device(config.device)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    data = load_dataset(config.dataset, config.data_dir, val_fraction=config.val_fraction, split_seed=config.split_seed, device=device)
+    data = load_dataset(
+        config.dataset, config.data_dir, val_fraction=config.val_fraction, split_seed=config.split_seed, device=device
+    )
     torch.manual_seed(config.seed)
     try:
         model = build_model(config.model, data.input_shape, data.num_classes).to(device)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     run = _TrialRun(config, data, model, report)
-    plan = {"pretrain": (config.pretrain_epochs, config.lr), "train": (config.epochs, config.lr), "finetune": (config.finetune_epochs, config.finetune_lr or config.lr)}
+    plan = {
+        "pretrain": (config.pretrain_epochs, config.lr),
+        "train": (config.epochs, config.lr),
+        "finetune": (config.finetune_epochs, config.finetune_lr or config.lr),
+    }
     offsets = {"pretrain": 0, "train": config.pretrain_epochs, "finetune": config.pretrain_epochs + config.epochs}
 
     def phase(name: str, start: int = 0, optimizer_state: dict | None = None) -> bool:
@@ -358,10 +390,12 @@ def run_trial(
         with _pretrain_lock(config):
             if not _load_dense_weights(run) and config.pretrain_epochs:
                 if not phase("pretrain"):
-                    return run.result("diverged", f"loss became non-finite in pretrain epoch {run.marks['diverged_epoch']}")
+                    return run.result(
+                        "diverged", f"loss became non-finite in pretrain epoch {run.marks['diverged_epoch']}"
+                    )
                 _save_pretrain_cache(run)
         current, start, optimizer_state = "train", 0, None
-    for name in PHASES[PHASES.index(current):]:
+    for name in PHASES[PHASES.index(current) :]:
         if not phase(name, start if name == current else 0, optimizer_state if name == current else None):
             return run.result("diverged", f"loss became non-finite in {name} epoch {run.marks['diverged_epoch']}")
         if name == "pretrain":
