@@ -1,0 +1,306 @@
+"""The names every part of hoyersweep shares: metrics, statuses, the trial result, files and tags.
+
+Torch-free and dependency-free (standard library only), so ``trainables`` (the torch side),
+``sweeps`` (Ray, Optuna, MLflow) and ``analysis`` (pandas) all import it and nothing else
+retypes these strings.  Data flows one way — spec → sweep → trial → records → analysis — and
+this module is the vocabulary of every arrow:
+
+- ``METRICS``: each metric a trial reports, with its direction (``max`` or ``min``); the ones a
+  sweep may optimise or constrain are ``SELECTABLE_METRICS`` (never ``test_accuracy``: test
+  data is reported, never used to choose);
+- ``Status``: how a trial ended (``ok``, ``failed``, ``diverged``, ``pruned``, ``interrupted``),
+  with ``parse_status`` mapping the names older versions wrote (``error`` → failed, ``stopped``
+  → interrupted);
+- ``TrialResult``: the final record of one trial, as ``run_trial`` returns it, Ray reports it,
+  the ledger stores it and MLflow/Optuna receive it;
+- ``Constraint`` and ``feasible``: the one feasibility rule (a missing or NaN metric is
+  infeasible);
+- the file names of a sweep folder, the MLflow tag names and the Optuna attribute names.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+Direction = Literal["max", "min"]
+
+# --- metrics -------------------------------------------------------------------------------
+
+VAL_ACCURACY = "val_accuracy"
+TEST_ACCURACY = "test_accuracy"
+NONZERO_FRAC = "nonzero_frac"
+FLOPS_FRAC = "flops_frac"
+
+METRICS: dict[str, Direction] = {
+    VAL_ACCURACY: "max",
+    TEST_ACCURACY: "max",
+    NONZERO_FRAC: "min",
+    FLOPS_FRAC: "min",
+    "loss": "min",
+    "val_loss": "min",
+    "val_accuracy_before_prune": "max",
+    "val_accuracy_after_prune": "max",
+    "wall_time_s": "min",
+}
+"""Every final scalar metric of a trial and the direction in which it is better."""
+
+SELECTABLE_METRICS: tuple[str, ...] = tuple(name for name in METRICS if name != TEST_ACCURACY)
+"""Metrics a sweep may use as objectives or constraints (test accuracy is reported only)."""
+
+EPOCH_METRICS: tuple[str, ...] = (
+    VAL_ACCURACY,
+    NONZERO_FRAC,
+    FLOPS_FRAC,
+    "loss",
+    "task_loss",
+    "reg_loss",
+    "val_loss",
+    "lr",
+)
+"""Per-epoch curves of a trial (before the prune, the sparsity ones are what pruning now would leave)."""
+
+
+def direction(metric: str) -> Direction:
+    """The direction of a known metric; a ValueError listing the known ones otherwise."""
+    try:
+        return METRICS[metric]
+    except KeyError:
+        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}") from None
+
+
+# --- statuses ------------------------------------------------------------------------------
+
+
+class Status(StrEnum):
+    """How a trial ended.
+
+    ``ok``: trained to the end, metrics valid.  ``failed``: raised an error (bad configuration,
+    out of memory, a worker that died for good).  ``diverged``: its loss became NaN/inf.
+    ``pruned``: stopped early by the sweep's scheduler (a result, not a failure).
+    ``interrupted``: cut short by the user or a crash; not a result — a resumed sweep runs it on.
+    """
+
+    OK = "ok"
+    FAILED = "failed"
+    DIVERGED = "diverged"
+    PRUNED = "pruned"
+    INTERRUPTED = "interrupted"
+
+
+RESULT_STATUSES: tuple[Status, ...] = (Status.OK, Status.FAILED, Status.DIVERGED, Status.PRUNED)
+"""Statuses that end a trial with a result: these count toward ``budget.num_samples``."""
+
+LEGACY_STATUSES: dict[str, Status] = {"error": Status.FAILED, "stopped": Status.INTERRUPTED}
+"""Names written by versions before the contract existed."""
+
+
+def parse_status(value: str | Status | None) -> Status:
+    """A stored status as a ``Status``: current names, legacy names; a ValueError otherwise."""
+    if isinstance(value, Status):
+        return value
+    if value in LEGACY_STATUSES:
+        return LEGACY_STATUSES[value]
+    try:
+        return Status(value)
+    except ValueError:
+        known = ", ".join([*(s.value for s in Status), *LEGACY_STATUSES])
+        raise ValueError(f"unknown trial status {value!r}; known: {known}") from None
+
+
+# --- the trial result ----------------------------------------------------------------------
+
+
+def _as_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    return float(value)
+
+
+@dataclass
+class TrialResult:
+    """The final record of one trial.
+
+    Metrics are floats (NaN where the trial has nothing meaningful to say, e.g. a diverged one);
+    ``layers`` is the per-layer sparsity table (one dict per layer), ``history`` every epoch's
+    report.  ``extra`` carries scalars beyond the contract (e.g. Ray's ``node_id``) so nothing a
+    trial reported is dropped on the way to the records.
+    """
+
+    status: Status
+    message: str = ""
+    val_accuracy: float = math.nan
+    test_accuracy: float = math.nan
+    nonzero_frac: float = math.nan
+    flops_frac: float = math.nan
+    loss: float = math.nan
+    val_loss: float = math.nan
+    val_accuracy_before_prune: float = math.nan
+    val_accuracy_after_prune: float = math.nan
+    wall_time_s: float = math.nan
+    epochs: int = 0
+    nonzero: int | None = None
+    num_weights: int | None = None
+    resumed_from_epoch: int | None = None
+    diverged_epoch: int | None = None
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.status = parse_status(self.status)
+        for name in METRICS:
+            setattr(self, name, _as_float(getattr(self, name)))
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+    def metric(self, name: str) -> float:
+        """A metric by name (a contract metric, or a numeric scalar of ``extra``); NaN if absent."""
+        if name in METRICS:
+            return getattr(self, name)
+        return _as_float(self.extra.get(name))
+
+    def objective_values(self, metrics: Sequence[str]) -> list[float] | None:
+        """The values of ``metrics`` of an ``ok`` result, or None when it is not ok or any is not finite."""
+        if not self.ok:
+            return None
+        values = [self.metric(name) for name in metrics]
+        return values if all(math.isfinite(v) for v in values) else None
+
+    def scalars(self) -> dict[str, Any]:
+        """Every scalar field (no layers, history or extra), NaN as None: JSON- and Ray-safe."""
+        skip = {"layers", "history", "extra"}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        out["status"] = self.status.value
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, JSON-safe (NaN → None), ``extra`` flattened beside the fields."""
+        body = asdict(self)
+        extra = body.pop("extra")
+        body["status"] = self.status.value
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in body.items()}
+        return {**{k: v for k, v in extra.items() if k not in clean}, **clean}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrialResult:
+        """Build from a stored or reported mapping; unknown keys go to ``extra`` (scalars only)."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        kwargs = {k: values[k] for k in known if k in values and values[k] is not None}
+        kwargs.setdefault("status", values.get("status") or Status.FAILED)
+        for name in ("layers", "history"):
+            if isinstance(kwargs.get(name), str):  # Ray results carry lists as JSON text
+                kwargs[name] = json.loads(kwargs[name])
+        extra = {
+            k: v for k, v in values.items() if k not in known and (v is None or isinstance(v, (int, float, str, bool)))
+        }
+        return cls(**kwargs, extra={**dict(values.get("extra") or {}), **extra})
+
+
+# --- constraints and feasibility -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A bound on a final metric: ``min`` (at least) or ``max`` (at most), exactly one of them."""
+
+    metric: str
+    min: float | None = None
+    max: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.min is None) == (self.max is None):
+            raise ValueError(f"constraint on {self.metric}: give exactly one of min or max")
+
+    @property
+    def key(self) -> str:
+        """A stable name (``val_accuracy_min``), used for Optuna's constraint keys."""
+        return f"{self.metric}_{'min' if self.min is not None else 'max'}"
+
+    def violation(self, value: Any) -> float:
+        """≤ 0 when satisfied (Optuna's convention), how far outside otherwise; +inf when missing or NaN."""
+        number = _as_float(value)
+        if math.isnan(number):
+            return math.inf
+        return (self.min - number) if self.min is not None else (number - self.max)
+
+    def satisfied(self, value: Any) -> Any:
+        """True where ``value`` meets the bound; NaN or missing never does.
+
+        Works on a number or elementwise on a numpy array (NaN compares False either way).
+        """
+        if value is None or isinstance(value, (str, bool)):
+            return False
+        return (value >= self.min) if self.min is not None else (value <= self.max)
+
+    def describe(self) -> str:
+        return f"{self.metric} ≥ {self.min:g}" if self.min is not None else f"{self.metric} ≤ {self.max:g}"
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Constraint:
+        return cls(metric=values["metric"], min=values.get("min"), max=values.get("max"))
+
+
+def feasible(metrics: Mapping[str, Any] | TrialResult, constraints: Iterable[Constraint]) -> bool:
+    """Whether a trial's final metrics satisfy every constraint (a missing or NaN metric does not)."""
+    get = metrics.metric if isinstance(metrics, TrialResult) else metrics.get
+    return all(bool(c.satisfied(get(c.metric))) for c in constraints)
+
+
+# --- a sweep folder ------------------------------------------------------------------------
+
+STATE_FILE = "state.json"
+RESULTS_FILE = "results.jsonl"
+SPEC_FILE = "spec.yaml"
+PARETO_FILE = "pareto.csv"
+OPTUNA_FILE = "optuna.db"
+MLFLOW_FILE = "mlflow.db"
+MLFLOW_ARTIFACTS_DIR = "mlartifacts"
+RAY_DIR = "ray"
+PRETRAIN_CACHE_DIR = "pretrain_cache"  # beside the sweep folders, in the storage folder
+
+
+def is_sweep_dir(path: str | Path) -> bool:
+    return (Path(path) / STATE_FILE).exists()
+
+
+def read_ledger(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a results ledger (``results.jsonl``), in file order, statuses mapped to ``Status`` names.
+
+    A line cut short by a kill is skipped; the sweep re-records that trial from the Optuna
+    study when it resumes.  Read-only.
+    """
+    path = Path(path)
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "status" in row:
+            row["status"] = parse_status(row["status"]).value
+        rows.append(row)
+    return rows
+
+
+# --- MLflow tags and Optuna attributes -----------------------------------------------------
+
+TRIAL_TAG = "hoyersweep.trial_number"
+SWEEP_TAG = "hoyersweep.sweep"
+STATUS_TAG = "hoyersweep.status"
+MESSAGE_TAG = "hoyersweep.message"
+PARETO_TAG = "pareto"
+PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag
+FINAL_PREFIX = "final_"  # a trial run's final metrics are logged as final_<metric>
+SEARCH_PARAM_PREFIX = "search."  # the parent run's params describing the search space
+
+TRIAL_NUMBER_KEY = "trial_number"  # a member's Optuna trial number in Ray results and ledger rows
+WARM_START_ATTR = "warm_start_from"  # Optuna user attr: a finished trial copied from an earlier sweep
+DUPLICATE_ATTR = "duplicate_of"  # Optuna user attr: a proposal that repeated a known configuration
