@@ -2,7 +2,9 @@
 
 A dataclass rather than a pydantic model so that the trainable core needs torch alone (the
 GPU image and bare workers may lack the sweep stack); ``sweeps/`` validates user specs with
-pydantic and converts them to this.
+pydantic and converts them to this.  Torch-free (``analysis`` reads the fields without torch),
+so the choice lists (``REG_NAMES``, ``THRESHOLD_MODES``, ...) are defined here and the torch
+modules import them.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from trainables.pruning import THRESHOLD_MODES
-from trainables.regularizers import REG_NAMES
-
+REG_NAMES: tuple[str, ...] = ("none", "l1", "hoyer", "hs", "group_lasso", "group_hs")
+"""The regularizers (``trainables.regularizers.get_regularizer``); defined here so config needs no torch."""
+THRESHOLD_MODES: tuple[str, ...] = ("abs", "std")
+"""How ``threshold`` is read (``trainables.pruning.threshold_mask``): absolute, or × the tensor's std."""
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 AUGMENTATIONS: tuple[str, ...] = ("none", "crop_flip", "shift")

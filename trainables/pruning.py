@@ -26,10 +26,10 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from trainables.config import THRESHOLD_MODES
 from trainables.regularizers import DEFAULT_LAYER_TYPES, prunable_weights
 
 ThresholdMode = Literal["abs", "std"]
-THRESHOLD_MODES: tuple[str, ...] = ("abs", "std")
 Masks = dict[str, torch.Tensor]
 
 

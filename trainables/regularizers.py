@@ -26,9 +26,10 @@ from typing import Literal
 import torch
 from torch import nn
 
+from trainables.config import REG_NAMES
+
 Regularizer = Callable[[torch.Tensor], torch.Tensor]
 RegName = Literal["none", "l1", "hoyer", "hs", "group_lasso", "group_hs"]
-REG_NAMES: tuple[str, ...] = ("none", "l1", "hoyer", "hs", "group_lasso", "group_hs")
 DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
