@@ -7,8 +7,10 @@ Heavy imports (Ray, Optuna, MLflow) happen inside the sub-commands that need the
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+import warnings
 from typing import Any
 
 import yaml
@@ -53,9 +55,27 @@ def _add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
+def configure_logging() -> None:
+    """The CLI's logging: warnings and up from our libraries; Optuna's and MLflow's chatter off.
+
+    Library code configures no logging; this runs only for the ``hoyersweep`` command.
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("sweeps").setLevel(logging.WARNING)
+    try:
+        import optuna
+    except ImportError:  # optuna is only needed by the commands that sweep
+        return
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
 def run_command(args: argparse.Namespace) -> int:
     from sweeps.runner import run_sweep
     from sweeps.spec import load_spec
+
+    configure_logging()
 
     spec, _ = load_spec(args.spec, spec_overrides(args))
     outcome = run_sweep(
@@ -72,6 +92,8 @@ def run_command(args: argparse.Namespace) -> int:
 
 def resume_command(args: argparse.Namespace) -> int:
     from sweeps.runner import find_sweep_dir, resume_sweep
+
+    configure_logging()
 
     outcome = resume_sweep(
         find_sweep_dir(args.sweep, args.storage or "results"),

@@ -16,12 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-STATE_FILE = "state.json"
-RESULTS_FILE = "results.jsonl"
-SPEC_FILE = "spec.yaml"
-PARETO_FILE = "pareto.csv"
-OPTUNA_FILE = "optuna.db"
-MLFLOW_FILE = "mlflow.db"
+from trainables.contract import STATE_FILE, read_ledger
 
 
 def now_iso() -> str:
@@ -41,6 +36,7 @@ class SweepState:
     created: str = field(default_factory=now_iso)
     status: str = "running"
     runs: list[dict[str, Any]] = field(default_factory=list)
+    exhausted: str = ""  # why the search space ran out, once it has: nothing is left to propose
 
     @classmethod
     def new(cls, name: str, problem_hash: str, tracking_uri: str) -> SweepState:
@@ -77,21 +73,6 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def read_ledger(path: Path) -> list[dict[str, Any]]:
-    """The rows of a results ledger, in file order; a line cut short by a kill is skipped.
-
-    Read-only (``analysis`` uses it); a trial whose line was cut is re-recorded from the Optuna
-    study when the sweep resumes.
-    """
-    rows = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 class ResultsLedger:

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainables.config import ConfigError, TrialConfig
+from trainables.contract import METRICS, SELECTABLE_METRICS, Constraint
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_SPEC = "sweeps/digits_quick.yaml"
@@ -78,9 +79,27 @@ class CategoricalParam(_Strict):
 SearchParam = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
 
 
+def _selectable(metric: str) -> str:
+    if metric not in SELECTABLE_METRICS:
+        hint = " (test data is reported, never used to choose)" if metric == "test_accuracy" else ""
+        raise ValueError(f"unknown metric {metric!r}{hint}; choose from {', '.join(SELECTABLE_METRICS)}")
+    return metric
+
+
 class ObjectiveSpec(_Strict):
+    """A metric to optimise; ``mode`` defaults to the metric's own direction (``contract.METRICS``)."""
+
     metric: str
     mode: Literal["max", "min"]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_metric_default_mode(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "metric" in data:
+            _selectable(data["metric"])
+            if data.get("mode") is None:
+                data = {**data, "mode": METRICS[data["metric"]]}
+        return data
 
 
 class ConstraintSpec(_Strict):
@@ -90,15 +109,20 @@ class ConstraintSpec(_Strict):
     min: float | None = None
     max: float | None = None
 
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        return _selectable(metric)
+
     @model_validator(mode="after")
     def _one_bound(self) -> ConstraintSpec:
         if (self.min is None) == (self.max is None):
             raise ValueError("give exactly one of min or max")
         return self
 
-    def violation(self, value: float) -> float:
-        """≤ 0 when feasible (Optuna's convention); how far outside the bound otherwise."""
-        return (self.min - value) if self.min is not None else (value - self.max)
+    def to_constraint(self) -> Constraint:
+        """The contract's constraint (one feasibility rule everywhere: NaN or missing is infeasible)."""
+        return Constraint(self.metric, self.min, self.max)
 
 
 class SamplerSpec(_Strict):
@@ -207,6 +231,10 @@ class SweepSpec(_Strict):
     @property
     def modes(self) -> list[str]:
         return [objective.mode for objective in self.objectives]
+
+    @property
+    def constraint_rules(self) -> list[Constraint]:
+        return [constraint.to_constraint() for constraint in self.constraints]
 
 
 def _format_validation_error(error: ValidationError) -> str:

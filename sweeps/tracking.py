@@ -25,24 +25,26 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-EPOCH_METRICS = ("val_accuracy", "nonzero_frac", "flops_frac", "loss", "task_loss", "reg_loss", "val_loss", "lr")
-FINAL_METRICS = (
-    "val_accuracy",
-    "test_accuracy",
-    "nonzero_frac",
-    "flops_frac",
-    "loss",
-    "val_loss",
-    "wall_time_s",
-    "epochs",
-    "val_accuracy_before_prune",
-    "val_accuracy_after_prune",
+from trainables.contract import (
+    EPOCH_METRICS,
+    FINAL_PREFIX,
+    MESSAGE_TAG,
+    METRICS,
+    PARETO_TAG,
+    STATUS_TAG,
+    SWEEP_TAG,
+    TRIAL_TAG,
+    Status,
+    TrialResult,
 )
-TRIAL_TAG = "hoyersweep.trial_number"
-SWEEP_TAG = "hoyersweep.sweep"
-STATUS_TAG = "hoyersweep.status"
-PARETO_TAG = "pareto"
-MLFLOW_STATUS = {"ok": "FINISHED", "diverged": "FAILED", "error": "FAILED", "stopped": "KILLED"}
+
+MLFLOW_STATUS: dict[Status, str] = {
+    Status.OK: "FINISHED",
+    Status.PRUNED: "FINISHED",  # a result: stopped early on purpose, with its own status tag
+    Status.DIVERGED: "FAILED",
+    Status.FAILED: "FAILED",
+    Status.INTERRUPTED: "KILLED",  # a resumed sweep re-opens it
+}
 
 
 def _finite(value: Any) -> bool:
@@ -93,7 +95,9 @@ class SweepTracker:
             return self._children[trial_number]
         runs = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_number}'",
+            filter_string=(
+                f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_number}'"
+            ),
             max_results=2,
         )
         if runs:
@@ -156,34 +160,26 @@ class SweepTracker:
         self.client.set_tag(run_id, "phase", str(fresh[-1].get("phase", "")))
         self._last_step[run_id] = int(fresh[-1]["epoch"])
 
-    def finish(
-        self,
-        run_id: str,
-        result: dict[str, Any],
-        status: str,
-        layers: Iterable[dict] | None = None,
-        history: Iterable[dict] | None = None,
-    ) -> None:
+    def finish(self, run_id: str, result: TrialResult) -> None:
         """Log final metrics, missing epochs and the per-layer table, tag the status, terminate the run."""
         run = self.client.get_run(run_id)
         if run.info.status != "RUNNING":
             return
         self.flush([run_id])
-        if history:
-            self.log_epochs(run_id, history)
+        if result.history:
+            self.log_epochs(run_id, result.history)
         timestamp = _now()
-        metrics = [
-            Metric(f"final_{k}", float(result[k]), timestamp, 0) for k in FINAL_METRICS if _finite(result.get(k))
-        ]
-        tags = [RunTag(STATUS_TAG, status)]
-        if result.get("message"):
-            tags.append(RunTag("hoyersweep.message", str(result["message"])[:5000]))
+        values = {name: result.metric(name) for name in METRICS} | {"epochs": result.epochs}
+        metrics = [Metric(f"{FINAL_PREFIX}{k}", float(v), timestamp, 0) for k, v in values.items() if _finite(v)]
+        tags = [RunTag(STATUS_TAG, result.status.value)]
+        if result.message:
+            tags.append(RunTag(MESSAGE_TAG, result.message[:5000]))
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
-        if layers:
+        if result.layers:
             buffer = io.StringIO()
-            pd.DataFrame(list(layers)).to_csv(buffer, index=False)
+            pd.DataFrame(result.layers).to_csv(buffer, index=False)
             self.client.log_text(run_id, buffer.getvalue(), "layers.csv")
-        self.client.set_terminated(run_id, status=MLFLOW_STATUS.get(status, "FAILED"))
+        self.client.set_terminated(run_id, status=MLFLOW_STATUS[result.status])
 
     def tag_pareto(self, front: set[int], trial_numbers: Iterable[int]) -> None:
         """Tag every trial's run ``pareto=true`` or ``pareto=false``."""

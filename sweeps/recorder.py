@@ -1,0 +1,236 @@
+"""The one writer of a sweep's records: the results ledger, the MLflow runs and the live front.
+
+Ray Tune's callbacks run on the driver loop, and a trial's ``tune.report`` waits until the
+driver has handled the report, so slow sqlite writes there would slow every trial.
+``RecorderCallback`` therefore only queues events; one writer thread in ``SweepRecorder`` does
+them in order, writing buffered epochs one batch per run whenever the queue runs dry.  The same
+methods, called directly, repair records when a sweep resumes (``repair_records``).
+
+Every event names a *member* (an Optuna trial number), not a Ray trial: one Ray trial may train
+several members, each recorded exactly as if it had been trained alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from ray import tune
+
+from analysis.pareto import nondominated_mask
+from sweeps.progress import Progress
+from sweeps.records import ResultsLedger, now_iso
+from sweeps.searcher import FINISHED_STATES, Member, members_of, own_trials, result_from_attrs
+from sweeps.spec import SweepSpec
+from sweeps.tracking import SweepTracker
+from trainables.config import TrialConfig
+from trainables.contract import RESULT_STATUSES, TRIAL_NUMBER_KEY, Status, TrialResult, feasible
+
+logger = logging.getLogger(__name__)
+EPOCH_FLUSH_S = 2.0  # live epoch curves reach MLflow at most this late; fewer sqlite commits on the driver
+LEDGER_METRICS: tuple[str, ...] = (
+    "val_accuracy",
+    "test_accuracy",
+    "nonzero_frac",
+    "flops_frac",
+    "loss",
+    "val_loss",
+    "epochs",
+    "wall_time_s",
+    "val_accuracy_before_prune",
+    "val_accuracy_after_prune",
+    "resumed_from_epoch",
+)
+LEDGER_EXTRAS: tuple[str, ...] = ("report_wait_s", "node_id")
+
+
+def current_front(spec: SweepSpec, rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """The Pareto front of the ok ledger rows that meet the spec's constraints (``contract.feasible``)."""
+    constraints = spec.constraint_rules
+    eligible = [row for row in rows if row["status"] == Status.OK and feasible(row, constraints)]
+    if not eligible:
+        return pd.DataFrame()
+    table = pd.DataFrame(eligible)
+    mask = nondominated_mask(table[spec.metric_names].to_numpy(dtype=float), spec.modes)
+    front = table[mask].sort_values(spec.metric_names[0], ascending=spec.modes[0] == "min")
+    return front.reset_index(drop=True)
+
+
+class SweepRecorder:
+    """Records each member of this sweep in MLflow and the results ledger, and reports progress."""
+
+    def __init__(
+        self,
+        spec: SweepSpec,
+        name: str,
+        fixed: dict[str, Any],
+        tracker: SweepTracker,
+        ledger: ResultsLedger,
+        progress: Progress,
+        driver_run: int = 1,
+    ) -> None:
+        self.spec = spec
+        self.name = name
+        self.fixed = fixed
+        self.tracker = tracker
+        self.ledger = ledger
+        self.progress = progress
+        self.driver_run = driver_run  # 1 for the first run of the sweep, 2 after one resume, …
+        self.running: set[int] = set()
+        self._queue: queue.Queue = queue.Queue()
+        self._writer: threading.Thread | None = None
+
+    def trial_params(self, sampled: dict[str, Any]) -> dict[str, Any]:
+        """Every TrialConfig setting of a member as it ran: defaults, fixed settings, sampled values."""
+        searched = {k: v for k, v in sampled.items() if k in self.spec.search}
+        return {**TrialConfig().to_dict(), **self.fixed, **searched}
+
+    # --- events (called on the writer thread, or directly when repairing) -----------------
+
+    def started(self, member: Member) -> None:
+        self.tracker.child(member.number, self.name, self.trial_params(member.params))
+        self.running.add(member.number)
+
+    def epoch(self, number: int, metrics: dict[str, Any]) -> None:
+        run_id = self.tracker.find_child(number)
+        if run_id is not None:
+            self.tracker.buffer_epoch(run_id, metrics)
+
+    def finished(self, member: Member, result: TrialResult, ray_trial_id: str = "") -> None:
+        """Record one member's end everywhere it belongs (each step skips what is already there).
+
+        An interrupted member closes its MLflow run (KILLED, re-opened by a resume) and gets no
+        ledger row; every other status is a result and gets one.
+        """
+        run_id = self.tracker.child(member.number, self.name, self.trial_params(member.params))
+        self.tracker.finish(run_id, result)
+        self.running.discard(member.number)
+        if result.status not in RESULT_STATUSES:
+            return
+        values = result.to_dict()
+        row = {
+            "sweep": self.name,
+            "trial_number": member.number,
+            "status": result.status.value,
+            "message": result.message,
+            **{f"param.{k}": v for k, v in member.params.items() if k in self.spec.search},
+            **{k: values.get(k) for k in (*LEDGER_METRICS, *LEDGER_EXTRAS)},
+            "driver_run": self.driver_run,
+            "config": self.trial_params(member.params),
+            "mlflow_run_id": run_id,
+            "ray_trial_id": ray_trial_id,
+            "finished_at": now_iso(),
+            "layers": result.layers,
+        }
+        self.ledger.append(row)
+        rows = list(self.ledger.rows.values())
+        front = current_front(self.spec, rows)
+        self.progress.trial_finished([row["status"] for row in rows], len(self.running), len(front))
+
+    def ended(self, members: list[Member], result: TrialResult, ray_trial_id: str) -> None:
+        """A Ray trial ended: its members still running end with ``result`` (interrupted or failed)."""
+        for member in members:
+            if member.number in self.running:
+                self.finished(member, result, ray_trial_id)
+
+    # --- the writer thread -----------------------------------------------------------------
+
+    def submit(self, method: Callable[..., None], *args: Any) -> None:
+        """Queue a record-keeping call for the writer thread (started on first use)."""
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_loop, name="hoyersweep-recorder", daemon=True)
+            self._writer.start()
+        self._queue.put((method, args))
+
+    def _write_loop(self) -> None:
+        last_flush = time.monotonic()
+        while True:
+            try:
+                item = self._queue.get(timeout=EPOCH_FLUSH_S)
+            except queue.Empty:
+                item = ()
+            if item is None:
+                break
+            if item:
+                method, args = item
+                try:
+                    method(*args)
+                except Exception:  # noqa: BLE001 - a failed write must not kill the sweep; resume repairs records
+                    logger.exception("recording %s failed", method.__name__)
+            if time.monotonic() - last_flush >= EPOCH_FLUSH_S:
+                self.tracker.flush()
+                last_flush = time.monotonic()
+
+    def close(self) -> None:
+        """Finish every queued write (called before the sweep is finalized)."""
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+            self._writer = None
+        self.tracker.flush()
+
+
+class RecorderCallback(tune.Callback):
+    """Ray Tune callback that queues member events for a ``SweepRecorder``'s writer thread.
+
+    Tune pickles its callbacks with the experiment; the recorder (threads, database clients)
+    is left out of that, since a sweep resumes from its own records, not from Tune's pickle.
+    """
+
+    def __init__(self, recorder: SweepRecorder) -> None:
+        self.recorder = recorder
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"recorder": None}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        for member in members_of(trial.config):
+            self.recorder.submit(self.recorder.started, member)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        number = result.get(TRIAL_NUMBER_KEY)
+        if number is None:
+            return
+        if result.get("final"):
+            member = next(m for m in members_of(trial.config) if m.number == number)
+            self.recorder.submit(self.recorder.finished, member, TrialResult.from_dict(result), trial.trial_id)
+        elif "epoch" in result:
+            self.recorder.submit(self.recorder.epoch, number, dict(result))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        interrupted = TrialResult(Status.INTERRUPTED, "stopped before it finished; `hoyersweep resume` continues it")
+        self.recorder.submit(self.recorder.ended, members_of(trial.config), interrupted, trial.trial_id)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        failed = TrialResult(Status.FAILED, error_summary(trial))
+        self.recorder.submit(self.recorder.ended, members_of(trial.config), failed, trial.trial_id)
+
+
+def error_summary(trial: Any) -> str:
+    """The last line of a Ray trial's error (the exception), for the ledger and MLflow."""
+    error_file = getattr(trial, "error_file", None)
+    try:
+        lines = [line for line in Path(error_file).read_text().splitlines() if line.strip()] if error_file else []
+    except OSError:
+        lines = []
+    return lines[-1][:500] if lines else "trial raised an error"
+
+
+def repair_records(study: optuna.Study, recorder: SweepRecorder) -> int:
+    """Record finished trials whose MLflow run or ledger line a kill cut short; returns how many."""
+    repaired = 0
+    for trial in own_trials(study, FINISHED_STATES):
+        run_id = recorder.tracker.find_child(trial.number)
+        run_open = run_id is not None and recorder.tracker.client.get_run(run_id).info.status == "RUNNING"
+        if trial.number in recorder.ledger and not run_open:
+            continue
+        recorder.finished(Member(trial.number, dict(trial.params)), result_from_attrs(trial))
+        repaired += 1
+    return repaired

@@ -1,0 +1,348 @@
+"""Optuna as Ray Tune's searcher, on Optuna's public ask/tell API; the Optuna study is the truth.
+
+``OptunaSearcher`` is a Ray Tune ``Searcher`` (a Ray developer API) that owns the search loop:
+
+- **Members.** One Ray trial trains one or more configurations ("members"), each its own Optuna
+  trial: ``suggest`` hands out ``{"members": [{"trial_number", "params", "resume_checkpoint"}, …]}``
+  and every member's final report (``final: True`` with its ``trial_number``) is told to Optuna
+  on its own — so threshold branches and cohort members are ordinary trials.
+- **Budget.** ``budget`` counts *results*: Optuna trials that end with a status of
+  ``contract.RESULT_STATUSES`` (ok, failed, diverged, pruned), however many one Ray trial yields.
+  Interrupted trials and rejected duplicates do not count.  Ray's ``max_concurrent_trials``
+  counts Ray trials running at once.
+- **No replays.** Trials a killed driver left RUNNING are handed out again first, under their own
+  number and with their last checkpoint.  A new proposal that repeats a configuration the study
+  already holds — finished, running, or copied from a warm-start source — is never trained: the
+  searcher tells it at once (the known objective values and constraints if the original is
+  complete, so the sampler learns the point is known; FAIL otherwise), marks it
+  ``duplicate_of=<number>`` and asks again.  Such trials get no ledger row, MLflow run or front
+  point and do not count toward the budget.  A finite space (categorical and integer parameters
+  only) ends the sweep once every configuration is known; any space ends it after
+  ``max_duplicate_asks`` duplicates in a row (``exhausted``).
+- **Stopped early.** ``tell_pruned(number, proxies)`` records a member that a scheduler stopped:
+  PRUNED, with its last proxy values as user attributes (Optuna keeps no intermediate values for
+  multi-objective studies).
+
+The sampler is built by the driver with a seed derived from the spec's seed and the number of
+trials already in the study (``derive_seed``): a resumed or warm-started sweep continues the
+sampler's sequence instead of replaying it, and an uninterrupted sweep with the same spec, seed
+and storage proposes the same configurations (exactly so with ``max_concurrent_trials: 1``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+from ray.tune.search import Searcher
+
+from sweeps.spec import CategoricalParam, FloatParam, SamplerSpec, SweepSpec
+from trainables.contract import (
+    DUPLICATE_ATTR,
+    METRICS,
+    TRIAL_NUMBER_KEY,
+    WARM_START_ATTR,
+    Constraint,
+    Status,
+    TrialResult,
+)
+
+logger = logging.getLogger(__name__)
+
+MEMBERS_KEY = "members"
+RESUME_KEY = "resume_checkpoint"
+PROXY_ATTR_PREFIX = "proxy_"
+MAX_DUPLICATE_ASKS = 200
+FINISHED_STATES: tuple[TrialState, ...] = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+RESULT_ATTRS: tuple[str, ...] = ("status", "message", *METRICS, "epochs", "diverged_epoch", "resumed_from_epoch")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One configuration a Ray trial trains: its Optuna trial number, sampled params, resume checkpoint."""
+
+    number: int
+    params: dict[str, Any]
+    resume_checkpoint: str | None = None
+
+    def to_config(self) -> dict[str, Any]:
+        return {TRIAL_NUMBER_KEY: self.number, "params": dict(self.params), RESUME_KEY: self.resume_checkpoint}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Member:
+        return cls(int(config[TRIAL_NUMBER_KEY]), dict(config["params"]), config.get(RESUME_KEY))
+
+
+def members_of(config: Mapping[str, Any]) -> list[Member]:
+    """The members a Ray trial's config holds."""
+    return [Member.from_config(item) for item in config.get(MEMBERS_KEY, [])]
+
+
+def distributions(spec: SweepSpec) -> dict[str, BaseDistribution]:
+    """The spec's search space as Optuna distributions."""
+    space: dict[str, BaseDistribution] = {}
+    for name, param in spec.search.items():
+        if isinstance(param, CategoricalParam):
+            space[name] = CategoricalDistribution(param.choices)
+        elif isinstance(param, FloatParam):
+            space[name] = FloatDistribution(param.low, param.high, log=param.log)
+        else:
+            space[name] = IntDistribution(param.low, param.high, log=param.log)
+    return space
+
+
+def space_size(space: Mapping[str, BaseDistribution]) -> int | None:
+    """How many distinct configurations a space holds, or None when a parameter is continuous."""
+    size = 1
+    for distribution in space.values():
+        if isinstance(distribution, CategoricalDistribution):
+            size *= len(distribution.choices)
+        elif isinstance(distribution, IntDistribution):
+            size *= (distribution.high - distribution.low) // distribution.step + 1
+        else:
+            return None
+    return size
+
+
+def derive_seed(seed: int | None, trials_in_study: int) -> int | None:
+    """The sampler seed of a driver run: the spec's seed on a fresh study, a derived one after that.
+
+    A resumed or warm-started sweep must not restart the sampler's random sequence (it would
+    propose the configurations it proposed before); deriving the seed from the number of trials
+    already in the study keeps runs reproducible for the same storage.
+    """
+    if seed is None or trials_in_study == 0:
+        return seed
+    digest = hashlib.sha256(f"{seed}:{trials_in_study}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def build_sampler(spec: SamplerSpec, seed: int | None) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler the spec names, with ``seed``."""
+    if spec.type == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if spec.type == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=spec.population_size or 10)
+    if spec.type == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=spec.n_startup_trials or 10)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.n_startup_trials or 10, multivariate=True)
+
+
+def config_key(params: Mapping[str, Any]) -> str:
+    """A configuration's identity: equal exactly when every parameter value is equal."""
+    return json.dumps({name: [type(value).__name__, value] for name, value in params.items()}, sort_keys=True)
+
+
+def is_own(trial: FrozenTrial) -> bool:
+    """A trial of this sweep: not a warm-start copy, not a rejected duplicate proposal."""
+    return WARM_START_ATTR not in trial.user_attrs and DUPLICATE_ATTR not in trial.user_attrs
+
+
+def own_trials(study: optuna.Study, states: Sequence[TrialState] | None = None) -> list[FrozenTrial]:
+    """The study's trials of this sweep (warm-start copies and rejected duplicates left out)."""
+    return [t for t in study.get_trials(deepcopy=False, states=states) if is_own(t)]
+
+
+def result_from_attrs(trial: FrozenTrial) -> TrialResult:
+    """A finished trial's result as told to Optuna (its user attributes), for repairing records."""
+    attrs = {k: v for k, v in trial.user_attrs.items() if k in RESULT_ATTRS}
+    if "status" not in attrs:
+        attrs["status"] = {TrialState.COMPLETE: Status.OK, TrialState.PRUNED: Status.PRUNED}.get(
+            trial.state, Status.FAILED
+        )
+    attrs.setdefault("message", "recorded from the Optuna study after a restart")
+    return TrialResult.from_dict(attrs)
+
+
+class OptunaSearcher(Searcher):
+    """A Ray Tune searcher over one Optuna study (see the module docstring for the rules)."""
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        storage: optuna.storages.BaseStorage,
+        space: Mapping[str, BaseDistribution],
+        objectives: Sequence[str],
+        constraints: Sequence[Constraint] = (),
+        *,
+        budget: int,
+        members_per_trial: int = 1,
+        resume_checkpoints: Mapping[int, str] | None = None,
+        max_duplicate_asks: int = MAX_DUPLICATE_ASKS,
+    ) -> None:
+        super().__init__(metric=None, mode=None)  # multi-objective: Tune's single metric is unused
+        if members_per_trial < 1:
+            raise ValueError(f"members_per_trial must be ≥ 1, got {members_per_trial}")
+        self.study = study
+        self._storage = storage
+        self._study_id = storage.get_study_id_from_name(study.study_name)
+        self._space = dict(space)
+        self._size = space_size(self._space)
+        self._objectives = list(objectives)
+        self._constraints = list(constraints)
+        self._members_per_trial = members_per_trial
+        self._resume = dict(resume_checkpoints or {})
+        self._max_duplicate_asks = max_duplicate_asks
+
+        trials = study.get_trials(deepcopy=False)
+        self._known: dict[str, FrozenTrial | optuna.Trial] = {}  # config key → the trial that holds it
+        for trial in trials:
+            if DUPLICATE_ATTR not in trial.user_attrs and trial.params:
+                self._known.setdefault(config_key(trial.params), trial)
+        own = [t for t in trials if is_own(t)]
+        self._results_before = sum(t.state in FINISHED_STATES for t in own)
+        self._adoptable = [t for t in own if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+        self._budget = budget
+        self._issued = 0
+        self._pending: dict[int, optuna.Trial] = {}  # member number → its live Optuna trial
+        self._live: dict[str, list[Member]] = {}  # Ray trial id → its members
+        self.duplicates = 0  # proposals rejected as repeats in this run
+        self.exhausted = False
+        self.exhausted_reason = ""
+
+    # --- budget ----------------------------------------------------------------------------
+
+    @property
+    def remaining(self) -> int:
+        """Results still owed: the budget less those recorded before this run and those handed out since."""
+        return max(0, self._budget - self._results_before - self._issued)
+
+    # --- Ray Tune's Searcher interface -----------------------------------------------------
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True  # the space and objectives come from the sweep spec, not from Tune
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.exhausted or self.remaining == 0:
+            return Searcher.FINISHED
+        members = self.propose(min(self._members_per_trial, self.remaining))
+        if not members:
+            return Searcher.FINISHED
+        self._issued += len(members)
+        self._live[trial_id] = members
+        return {MEMBERS_KEY: [member.to_config() for member in members]}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if result.get("final") and result.get(TRIAL_NUMBER_KEY) is not None:
+            self.tell_result(int(result[TRIAL_NUMBER_KEY]), TrialResult.from_dict(result))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """A Ray trial ended: members it did not report are failed (on error) or left to resume."""
+        if result and result.get("final") and result.get(TRIAL_NUMBER_KEY) is not None:
+            self.tell_result(int(result[TRIAL_NUMBER_KEY]), TrialResult.from_dict(result))
+        for member in self._live.pop(trial_id, []):
+            if member.number not in self._pending:
+                continue
+            if error:
+                self.tell_result(member.number, TrialResult(Status.FAILED, "the Ray trial raised an error"))
+            else:  # stopped before its final report (Ctrl-C, time budget): RUNNING, a resume adopts it
+                logger.info("trial %d stopped before it finished; a resumed sweep continues it", member.number)
+
+    def save(self, checkpoint_path: str) -> None:
+        """Tune's experiment snapshot: the state lives in the Optuna storage, so only its name is written."""
+        Path(checkpoint_path).write_text(json.dumps({"study_name": self.study.study_name}))
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Nothing to restore: a new searcher reads everything from the Optuna storage."""
+
+    # --- proposing -------------------------------------------------------------------------
+
+    def propose(self, count: int) -> list[Member]:
+        """Up to ``count`` members for one Ray trial: interrupted trials first, then new asks.
+
+        Fewer (possibly none) when the space is exhausted.
+        """
+        members: list[Member] = []
+        while self._adoptable and len(members) < count:
+            members.append(self._adopt(self._adoptable.pop(0)))
+        while len(members) < count:
+            trial = self._ask_new()
+            if trial is None:
+                break
+            members.append(Member(trial.number, dict(trial.params), self._resume.get(trial.number)))
+        return members
+
+    def _adopt(self, frozen: FrozenTrial) -> Member:
+        """A trial a killed driver left RUNNING, handed out again under its own number."""
+        trial_id = self._storage.get_trial_id_from_study_id_trial_number(self._study_id, frozen.number)
+        self._pending[frozen.number] = optuna.Trial(self.study, trial_id)
+        logger.info("continuing interrupted trial %d", frozen.number)
+        return Member(frozen.number, dict(frozen.params), self._resume.get(frozen.number))
+
+    def _ask_new(self) -> optuna.Trial | None:
+        """A trial whose configuration the study does not hold yet, or None when the space is exhausted."""
+        in_a_row = 0
+        while True:
+            if self._size is not None and len(self._known) >= self._size:
+                self._exhaust(f"all {self._size} configurations of the search space are known")
+                return None
+            trial = self.study.ask(self._space)
+            key = config_key(trial.params)
+            original = self._known.get(key)
+            if original is None:
+                self._known[key] = trial
+                self._pending[trial.number] = trial
+                return trial
+            self._tell_duplicate(trial, original)
+            in_a_row += 1
+            if in_a_row >= self._max_duplicate_asks:
+                self._exhaust(f"{in_a_row} proposals in a row repeated known configurations")
+                return None
+
+    def _tell_duplicate(self, trial: optuna.Trial, original: FrozenTrial | optuna.Trial) -> None:
+        self.duplicates += 1
+        trial.set_user_attr(DUPLICATE_ATTR, original.number)
+        frozen = original if isinstance(original, FrozenTrial) else None
+        if frozen is not None and frozen.state == TrialState.COMPLETE and frozen.values:
+            for key, value in frozen.constraints.items():
+                trial.set_constraint(key, value)
+            self.study.tell(trial, list(frozen.values))
+        else:
+            self.study.tell(trial, state=TrialState.FAIL)
+        logger.debug("proposal %d repeats trial %d: not trained", trial.number, original.number)
+
+    def _exhaust(self, why: str) -> None:
+        if not self.exhausted:
+            logger.warning("search space exhausted: %s; the sweep ends early", why)
+        self.exhausted = True
+        self.exhausted_reason = why
+
+    # --- telling ---------------------------------------------------------------------------
+
+    def tell_result(self, number: int, result: TrialResult) -> None:
+        """Tell Optuna how member ``number`` ended: COMPLETE with objectives and constraints, FAIL or PRUNED."""
+        trial = self._pending.pop(number, None)
+        if trial is None:
+            return
+        for key, value in result.scalars().items():
+            if key in RESULT_ATTRS and value is not None:
+                trial.set_user_attr(key, value)
+        values = result.objective_values(self._objectives)
+        if result.status is Status.PRUNED:
+            frozen = self.study.tell(trial, state=TrialState.PRUNED)
+        elif values is None:
+            frozen = self.study.tell(trial, state=TrialState.FAIL)
+        else:
+            for constraint in self._constraints:
+                trial.set_constraint(constraint.key, constraint.violation(result.metric(constraint.metric)))
+            frozen = self.study.tell(trial, values)
+        self._known[config_key(frozen.params)] = frozen
+
+    def tell_pruned(self, number: int, proxies: Mapping[str, float], message: str = "") -> None:
+        """A scheduler stopped member ``number``: PRUNED, its last proxy values kept as user attributes."""
+        trial = self._pending.get(number)
+        if trial is None:
+            return
+        for name, value in proxies.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                trial.set_user_attr(f"{PROXY_ATTR_PREFIX}{name}", float(value))
+        self.tell_result(number, TrialResult(Status.PRUNED, message or "stopped early by the scheduler"))

@@ -1,0 +1,176 @@
+"""The searcher's rules on a real Optuna sqlite study, driven through Ray Tune's Searcher interface (no Ray runtime)."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
+
+from sweeps.searcher import (
+    MEMBERS_KEY,
+    OptunaSearcher,
+    build_sampler,
+    config_key,
+    derive_seed,
+    members_of,
+    own_trials,
+    space_size,
+)
+from sweeps.spec import SamplerSpec
+from trainables.contract import DUPLICATE_ATTR, TRIAL_NUMBER_KEY, WARM_START_ATTR, Constraint, Status
+
+SMALL_SPACE = {"reg": CategoricalDistribution(["hs", "l1"]), "threshold": CategoricalDistribution([0.01, 0.05])}
+FLOAT_SPACE = {"strength": FloatDistribution(1e-5, 1e-2, log=True), "reg": CategoricalDistribution(["hs", "l1"])}
+
+
+def make_study(tmp_path, sampler: str = "random", seed: int | None = 0, name: str = "s", **sampler_settings):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    optuna.create_study(storage=storage, study_name=name, directions=["maximize", "minimize"], load_if_exists=True)
+    trials = len(optuna.load_study(study_name=name, storage=storage).trials)
+    spec = SamplerSpec(type=sampler, seed=seed, **sampler_settings)
+    study = optuna.load_study(study_name=name, storage=storage, sampler=build_sampler(spec, derive_seed(seed, trials)))
+    return study, storage
+
+
+def searcher_for(study, storage, space=FLOAT_SPACE, budget: int = 6, **kwargs) -> OptunaSearcher:
+    constraints = [Constraint("val_accuracy", min=0.5)]
+    return OptunaSearcher(
+        study, storage, space, ["val_accuracy", "nonzero_frac"], constraints, budget=budget, **kwargs
+    )
+
+
+def final(number: int, accuracy: float = 0.9, nonzero: float = 0.1, status: str = "ok") -> dict:
+    return {TRIAL_NUMBER_KEY: number, "final": True, "status": status, "val_accuracy": accuracy, "nonzero_frac": nonzero}
+
+
+def run_all(searcher: OptunaSearcher, limit: int = 100) -> list[dict]:
+    """Suggest and finish Ray trials until the searcher says FINISHED; the members handed out, in order."""
+    handed = []
+    for index in range(limit):
+        config = searcher.suggest(f"ray-{index}")
+        if config == Searcher.FINISHED:
+            return handed
+        for member in members_of(config):
+            handed.append({"number": member.number, **member.params})
+            searcher.on_trial_result(f"ray-{index}", final(member.number, 0.5 + 0.01 * member.number))
+        searcher.on_trial_complete(f"ray-{index}")
+    raise AssertionError("the searcher never finished")
+
+
+def test_space_size_and_config_key():
+    assert space_size(SMALL_SPACE) == 4 and space_size(FLOAT_SPACE) is None
+    assert config_key({"a": 1, "b": "x"}) == config_key({"b": "x", "a": 1})
+    assert config_key({"a": 1}) != config_key({"a": 1.0}) != config_key({"a": True})
+
+
+def test_derive_seed_keeps_a_fresh_study_reproducible_and_moves_on_afterwards():
+    assert derive_seed(7, 0) == 7 and derive_seed(None, 5) is None
+    assert derive_seed(7, 3) == derive_seed(7, 3) != derive_seed(7, 4) != 7
+
+
+def test_a_categorical_space_is_trained_once_per_configuration_then_exhausted(tmp_path):
+    study, storage = make_study(tmp_path, "nsga2", population_size=2)
+    searcher = searcher_for(study, storage, SMALL_SPACE, budget=10)
+    handed = run_all(searcher)
+    configs = [config_key({k: v for k, v in h.items() if k != "number"}) for h in handed]
+    assert len(configs) == 4 and len(set(configs)) == 4
+    assert searcher.exhausted and "4 configurations" in searcher.exhausted_reason
+    own = own_trials(study)
+    assert len(own) == 4 and all(t.state == TrialState.COMPLETE for t in own)
+    duplicates = [t for t in study.trials if DUPLICATE_ATTR in t.user_attrs]
+    assert len(duplicates) == searcher.duplicates
+    # A duplicate of a complete trial carries the original's values, so the sampler learns the point is known.
+    for trial in duplicates:
+        original = study.trials[trial.user_attrs[DUPLICATE_ATTR]]
+        assert trial.params == original.params
+        assert trial.values == original.values or trial.state == TrialState.FAIL
+
+
+def test_many_duplicates_in_a_row_end_a_continuous_search(tmp_path):
+    study, storage = make_study(tmp_path)
+    space = {"strength": FloatDistribution(1e-3, 1e-3)}  # continuous (no finite size), yet one point only
+    searcher = searcher_for(study, storage, space, budget=5, max_duplicate_asks=3)
+    handed = run_all(searcher)
+    assert len(handed) == 1 and searcher.exhausted and "3 proposals in a row" in searcher.exhausted_reason
+    assert searcher.duplicates == 3 and len(own_trials(study)) == 1
+
+
+def test_budget_counts_results_and_members_share_a_ray_trial(tmp_path):
+    study, storage = make_study(tmp_path)
+    searcher = searcher_for(study, storage, budget=7, members_per_trial=3)
+    config = searcher.suggest("a")
+    assert len(config[MEMBERS_KEY]) == 3
+    numbers = [m.number for m in members_of(config)]
+    searcher.on_trial_result("a", final(numbers[0]))
+    searcher.on_trial_result("a", final(numbers[1], status="diverged", accuracy=float("nan")))
+    searcher.on_trial_complete("a", error=True)  # the third member never reported: failed with the trial
+    states = {t.number: t.state for t in study.trials}
+    assert [states[n] for n in numbers] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL]
+    assert study.trials[numbers[1]].user_attrs["status"] == Status.DIVERGED
+    assert study.trials[numbers[0]].constraints == {"val_accuracy_min": pytest.approx(-0.4)}
+    rest = run_all(searcher)
+    assert len(rest) == 4  # 7 results in all: 3 + 3 + 1
+    assert len(own_trials(study, [TrialState.COMPLETE, TrialState.FAIL])) == 7
+
+
+def test_an_interrupted_trial_is_continued_under_its_own_number_before_anything_new(tmp_path):
+    study, storage = make_study(tmp_path)
+    first = searcher_for(study, storage, budget=4, resume_checkpoints={})
+    config = first.suggest("a")
+    interrupted = members_of(config)[0]
+    first.on_trial_complete("a")  # stopped without a final report (Ctrl-C): stays RUNNING
+    assert study.trials[interrupted.number].state == TrialState.RUNNING
+
+    study, storage = make_study(tmp_path)  # a new driver: the sampler seed moves on
+    second = searcher_for(study, storage, budget=4, resume_checkpoints={interrupted.number: "/ckpt/state.pt"})
+    adopted = members_of(second.suggest("b"))[0]
+    assert (adopted.number, adopted.params, adopted.resume_checkpoint) == (
+        interrupted.number,
+        interrupted.params,
+        "/ckpt/state.pt",
+    )
+    second.on_trial_result("b", final(adopted.number))
+    assert study.trials[adopted.number].state == TrialState.COMPLETE
+    handed = run_all(second)
+    assert len(handed) == 3 and len(own_trials(study)) == 4
+    assert len({config_key({k: v for k, v in h.items() if k != "number"}) for h in handed} | {config_key(adopted.params)}) == 4
+
+
+def test_the_same_seed_on_a_fresh_study_proposes_the_same_sequence(tmp_path):
+    sequences = []
+    for run in ("one", "two"):
+        (tmp_path / run).mkdir()
+        study, storage = make_study(tmp_path / run, "tpe", n_startup_trials=3)
+        sequences.append([{k: v for k, v in h.items()} for h in run_all(searcher_for(study, storage, budget=6))])
+    assert sequences[0] == sequences[1]
+
+
+def test_warm_start_copies_are_never_proposed_again(tmp_path):
+    study, storage = make_study(tmp_path)
+    for reg in ("hs", "l1"):
+        for threshold in (0.01,):
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params={"reg": reg, "threshold": threshold},
+                    distributions=SMALL_SPACE,
+                    values=[0.9, 0.1],
+                    user_attrs={WARM_START_ATTR: "earlier"},
+                )
+            )
+    study, storage = make_study(tmp_path)
+    handed = run_all(searcher_for(study, storage, SMALL_SPACE, budget=4))
+    assert sorted((h["reg"], h["threshold"]) for h in handed) == [("hs", 0.05), ("l1", 0.05)]
+
+
+def test_a_pruned_member_keeps_its_proxies(tmp_path):
+    study, storage = make_study(tmp_path)
+    searcher = searcher_for(study, storage)
+    number = members_of(searcher.suggest("a"))[0].number
+    searcher.tell_pruned(number, {"val_accuracy": 0.42, "nonzero_frac": 0.3}, "stopped at rung 1")
+    trial = study.trials[number]
+    assert trial.state == TrialState.PRUNED
+    assert trial.user_attrs["proxy_val_accuracy"] == 0.42 and trial.user_attrs["status"] == "pruned"
+    searcher.on_trial_complete("a")  # nothing left to tell
+    assert study.trials[number].state == TrialState.PRUNED
