@@ -9,9 +9,18 @@ import pytest
 import torch
 
 from trainables import ConfigError, TrialConfig, run_trial
-from trainables.deephoyer import FINAL_METRICS
+from trainables.contract import (
+    EPOCH_METRICS,
+    FLOPS_FRAC,
+    NONZERO_FRAC,
+    TEST_ACCURACY,
+    VAL_ACCURACY,
+    Status,
+    TrialResult,
+)
 
 FAST = dict(epochs=3, finetune_epochs=2, batch_size=128)
+FINAL = (VAL_ACCURACY, TEST_ACCURACY, NONZERO_FRAC, FLOPS_FRAC, "loss", "val_loss")
 
 
 def test_reports_every_epoch_and_returns_final_metrics():
@@ -20,30 +29,42 @@ def test_reports_every_epoch_and_returns_final_metrics():
     assert [r["epoch"] for r in reports] == [1, 2, 3, 4, 5]
     assert [r["phase"] for r in reports] == ["train"] * 3 + ["finetune"] * 2
     for r in reports:
-        assert {"val_accuracy", "nonzero_frac", "flops_frac", "loss"} <= set(r)
-    assert result["status"] == "ok"
-    for key in FINAL_METRICS:
-        assert math.isfinite(result[key]), key
-    assert 0 < result["nonzero_frac"] <= 1
-    assert {layer["name"] for layer in result["layers"]} == {"fc1.weight", "fc2.weight", "fc3.weight"}
-    assert result["nonzero"] == sum(layer["nonzero"] for layer in result["layers"])
+        assert set(EPOCH_METRICS) <= set(r)
+    assert isinstance(result, TrialResult) and result.status is Status.OK and result.ok
+    for key in FINAL + ("val_accuracy_before_prune", "val_accuracy_after_prune", "wall_time_s"):
+        assert math.isfinite(result.metric(key)), key
+    assert result.epochs == 5 and result.resumed_from_epoch is None and result.diverged_epoch is None
+    assert result.history == reports
+    assert 0 < result.nonzero_frac <= 1
+    assert {layer["name"] for layer in result.layers} == {"fc1.weight", "fc2.weight", "fc3.weight"}
+    assert result.nonzero == sum(layer["nonzero"] for layer in result.layers)
+    assert result.num_weights == sum(layer["numel"] for layer in result.layers)
 
 
 def test_same_config_and_seed_give_the_same_numbers():
     first, second = run_trial(dict(FAST, seed=3)), run_trial(dict(FAST, seed=3))
-    for key in FINAL_METRICS + ("nonzero",):
-        assert first[key] == second[key], key
+    for key in FINAL:
+        assert first.metric(key) == second.metric(key), key
+    assert first.nonzero == second.nonzero
     other = run_trial(dict(FAST, seed=4))
-    assert (other["loss"], other["nonzero"]) != (first["loss"], first["nonzero"])
+    assert (other.loss, other.nonzero) != (first.loss, first.nonzero)
 
 
 class Interrupted(Exception):
     pass
 
 
-@pytest.mark.parametrize("stop_after_epoch", [2, 4])  # inside regularized training, inside fine-tuning
-def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path, stop_after_epoch):
-    config = dict(FAST, optimizer="sgd", lr=0.05)
+def _without_times(history):
+    return [{k: v for k, v in epoch.items() if k != "time_s"} for epoch in history]
+
+
+@pytest.mark.parametrize(
+    "pretrain_epochs, stop_after_epoch",
+    [(0, 2), (0, 4), (1, 1), (1, 3)],  # inside regularized training, inside fine-tuning, after pretraining
+)
+def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path, pretrain_epochs, stop_after_epoch):
+    config = dict(FAST, optimizer="sgd", lr=0.05, pretrain_epochs=pretrain_epochs)
+    total = pretrain_epochs + 5
     reference = run_trial(config)
     checkpoint = tmp_path / "state.pt"
 
@@ -56,27 +77,61 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path, stop_afte
         run_trial(config, report=save_then_die)
     epochs_after_resume = []
     resumed = run_trial(config, report=lambda m, s: epochs_after_resume.append(m["epoch"]), resume_from=checkpoint)
-    assert epochs_after_resume == list(range(stop_after_epoch + 1, 6))
-    assert resumed["epochs"] == 5
-    for key in FINAL_METRICS + ("nonzero",):
-        assert resumed[key] == pytest.approx(reference[key], abs=1e-6), key
+    assert epochs_after_resume == list(range(stop_after_epoch + 1, total + 1))
+    assert resumed.epochs == total and resumed.resumed_from_epoch == stop_after_epoch
+    for key in FINAL + ("val_accuracy_before_prune", "val_accuracy_after_prune"):
+        assert resumed.metric(key) == reference.metric(key), key  # bit-identical, not merely close
+    assert resumed.nonzero == reference.nonzero and resumed.layers == reference.layers
+    assert _without_times(resumed.history) == _without_times(reference.history)
+
+
+def test_phases_branch_from_a_checkpoint_taken_after_regularizing(tmp_path):
+    """dense + regularize once, save at the branch point, then prune + finetune with other thresholds."""
+    from trainables.pipeline import dense, finish, plan_phases, regularize, start_run
+
+    config = TrialConfig.from_dict(dict(FAST, optimizer="sgd", lr=0.05, pretrain_epochs=1))
+    assert [(p.name, p.offset, p.epochs) for p in plan_phases(config).values()] == [
+        ("pretrain", 0, 1),
+        ("train", 1, 3),
+        ("finetune", 4, 2),
+    ]
+    run = start_run(config)
+    assert not run.at_branch_point
+    assert dense(run) and regularize(run) and run.at_branch_point
+    state = run.state()
+    assert (state.phase, state.phase_epoch, state.epoch) == ("train", 3, 4)
+    state.save(tmp_path / "branch.pt")
+    for threshold in (0.02, 0.05):
+        branch = dict(FAST, optimizer="sgd", lr=0.05, pretrain_epochs=1, threshold=threshold)
+        result = finish(start_run(branch, resume_from=tmp_path / "branch.pt"))
+        reference = run_trial(branch)
+        assert result.resumed_from_epoch == 4 and [e["epoch"] for e in result.history] == [1, 2, 3, 4, 5, 6]
+        for key in FINAL + ("val_accuracy_after_prune",):
+            assert result.metric(key) == reference.metric(key), (threshold, key)
+
+
+def test_importing_the_package_config_and_contract_loads_no_torch():
+    code = "import sys, trainables, trainables.config, trainables.contract; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
 
 
 def test_diverging_run_stops_and_says_so():
     result = run_trial(dict(FAST, optimizer="sgd", lr=1e12, reg="l1", strength=1.0))
-    assert result["status"] == "diverged"
-    assert "non-finite" in result["message"]
-    assert math.isnan(result["val_accuracy"]) and result["epochs"] < 5
+    assert result.status is Status.DIVERGED and not result.ok
+    assert "non-finite" in result.message and result.diverged_epoch == 1
+    assert math.isnan(result.val_accuracy) and result.epochs < 5
+    assert result.objective_values([VAL_ACCURACY, NONZERO_FRAC]) is None
 
 
 def test_hoyer_square_is_clearly_sparser_than_plain_pruning_at_the_same_threshold():
     common = dict(threshold=0.02, epochs=20, finetune_epochs=5, val_fraction=0.2)
     dense = run_trial(dict(common, reg="hs", strength=0.0))
     sparse = run_trial(dict(common, reg="hs", strength=3e-4))
-    assert sparse["nonzero_frac"] < 0.5 * dense["nonzero_frac"], (sparse["nonzero_frac"], dense["nonzero_frac"])
-    assert sparse["val_accuracy"] > dense["val_accuracy"] - 0.04
-    assert sparse["test_accuracy"] > dense["test_accuracy"] - 0.04
-    assert sparse["test_accuracy"] > 0.9
+    assert sparse.nonzero_frac < 0.5 * dense.nonzero_frac, (sparse.nonzero_frac, dense.nonzero_frac)
+    assert sparse.val_accuracy > dense.val_accuracy - 0.04
+    assert sparse.test_accuracy > dense.test_accuracy - 0.04
+    assert sparse.test_accuracy > 0.9
 
 
 @pytest.mark.parametrize("model", ["lenet5", "resnet20"])
@@ -84,10 +139,10 @@ def test_conv_models_with_group_hs_count_filters_and_channels(model):
     result = run_trial(
         dict(model=model, reg="group_hs", strength=1e-3, threshold=0.05, epochs=1, finetune_epochs=1, batch_size=256)
     )
-    assert result["status"] == "ok"
-    convs = [layer for layer in result["layers"] if len(layer["shape"]) == 4]
+    assert result.status is Status.OK
+    convs = [layer for layer in result.layers if len(layer["shape"]) == 4]
     assert convs and all(layer["rows_total"] == layer["shape"][0] for layer in convs)
-    assert 0 < result["flops_frac"] <= 1
+    assert 0 < result.flops_frac <= 1
 
 
 def test_pretrain_cache_is_reused(tmp_path):
@@ -113,7 +168,7 @@ def test_bad_settings_name_the_field():
 
 def test_augmentation_choice_follows_config_then_data():
     from trainables.data import load_dataset, random_crop_flip, random_shift
-    from trainables.deephoyer import augmenter
+    from trainables.pipeline import augmenter
 
     digits = load_dataset("digits")
     assert augmenter(TrialConfig(), digits) is None  # 8×8 grey digits: none unless asked
@@ -121,8 +176,8 @@ def test_augmentation_choice_follows_config_then_data():
     assert augmenter(TrialConfig(augment=True), digits) is random_crop_flip
     assert augmenter(TrialConfig(augment="none"), digits) is None
     shifted, plain = run_trial(dict(FAST, augment="shift")), run_trial(dict(FAST, augment="none"))
-    assert shifted["status"] == plain["status"] == "ok"
-    assert shifted["history"][0]["task_loss"] != plain["history"][0]["task_loss"]  # the shifts reached training
+    assert shifted.status == plain.status == Status.OK
+    assert shifted.history[0]["task_loss"] != plain.history[0]["task_loss"]  # the shifts reached training
 
 
 def _cli(*args):
@@ -133,7 +188,8 @@ def test_cli_json_prints_exactly_one_object():
     done = _cli("--epochs", "2", "--finetune-epochs", "1", "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert set(FINAL_METRICS) <= set(result) and isinstance(result["layers"], list)
+    assert set(FINAL) <= set(result) and isinstance(result["layers"], list) and result["status"] == "ok"
+    assert TrialResult.from_dict(result).ok
 
 
 @pytest.mark.parametrize(
@@ -156,4 +212,4 @@ def test_runs_on_cuda_when_asked_and_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             run_trial(dict(FAST, device="cuda"))
     else:
-        assert run_trial(dict(FAST, device="cuda"))["status"] == "ok"
+        assert run_trial(dict(FAST, device="cuda")).status is Status.OK

@@ -16,8 +16,8 @@ _LAZY = {
     "TrialConfig": "trainables.config",
     "TrialResult": "trainables.contract",
     "Status": "trainables.contract",
-    "TrialState": "trainables.deephoyer",
-    "run_trial": "trainables.deephoyer",
+    "TrialState": "trainables.pipeline",
+    "run_trial": "trainables.pipeline",
 }
 
 __all__ = sorted(_LAZY)

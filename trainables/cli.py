@@ -8,11 +8,12 @@ import math
 import sys
 from typing import Any
 
-from trainables.config import AUGMENTATIONS, OPTIMIZERS, ConfigError, TrialConfig
+from trainables.config import AUGMENTATIONS, OPTIMIZERS, REG_NAMES, THRESHOLD_MODES, ConfigError, TrialConfig
+from trainables.contract import FLOPS_FRAC, NONZERO_FRAC, TEST_ACCURACY, VAL_ACCURACY
 from trainables.data import DATASETS, DataError
-from trainables.deephoyer import run_trial
-from trainables.pruning import THRESHOLD_MODES
-from trainables.regularizers import REG_NAMES
+from trainables.pipeline import run_trial
+
+SUMMARY_METRICS: tuple[str, ...] = (VAL_ACCURACY, TEST_ACCURACY, NONZERO_FRAC, FLOPS_FRAC, "loss", "wall_time_s")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +54,7 @@ def config_from_args(args: argparse.Namespace) -> TrialConfig:
 
 
 def json_safe(value: Any) -> Any:
-    """Replace NaN/inf by None so the output is strict JSON."""
+    """Replace NaN/inf by None, also inside lists and dicts (a history's epochs), so the output is strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
@@ -66,29 +67,29 @@ def json_safe(value: Any) -> Any:
 def _print_progress(metrics: dict[str, Any], _state: object) -> None:
     print(
         f"epoch {metrics['epoch']:3d} {metrics['phase']:<8} loss {metrics['loss']:.4f} "
-        f"val_acc {metrics['val_accuracy']:.4f} nonzero {metrics['nonzero_frac']:.4f} flops {metrics['flops_frac']:.4f}",
+        f"val_acc {metrics[VAL_ACCURACY]:.4f} nonzero {metrics[NONZERO_FRAC]:.4f} flops {metrics[FLOPS_FRAC]:.4f}",
         file=sys.stderr,
         flush=True,
     )
 
 
 def train_command(args: argparse.Namespace) -> int:
-    """Run one trial; the final metrics as JSON (``--json``) or a short table."""
+    """Run one trial; the final ``TrialResult`` as JSON (``--json``, NaN as null) or a short table."""
     config = config_from_args(args)
     result = run_trial(config, report=None if args.json else _print_progress)
     if args.json:
-        print(json.dumps(json_safe(result)))
-        return 0 if result["status"] == "ok" else 1
-    print(f"status        {result['status']} {result['message']}".rstrip())
-    for key in ("val_accuracy", "test_accuracy", "nonzero_frac", "flops_frac", "loss", "wall_time_s"):
-        print(f"{key:<13} {result[key]:.4f}")
+        print(json.dumps(json_safe(result.to_dict()), allow_nan=False))
+        return 0 if result.ok else 1
+    print(f"status        {result.status.value} {result.message}".rstrip())
+    for key in SUMMARY_METRICS:
+        print(f"{key:<13} {result.metric(key):.4f}")
     print(f"{'layer':<16} {'nonzero':>9} {'frac':>7} {'rows':>9} {'cols':>9}")
-    for layer in result["layers"]:
+    for layer in result.layers:
         print(
             f"{layer['name']:<16} {layer['nonzero']:>9} {layer['nonzero_frac']:>7.4f} "
             f"{layer['rows_live']:>4}/{layer['rows_total']:<4} {layer['cols_live']:>4}/{layer['cols_total']:<4}"
         )
-    return 0 if result["status"] == "ok" else 1
+    return 0 if result.ok else 1
 
 
 USER_ERRORS = (ConfigError, DataError)

@@ -1,0 +1,581 @@
+"""The DeepHoyer trial pipeline as explicit phases: dense → regularize → prune → finetune.
+
+``run_trial(config, report, resume_from)`` is the one entry point and returns a
+``trainables.contract.TrialResult``.  It knows nothing of Ray: ``report`` is a plain callback
+called once per epoch with that epoch's metrics (``EPOCH_METRICS`` plus ``phase``, ``epoch``,
+``phase_epoch`` and ``time_s``) and a ``TrialState`` whose ``save(path)`` writes a checkpoint
+that ``run_trial(..., resume_from=path)`` continues from exactly (each epoch's shuffling is
+seeded from (seed, phase, epoch), so nothing else is needed).
+
+The phases are functions over one ``TrialRun`` (the run state):
+
+- ``dense(run)``: the dense start — weights from ``init_checkpoint``, from the pretrain cache,
+  or ``pretrain_epochs`` of training without the regularizer (then cached);
+- ``regularize(run)``: ``epochs`` of training with ``strength`` × ``reg``.  Its end is the
+  *branch point*: the last state that does not depend on ``BRANCH_FIELDS`` (threshold, threshold
+  mode, fine-tuning), so prune + finetune may run several times from a checkpoint taken there;
+- ``prune(run)``: the masks at ``threshold`` (``threshold_mode``), held from then on;
+- ``finetune(run)``: ``finetune_epochs`` with the masks held and no regularizer.
+
+``dense``, ``regularize`` and ``finetune`` return False when the loss diverged.  Where a run
+stands is its ``cursor`` (phase, epochs done in it); the global epoch number of a phase epoch
+is computed in one place (``Phase.epoch``: the phase's offset + its epoch), and so are the
+checkpoint (``TrialRun.checkpoint`` / ``TrialRun.restore``) and the masks (``TrialRun.set_masks``).
+
+The result's ``history`` holds every epoch's report, also those before a resume.  Before the
+prune, ``nonzero_frac`` / ``flops_frac`` are *projected*: what pruning at the trial's threshold
+would leave right now (``measure_epoch``).  Test accuracy is computed once, at the end, and
+never used to choose.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainables.config import ConfigError, TrialConfig
+from trainables.contract import FLOPS_FRAC, NONZERO_FRAC, VAL_ACCURACY, Status, TrialResult
+from trainables.data import DatasetSplits, iterate_batches, load_dataset, random_crop_flip, random_shift
+from trainables.models import build_model
+from trainables.pruning import Masks, SparsityReport, apply_masks, compute_masks, output_positions, sparsity_report
+from trainables.regularizers import model_regularization
+
+PRETRAIN = "pretrain"
+TRAIN = "train"  # the regularized phase (the stored name, in checkpoints and reports)
+FINETUNE = "finetune"
+PHASES: tuple[str, ...] = (PRETRAIN, TRAIN, FINETUNE)
+"""The training phases in order; pruning happens between ``train`` and ``finetune``."""
+
+BRANCH_FIELDS: tuple[str, ...] = ("threshold", "threshold_mode", "finetune_epochs", "finetune_lr")
+"""The settings only prune + finetune depend on: branches of one regularized run may differ in them."""
+
+CHECKPOINT_FORMAT = 1
+
+ReportFn = Callable[[dict[str, Any], "TrialState"], None]
+Augment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
+
+
+# --- the plan: phases, epoch numbering, learning rates ---------------------------------------
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One training phase of a trial: its epochs, base learning rate and global epoch offset."""
+
+    name: str
+    epochs: int
+    lr: float
+    offset: int
+
+    def epoch(self, phase_epoch: int) -> int:
+        """The global epoch number of the phase's ``phase_epoch``-th epoch (counted from 1)."""
+        return self.offset + phase_epoch
+
+    def lr_at(self, phase_epoch: int, schedule: str) -> float:
+        """The learning rate of the 0-based ``phase_epoch``: constant, or cosine over the phase."""
+        if schedule == "constant" or self.epochs <= 1:
+            return self.lr
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * phase_epoch / self.epochs))
+
+
+def plan_phases(config: TrialConfig) -> dict[str, Phase]:
+    """The phases of ``config``, in order; the one place epoch offsets are computed."""
+    lengths = {PRETRAIN: config.pretrain_epochs, TRAIN: config.epochs, FINETUNE: config.finetune_epochs}
+    rates = {PRETRAIN: config.lr, TRAIN: config.lr, FINETUNE: config.finetune_lr or config.lr}
+    plan, offset = {}, 0
+    for name in PHASES:
+        plan[name] = Phase(name, lengths[name], rates[name], offset)
+        offset += lengths[name]
+    return plan
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a run stands: ``phase_epoch`` epochs of ``phase`` done (phases before it all done)."""
+
+    phase: str
+    phase_epoch: int = 0
+
+    def before(self, phase: str) -> bool:
+        return PHASES.index(self.phase) < PHASES.index(phase)
+
+    def after(self, phase: str) -> bool:
+        return PHASES.index(self.phase) > PHASES.index(phase)
+
+
+def _epoch_seed(seed: int, phase: str, epoch: int) -> int:
+    return (seed * 1_000_003 + PHASES.index(phase) * 10_007 + epoch) % (2**63)
+
+
+def _make_optimizer(config: TrialConfig, params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay)
+
+
+# --- devices, augmentation -------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; otherwise the named device, checked to exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for but CUDA is not available")
+    return device
+
+
+AUGMENTERS: dict[str, Augment | None] = {"none": None, "crop_flip": random_crop_flip, "shift": random_shift}
+
+
+def augmenter(config: TrialConfig, data: DatasetSplits) -> Augment | None:
+    """The batch augmentation of a trial: as configured, else crop + flip for colour images of 32×32 and up."""
+    choice = config.augment
+    if choice is None:
+        channels, height, _ = data.input_shape
+        choice = channels == 3 and height >= 32
+    if isinstance(choice, bool):
+        choice = "crop_flip" if choice else "none"
+    return AUGMENTERS[choice]
+
+
+# --- checkpoints -----------------------------------------------------------------------------
+
+
+class TrialState:
+    """A trial between two epochs: ``save(path)`` snapshots what resuming needs."""
+
+    def __init__(self, run: TrialRun, phase: str, phase_epoch: int, epoch: int) -> None:
+        self._run = run
+        self.phase = phase
+        self.phase_epoch = phase_epoch
+        self.epoch = epoch
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the checkpoint atomically (temporary file, then rename)."""
+        _atomic_save(self._run.checkpoint(self), Path(path))
+
+
+def _atomic_save(payload: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(payload, temporary)
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by ``TrialState.save`` (tensors and plain data only)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as error:
+        raise ConfigError(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}") from None
+
+
+# --- the run state ---------------------------------------------------------------------------
+
+
+class TrialRun:
+    """The state of one running trial, which the phase functions advance.
+
+    ``cursor`` says how far training got; ``marks`` holds the scalars the result reports beside
+    the final metrics (``val_accuracy_before_prune``, ``val_accuracy_after_prune``,
+    ``diverged_epoch``, ``resumed_from_epoch``).  ``optimizer_state`` is a restored optimizer
+    state waiting for its phase to begin.
+    """
+
+    def __init__(self, config: TrialConfig, data: DatasetSplits, model: nn.Module, report: ReportFn | None) -> None:
+        self.config = config
+        self.data = data
+        self.model = model
+        self.report = report
+        self.phases = plan_phases(config)
+        self.positions = output_positions(model, data.input_shape)
+        self.augment = augmenter(config, data)
+        self.cursor = Cursor(PRETRAIN)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.optimizer_state: dict[str, Any] | None = None
+        self.masks: Masks | None = None
+        self.history: list[dict[str, Any]] = []
+        self.marks: dict[str, Any] = {}
+        self.message = ""
+        self.started = time.perf_counter()
+        self.elapsed_before = 0.0
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    @property
+    def resumed(self) -> bool:
+        return "resumed_from_epoch" in self.marks
+
+    @property
+    def at_branch_point(self) -> bool:
+        """Regularized training done, not yet pruned: where threshold branches would start."""
+        return self.cursor == Cursor(TRAIN, self.phases[TRAIN].epochs) and self.masks is None
+
+    def state(self) -> TrialState:
+        """The run where its cursor stands, to ``save`` (e.g. at the branch point)."""
+        phase = self.phases[self.cursor.phase]
+        return TrialState(self, phase.name, self.cursor.phase_epoch, phase.epoch(self.cursor.phase_epoch))
+
+    # checkpoints and masks: the one place each is handled
+
+    def checkpoint(self, state: TrialState) -> dict[str, Any]:
+        """The checkpoint payload at ``state`` (format 1: weights, optimizer, masks, history, marks)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "phase": state.phase,
+            "phase_epoch": state.phase_epoch,
+            "epoch": state.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "masks": self.masks,
+            "history": self.history,
+            "marks": self.marks,
+            "elapsed_s": self.elapsed(),
+        }
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        """Continue from a checkpoint: masks first (they reshape the state dict), weights, the rest."""
+        if checkpoint["masks"] is not None:
+            self.set_masks(checkpoint["masks"])
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer_state = checkpoint["optimizer"]
+        self.history = list(checkpoint["history"])
+        self.marks = dict(checkpoint["marks"])
+        self.marks["resumed_from_epoch"] = int(checkpoint["epoch"])
+        self.elapsed_before = float(checkpoint["elapsed_s"])
+        self.cursor = Cursor(checkpoint["phase"], int(checkpoint["phase_epoch"]))
+
+    def set_masks(self, masks: Masks) -> None:
+        """Hold ``masks`` from now on (pruned weights stay zero whatever the optimizer does)."""
+        device = self.data.train_x.device
+        self.masks = {name: mask.to(device) for name, mask in masks.items()}
+        apply_masks(self.model, self.masks)
+
+    def projected_masks(self) -> Masks:
+        """The masks pruning at the trial's threshold would give right now."""
+        config = self.config
+        return compute_masks(self.model, config.threshold, config.threshold_mode, include_bias=config.include_bias)
+
+    def sparsity(self) -> SparsityReport:
+        """The sparsity of the held masks, or, before the prune, the projected one."""
+        masks = self.projected_masks() if self.masks is None else None
+        return sparsity_report(self.model, self.positions, masks, include_bias=self.config.include_bias)
+
+    # training and evaluation
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """(accuracy, mean cross-entropy) over a whole split, in eval mode."""
+        self.model.eval()
+        correct = torch.zeros((), device=x.device)
+        loss_sum = torch.zeros((), device=x.device)
+        for xb, yb in iterate_batches(x, y, self.config.eval_batch_size, shuffle=False):
+            logits = self.model(xb)
+            loss_sum += F.cross_entropy(logits, yb, reduction="sum")
+            correct += (logits.argmax(dim=1) == yb).sum()
+        n = max(len(y), 1)
+        return float(correct) / n, float(loss_sum) / n
+
+    def validate(self) -> tuple[float, float]:
+        return self.evaluate(self.data.val_x, self.data.val_y)
+
+    def begin_phase(self, phase: Phase) -> int:
+        """A fresh optimizer for ``phase`` (with the restored state when resuming inside it); its first epoch."""
+        self.optimizer = _make_optimizer(self.config, self.model.parameters(), phase.lr)
+        if self.cursor.phase != phase.name:
+            self.cursor = Cursor(phase.name)
+        elif self.optimizer_state is not None:
+            self.optimizer.load_state_dict(self.optimizer_state)
+        self.optimizer_state = None
+        return self.cursor.phase_epoch
+
+    def train_epoch(self, phase: str, phase_epoch: int, lr: float) -> dict[str, float]:
+        """One pass over the training split; returns the epoch's mean losses."""
+        config = self.config
+        regularize = phase == TRAIN and config.reg != "none" and config.strength > 0
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        generator = torch.Generator().manual_seed(_epoch_seed(config.seed, phase, phase_epoch))
+        self.model.train()
+        device = self.data.train_x.device
+        task_sum = torch.zeros((), device=device)
+        reg_sum = torch.zeros((), device=device)
+        batches = 0
+        for xb, yb in iterate_batches(
+            self.data.train_x, self.data.train_y, config.batch_size, generator=generator, augment=self.augment
+        ):
+            task = F.cross_entropy(self.model(xb), yb)
+            loss = task
+            if regularize:
+                reg = model_regularization(self.model, config.reg, include_bias=config.include_bias)
+                loss = task + config.strength * reg
+                reg_sum += reg.detach()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            task_sum += task.detach()
+            batches += 1
+        task_mean = float(task_sum) / max(batches, 1)
+        reg_mean = float(reg_sum) / max(batches, 1)
+        return {
+            "task_loss": task_mean,
+            "reg_loss": reg_mean,
+            "loss": task_mean + config.strength * reg_mean * regularize,
+        }
+
+    # the result
+
+    def result(self, status: Status) -> TrialResult:
+        """The final record; NaN where a diverged run has nothing meaningful to say."""
+        ok = status is Status.OK
+        sparsity = self.sparsity()
+        val_accuracy, val_loss = self.validate() if ok else (math.nan, math.nan)
+        test_accuracy = self.evaluate(self.data.test_x, self.data.test_y)[0] if ok else math.nan
+        last = self.history[-1] if self.history else {}
+        known = set(TrialResult.__dataclass_fields__)
+        return TrialResult(
+            status=status,
+            message=self.message,
+            val_accuracy=val_accuracy,
+            test_accuracy=test_accuracy,
+            nonzero_frac=sparsity.nonzero_frac if ok else math.nan,
+            flops_frac=sparsity.flops_frac if ok else math.nan,
+            loss=last.get("loss", math.nan) if ok else math.inf,
+            val_loss=val_loss,
+            nonzero=sparsity.nonzero,
+            num_weights=sparsity.numel,
+            epochs=len(self.history),
+            wall_time_s=self.elapsed(),
+            **{k: v for k, v in self.marks.items() if k in known},
+            layers=[layer.as_dict() for layer in sparsity.layers],
+            history=[dict(epoch) for epoch in self.history],
+            extra={k: v for k, v in self.marks.items() if k not in known},
+        )
+
+
+def start_run(
+    config: TrialConfig | dict[str, Any], report: ReportFn | None = None, resume_from: str | os.PathLike | None = None
+) -> TrialRun:
+    """Validate ``config``, load the data, build the model (seeded) and, if given, restore a checkpoint."""
+    config = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
+    config.validate()
+    device = resolve_device(config.device)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    data = load_dataset(
+        config.dataset, config.data_dir, val_fraction=config.val_fraction, split_seed=config.split_seed, device=device
+    )
+    torch.manual_seed(config.seed)
+    try:
+        model = build_model(config.model, data.input_shape, data.num_classes).to(device)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    run = TrialRun(config, data, model, report)
+    if resume_from:
+        run.restore(load_checkpoint(resume_from))
+    return run
+
+
+# --- one epoch, one phase --------------------------------------------------------------------
+
+
+def measure_epoch(run: TrialRun, phase: Phase, phase_epoch: int, lr: float, losses: dict[str, float]) -> dict[str, Any]:
+    """The report of an epoch just trained (``phase_epoch`` counted from 1).
+
+    Before the prune the sparsity is projected (what pruning now would leave); a "prune-now"
+    proxy of the regularized epochs would be measured here too.
+    """
+    val_accuracy, val_loss = run.validate()
+    sparsity = run.sparsity()
+    return {
+        "phase": phase.name,
+        "epoch": phase.epoch(phase_epoch),
+        "phase_epoch": phase_epoch,
+        "lr": lr,
+        **losses,
+        VAL_ACCURACY: val_accuracy,
+        "val_loss": val_loss,
+        NONZERO_FRAC: sparsity.nonzero_frac,
+        FLOPS_FRAC: sparsity.flops_frac,
+        "time_s": run.elapsed(),
+    }
+
+
+def train_phase(run: TrialRun, name: str) -> bool:
+    """The epochs of phase ``name`` still to do (none if the run is past it); False when the loss diverged."""
+    if run.cursor.after(name):
+        return True
+    phase = run.phases[name]
+    for index in range(run.begin_phase(phase), phase.epochs):
+        lr = phase.lr_at(index, run.config.lr_schedule)
+        losses = run.train_epoch(name, index, lr)
+        if not math.isfinite(losses["loss"]):
+            run.marks["diverged_epoch"] = phase.epoch(index + 1)
+            run.message = f"loss became non-finite in {name} epoch {run.marks['diverged_epoch']}"
+            return False
+        run.cursor = Cursor(name, index + 1)
+        metrics = measure_epoch(run, phase, index + 1, lr, losses)
+        run.history.append(metrics)
+        if run.report is not None:
+            run.report(dict(metrics), run.state())
+    return True
+
+
+# --- the phases ------------------------------------------------------------------------------
+
+
+def dense(run: TrialRun) -> bool:
+    """The dense start: ``init_checkpoint``, the pretrain cache, or pretraining (then cached).
+
+    A run resumed inside pretraining finishes it (and fills the cache); one resumed later has
+    nothing to do here.  False when the loss diverged.
+    """
+    if run.cursor.after(PRETRAIN):
+        return True
+    if run.resumed:
+        if not train_phase(run, PRETRAIN):
+            return False
+        _save_pretrain_cache(run)
+        return True
+    with _pretrain_lock(run.config):
+        if _load_dense_weights(run):
+            run.cursor = Cursor(TRAIN)
+            return True
+        if run.phases[PRETRAIN].epochs:
+            if not train_phase(run, PRETRAIN):
+                return False
+            _save_pretrain_cache(run)
+    return True
+
+
+def regularize(run: TrialRun) -> bool:
+    """Regularized training; at its end the run is at the branch point.  False when the loss diverged."""
+    return train_phase(run, TRAIN)
+
+
+def prune(run: TrialRun) -> None:
+    """Prune at the trial's threshold, recording validation accuracy before and after (once: a no-op if pruned)."""
+    if run.masks is not None:
+        return
+    run.marks["val_accuracy_before_prune"] = run.validate()[0]
+    run.set_masks(run.projected_masks())
+    run.marks["val_accuracy_after_prune"] = run.validate()[0]
+
+
+def finetune(run: TrialRun) -> bool:
+    """Fine-tuning with the masks held and no regularizer.  False when the loss diverged."""
+    return train_phase(run, FINETUNE)
+
+
+def finish(run: TrialRun) -> TrialResult:
+    """Prune + finetune from wherever ``run`` stands after regularizing, then the final result.
+
+    The part a threshold branch repeats: a run restored from a branch-point checkpoint with a
+    config that differs only in ``BRANCH_FIELDS`` continues here.
+    """
+    prune(run)
+    if not finetune(run):
+        return run.result(Status.DIVERGED)
+    return run.result(Status.OK)
+
+
+def run_trial(
+    config: TrialConfig | dict[str, Any],
+    report: ReportFn | None = None,
+    resume_from: str | os.PathLike | None = None,
+) -> TrialResult:
+    """Run one DeepHoyer trial (or continue one from a checkpoint) and return its ``TrialResult``.
+
+    A run whose loss turns NaN/inf stops at that epoch and returns ``Status.DIVERGED`` (with
+    ``diverged_epoch`` and a message) instead of raising.  Bad settings raise ``ConfigError``;
+    bad data raises ``DataError``.
+    """
+    run = start_run(config, report, resume_from)
+    if not (dense(run) and regularize(run)):
+        return run.result(Status.DIVERGED)
+    return finish(run)
+
+
+# --- the pretrain cache ----------------------------------------------------------------------
+
+
+def pretrain_cache_key(config: TrialConfig) -> str:
+    """Hash of every setting that dense pretraining depends on (not λ, threshold or regularizer)."""
+    relevant = {
+        name: getattr(config, name)
+        for name in (
+            "dataset",
+            "data_dir",
+            "model",
+            "pretrain_epochs",
+            "optimizer",
+            "lr",
+            "lr_schedule",
+            "momentum",
+            "weight_decay",
+            "batch_size",
+            "seed",
+            "val_fraction",
+            "split_seed",
+            "augment",
+        )
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _pretrain_cache_path(config: TrialConfig) -> Path | None:
+    if config.pretrain_cache_dir and config.pretrain_epochs:
+        return Path(config.pretrain_cache_dir) / f"dense-{pretrain_cache_key(config)}.pt"
+    return None
+
+
+def _save_pretrain_cache(run: TrialRun) -> None:
+    path = _pretrain_cache_path(run.config)
+    if path is not None:
+        _atomic_save({"model": run.model.state_dict()}, path)
+
+
+@contextlib.contextmanager
+def _pretrain_lock(config: TrialConfig) -> Iterator[None]:
+    """Hold an exclusive file lock on the pretrain cache entry, so concurrent trials pretrain once."""
+    path = _pretrain_cache_path(config)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _load_dense_weights(run: TrialRun) -> bool:
+    """Load dense weights from ``init_checkpoint`` or the pretrain cache; True if loaded."""
+    config = run.config
+    if config.init_checkpoint:
+        state = load_checkpoint(config.init_checkpoint)
+        run.model.load_state_dict(state.get("model", state))
+        return True
+    path = _pretrain_cache_path(config)
+    if path is not None and path.exists():
+        run.model.load_state_dict(load_checkpoint(path)["model"])
+        return True
+    return False
