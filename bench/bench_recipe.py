@@ -83,14 +83,12 @@ QUICK_VARIANTS = ("dense (pretraining only)", "base", "finetune_lr 1e-4", "weigh
 
 def run_variant(item: tuple[str, dict[str, Any]]) -> dict[str, Any]:
     """One trial in this (worker) process, one thread; returns the table row."""
-    from trainables import TrialConfig
-    from trainables.deephoyer import run_trial
+    from trainables import TrialConfig, run_trial
 
     name, settings = item
     started = time.perf_counter()
     result = run_trial(TrialConfig.from_dict(settings))
-    keys = (
-        "status",
+    metrics = (
         "val_accuracy_before_prune",
         "val_accuracy_after_prune",
         "val_accuracy",
@@ -99,7 +97,8 @@ def run_variant(item: tuple[str, dict[str, Any]]) -> dict[str, Any]:
     )
     return {
         "variant": name,
-        **{key: result.get(key) for key in keys},
+        "status": result.status.value,
+        **{key: result.metric(key) for key in metrics},
         "wall_s": round(time.perf_counter() - started, 1),
     }
 
@@ -126,20 +125,24 @@ def main() -> None:
             (name, {**base, "num_threads": 1, "device": "cpu", "pretrain_cache_dir": cache, **VARIANTS[name]})
             for name in names
         ]
-        # Variants that share a pretraining run after the first one filled the cache (the cache lock serialises the rest).
+        # Variants that share a pretraining run after the first one filled the cache
+        # (the cache lock serialises the rest).
         with ProcessPoolExecutor(args.workers) as pool:
             rows = list(pool.map(run_variant, items))
 
     print(
-        f"\nRecipe ablation: {base['model']} on {base['dataset']}, HS strength {base['strength']:g}, threshold {base['threshold']:g} "
+        f"\nRecipe ablation: {base['model']} on {base['dataset']}, "
+        f"HS strength {base['strength']:g}, threshold {base['threshold']:g} "
         f"({base['pretrain_epochs']}+{base['epochs']}+{base['finetune_epochs']} epochs unless changed):\n"
     )
     print("| variant | val before prune | val after prune | val final | test | nonzero | wall |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
-            f"| {r['variant']} | {100 * r['val_accuracy_before_prune']:.2f} % | {100 * r['val_accuracy_after_prune']:.2f} % "
-            f"| {100 * r['val_accuracy']:.2f} % | {100 * r['test_accuracy']:.2f} % | {100 * r['nonzero_frac']:.2f} % | {r['wall_s']:.0f} s |"
+            f"| {r['variant']} | {100 * r['val_accuracy_before_prune']:.2f} % "
+            f"| {100 * r['val_accuracy_after_prune']:.2f} % "
+            f"| {100 * r['val_accuracy']:.2f} % | {100 * r['test_accuracy']:.2f} % "
+            f"| {100 * r['nonzero_frac']:.2f} % | {r['wall_s']:.0f} s |"
         )
     print(json.dumps({"base": base, "rows": rows}))
 

@@ -120,7 +120,8 @@ def main() -> None:
         runs = [one_repeat(args, seed, Path(workdir)) for seed in range(args.repeats)]
     medians = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
     print(
-        f"\n{args.trials} trials of {args.model} on {args.dataset}, {args.concurrency} concurrent, {args.repeats} repeats (medians)\n"
+        f"\n{args.trials} trials of {args.model} on {args.dataset}, "
+        f"{args.concurrency} concurrent, {args.repeats} repeats (medians)\n"
     )
     print("| measure | median |\n| --- | --- |")
     for key, value in medians.items():

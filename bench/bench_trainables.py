@@ -47,10 +47,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from trainables import data as tdata  # noqa: E402
-from trainables import (
-    regularizers,  # noqa: E402
-    run_trial,  # noqa: E402
-)
+from trainables import regularizers, run_trial  # noqa: E402
+from trainables.contract import TrialResult  # noqa: E402
 from trainables.models import build_model  # noqa: E402
 
 DEFAULT_DATA_DIR = (REPO_ROOT / ".." / "shared" / "data" / "mnist").resolve()
@@ -261,7 +259,7 @@ def bench_data(
 
 def bench_trial(
     data_dir: Path, epochs: int, finetune_epochs: int, threads: int, repeats: int, n_train: int
-) -> tuple[list[float], list[dict]]:
+) -> tuple[list[float], list[TrialResult]]:
     rates, results = [], []
     for _ in range(repeats):
         result = run_trial(
@@ -277,7 +275,7 @@ def bench_trial(
                 num_threads=threads,
             )
         )
-        rates.append((epochs + finetune_epochs) * n_train / result["wall_time_s"])
+        rates.append((epochs + finetune_epochs) * n_train / result.wall_time_s)
         results.append(result)
     return rates, results
 
@@ -387,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{overhead[bs]['hs_autograd_ref']:+.1f} % (CPU time {cpu_overhead[bs]['hs_autograd_ref']:+.1f} %) | |"
         )
     print(
-        f"| epoch pass + step, ours (tensors + iterate_batches), {data_n} samples | {rate['ours']:,.0f} samples/s | 1 | |"
+        f"| epoch pass + step, ours (tensors + iterate_batches), {data_n} samples "
+        f"| {rate['ours']:,.0f} samples/s | 1 | |"
     )
     for k in ("dataloader_w0", "dataloader_w2"):
         label = f"epoch pass + step, per-sample Dataset + DataLoader(num_workers={k[-1]})"
@@ -407,8 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     last = trial_results[-1]
     print(
         f"| run_trial MNIST, {trial_epochs} HS + {trial_finetune} fine-tune epochs (×{trial_repeats}) | "
-        f"{trial_rate:,.0f} samples/s | {median([r['wall_time_s'] for r in trial_results]):.1f} s wall, "
-        f"test acc {last['test_accuracy']:.4f}, nonzero {last['nonzero_frac']:.3f} | (context) |"
+        f"{trial_rate:,.0f} samples/s | {median([r.wall_time_s for r in trial_results]):.1f} s wall, "
+        f"test acc {last.test_accuracy:.4f}, nonzero {last.nonzero_frac:.3f} | (context) |"
     )
     print()
 
