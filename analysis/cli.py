@@ -1,4 +1,9 @@
-"""``hoyersweep pareto`` and ``hoyersweep ui``: look at stored sweeps without training anything."""
+"""``hoyersweep pareto`` and ``hoyersweep ui``: look at stored sweeps without training anything.
+
+``hoyersweep`` (``sweeps.cli``) dispatches both; ``python -m analysis.cli pareto|ui ...`` runs them
+without the sweep engine.  Importing this module loads neither pandas nor the sweep stack (the
+commands import what they need), so building the ``hoyersweep`` parser stays cheap.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +14,31 @@ import shutil
 import sys
 from pathlib import Path
 
-import pandas as pd
+from trainables.contract import (
+    FLOPS_FRAC,
+    METRICS,
+    MLFLOW_ARTIFACTS_DIR,
+    NONZERO_FRAC,
+    OPTUNA_FILE,
+    PARETO_TAG,
+    STATE_FILE,
+    TEST_ACCURACY,
+    TRIAL_NUMBER_KEY,
+    VAL_ACCURACY,
+    Status,
+    is_sweep_dir,
+)
 
-from analysis.pareto import pareto_front, parse_objectives
-from analysis.results import feasible_mask, load_results, sweep_constraints
-
-FRONT_COLUMNS = ("sweep", "trial_number", "reg", "strength", "threshold", "threshold_mode")
+FRONT_COLUMNS = ("sweep", TRIAL_NUMBER_KEY, "reg", "strength", "threshold", "threshold_mode")
+DEFAULT_OBJECTIVES_TEXT = f"{VAL_ACCURACY}:{METRICS[VAL_ACCURACY]},{NONZERO_FRAC}:{METRICS[NONZERO_FRAC]}"
+"""As ``analysis.pareto.DEFAULT_OBJECTIVES_TEXT``, without importing pandas to build the parser."""
 
 
 def add_pareto_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "sweeps", nargs="+", metavar="SWEEP", help="sweep folder, folder of sweeps, .parquet table or MLflow URI"
     )
-    parser.add_argument(
-        "--objectives", default="val_accuracy:max,nonzero_frac:min", help="name:max|min, comma-separated"
-    )
+    parser.add_argument("--objectives", default=DEFAULT_OBJECTIVES_TEXT, help="name:max|min, comma-separated")
     parser.add_argument("--by", help="one front per value of this column (e.g. reg, sweep, model)")
     parser.add_argument("--format", choices=["table", "csv", "json"], default="table")
     parser.add_argument("--save", metavar="PARQUET", help="also save the whole results table as parquet")
@@ -36,17 +51,26 @@ def add_pareto_arguments(parser: argparse.ArgumentParser) -> None:
 
 def pareto_command(args: argparse.Namespace) -> int:
     """Print the Pareto front(s) of the given sweeps; selection on validation, test shown beside."""
-    objectives = parse_objectives(args.objectives)
+    import pandas as pd
+
+    from analysis.pareto import pareto_front, parse_objectives
+    from analysis.results import feasible_mask, load_results, sweep_constraints, write_parquet
+
+    objectives = parse_objectives(args.objectives)  # a malformed one fails before anything is read
+    for o in objectives:
+        if METRICS.get(o.name, o.direction) != o.direction:
+            print(f"note: {o.name} is better when {METRICS[o.name]}; using {o.direction} as asked", file=sys.stderr)
     table = load_results(args.sweeps)
     if args.save:
-        from analysis.results import write_parquet
-
         write_parquet(table, args.save)
-    missing = [o.name for o in objectives if o.name not in table.columns] + (
-        [args.by] if args.by and args.by not in table.columns else []
-    )
-    if missing:
-        raise ValueError(f"unknown column(s): {', '.join(missing)}")
+    unknown = [o.name for o in objectives if o.name not in table.columns]
+    if unknown:
+        raise ValueError(
+            f"unknown objective column(s): {', '.join(unknown)}; the metrics are {', '.join(METRICS)} "
+            "(any numeric column of the results table also works)"
+        )
+    if args.by and args.by not in table.columns:
+        raise ValueError(f"unknown --by column {args.by!r}; columns: {', '.join(table.columns)}")
     constraints = [] if args.ignore_constraints else sweep_constraints(args.sweeps)
     feasible = table[feasible_mask(table, constraints)]  # as each sweep's own pareto.csv: constraint breakers stay off
     front = pareto_front(feasible, objectives, by=args.by)
@@ -56,8 +80,8 @@ def pareto_command(args: argparse.Namespace) -> int:
                 *([args.by] if args.by else []),
                 *FRONT_COLUMNS,
                 *(o.name for o in objectives),
-                "test_accuracy",
-                "flops_frac",
+                TEST_ACCURACY,
+                FLOPS_FRAC,
                 "mlflow_run_id",
             ]
         )
@@ -68,12 +92,13 @@ def pareto_command(args: argparse.Namespace) -> int:
     elif args.format == "json":
         print(json.dumps(json.loads(front.to_json(orient="records")), indent=None))
     else:
-        ok = int((table["status"] == "ok").sum())
-        broken = (
-            f", {len(table) - len(feasible)} breaking their sweep's constraints" if len(feasible) < len(table) else ""
-        )
+        ok = int((table["status"] == Status.OK.value).sum())
+        broken = len(table) - len(feasible)
+        broken_text = f", {broken} breaking their sweep's constraints" if broken else ""
+        on = ", ".join(f"{o.name} ({o.direction})" for o in objectives)
         print(
-            f"{len(table)} trials ({ok} ok{broken}) in {table['sweep'].nunique()} sweep(s); front of {len(front)} on {', '.join(f'{o.name} ({o.direction})' for o in objectives)}:"
+            f"{len(table)} trials ({ok} ok{broken_text}) in {table['sweep'].nunique()} sweep(s); "
+            f"front of {len(front)} on {on}:"
         )
         with pd.option_context("display.width", 200, "display.max_columns", 30):
             print(
@@ -95,18 +120,18 @@ def add_ui_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _sweep_folder(path: Path) -> Path:
     """The sweep folder itself, or the most recently changed sweep folder under ``path``."""
-    if (path / "state.json").exists():
+    if is_sweep_dir(path):
         return path
-    sweeps = sorted((p.parent for p in path.glob("*/state.json")), key=lambda p: p.stat().st_mtime)
+    sweeps = sorted((p.parent for p in path.glob(f"*/{STATE_FILE}")), key=lambda p: p.stat().st_mtime)
     if not sweeps:
-        raise ValueError(f"{path}: no sweep folder here (no state.json)")
+        raise ValueError(f"{path}: no sweep folder here (no {STATE_FILE})")
     return sweeps[-1]
 
 
 def ui_command(args: argparse.Namespace) -> int:
     """Start the MLflow UI on the sweep's tracking store, bound to 127.0.0.1 unless told otherwise."""
     sweep = _sweep_folder(Path(args.sweep))
-    state = json.loads((sweep / "state.json").read_text())
+    state = json.loads((sweep / STATE_FILE).read_text())
     tracking_uri = state["tracking_uri"]
     command = [
         sys.executable,
@@ -120,22 +145,52 @@ def ui_command(args: argparse.Namespace) -> int:
         "--port",
         str(args.port),
     ]
-    if (sweep / "mlartifacts").exists():
-        command += ["--default-artifact-root", (sweep / "mlartifacts").resolve().as_uri()]
+    if (sweep / MLFLOW_ARTIFACTS_DIR).exists():
+        command += ["--default-artifact-root", (sweep / MLFLOW_ARTIFACTS_DIR).resolve().as_uri()]
     from mlflow.tracking import MlflowClient
 
     experiment = MlflowClient(tracking_uri).get_experiment_by_name(state["name"])
     page = f"/#/experiments/{experiment.experiment_id}/runs" if experiment else ""
     print(
-        f"MLflow UI for sweep {state['name']}: http://{args.host}:{args.port}{page}  (expand the parent run {state.get('parent_run_id')}; filter tags.pareto = 'true')"
+        f"MLflow UI for sweep {state['name']}: http://{args.host}:{args.port}{page}  "
+        f"(expand the parent run {state.get('parent_run_id')}; filter tags.{PARETO_TAG} = 'true')"
     )
     dashboard = (
         "optuna-dashboard" if shutil.which("optuna-dashboard") else "pip install optuna-dashboard && optuna-dashboard"
     )
-    print(f"Optuna study {state['study_name']}: {dashboard} sqlite:///{(sweep / 'optuna.db').resolve()}")
+    print(f"Optuna study {state['study_name']}: {dashboard} sqlite:///{(sweep / OPTUNA_FILE).resolve()}")
     print("  " + " ".join(command), flush=True)
     if args.dry_run:
         return 0
     sys.stdout.flush()
     # Become the MLflow server, so Ctrl-C or a kill by PID reaches it and its workers directly.
     os.execve(sys.executable, command, {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``pareto`` and ``ui`` as in ``hoyersweep``, without the sweep engine's commands."""
+    parser = argparse.ArgumentParser(prog="python -m analysis.cli", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    pareto = commands.add_parser("pareto", help="print the Pareto front(s) of stored sweeps")
+    add_pareto_arguments(pareto)
+    pareto.set_defaults(handler=pareto_command)
+    ui = commands.add_parser("ui", help="start the MLflow UI (127.0.0.1) on a sweep's tracking store")
+    add_ui_arguments(ui)
+    ui.set_defaults(handler=ui_command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user error is one line on stderr and exit status 2 (as ``hoyersweep``)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ValueError, FileNotFoundError) as error:
+        if os.environ.get("HOYERSWEEP_DEBUG"):
+            raise
+        parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,7 +14,7 @@ Conventions (shared by every function here):
   and is ignored by the hypervolume.  Infinite metrics only arise from diverged
   or broken runs, so they are treated like missing values rather than as
   "infinitely good/bad".  For DataFrames, rows whose ``status_col`` value is not
-  in ``ok_status`` (failed, diverged, early-stopped, running, missing status) are
+  in ``ok_status`` (failed, diverged, pruned, interrupted, running, missing status) are
   ineligible too; if ``status_col`` is ``None`` or absent from the frame, every
   row counts as ok.  Ineligible rows are left untouched in the input frame;
   no function here mutates its input.
@@ -27,17 +27,19 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Literal, Union
 
 import numpy as np
 import pandas as pd
+
+from trainables.contract import FLOPS_FRAC, METRICS, NONZERO_FRAC, VAL_ACCURACY, Direction, Status
 
 __all__ = [
     "Direction",
     "Objective",
     "DEFAULT_OBJECTIVES",
+    "DEFAULT_OBJECTIVES_TEXT",
     "parse_objectives",
     "to_minimisation",
     "nondominated_mask",
@@ -50,8 +52,8 @@ __all__ = [
     "most_accurate_with_sparsity",
 ]
 
-Direction = Literal["min", "max"]
 _DIRECTIONS: tuple[str, ...] = ("min", "max")
+_OK: tuple[str, ...] = (Status.OK.value,)  # plain strings: pandas' isin hashes StrEnum members by name
 
 
 @dataclass(frozen=True)
@@ -69,20 +71,23 @@ class Objective:
 
 
 DEFAULT_OBJECTIVES: list[Objective] = [
-    Objective("val_accuracy", "max"),
-    Objective("nonzero_frac", "min"),
+    Objective(VAL_ACCURACY, METRICS[VAL_ACCURACY]),
+    Objective(NONZERO_FRAC, METRICS[NONZERO_FRAC]),
 ]
 
-ObjectivesLike = Union[str, Sequence[Objective | str]]
-OkStatus = Union[str, Sequence[object]]
+DEFAULT_OBJECTIVES_TEXT = ",".join(f"{o.name}:{o.direction}" for o in DEFAULT_OBJECTIVES)
+"""``DEFAULT_OBJECTIVES`` as ``parse_objectives`` reads them (the commands' ``--objectives`` default)."""
 
-# Known worst values used by ``default_reference`` (name, direction) -> bound.
+ObjectivesLike = str | Sequence[Objective | str]
+OkStatus = str | Sequence[object]
+
+# Known worst values used by ``default_reference`` (name, direction) -> bound: every maximised
+# accuracy of the contract -> 0, the dense fractions -> 1, and two common derived columns.
 _KNOWN_WORST: dict[tuple[str, str], float] = {
-    ("val_accuracy", "max"): 0.0,
+    **{(name, "max"): 0.0 for name, way in METRICS.items() if way == "max" and "accuracy" in name},
+    (NONZERO_FRAC, "min"): 1.0,  # fully dense model
+    (FLOPS_FRAC, "min"): 1.0,  # dense FLOPs
     ("train_accuracy", "max"): 0.0,
-    ("test_accuracy", "max"): 0.0,
-    ("nonzero_frac", "min"): 1.0,  # fully dense model
-    ("flops_frac", "min"): 1.0,  # dense FLOPs
     ("sparsity", "max"): 0.0,  # 1 - nonzero_frac
 }
 
@@ -90,7 +95,7 @@ _KNOWN_WORST: dict[tuple[str, str], float] = {
 # --------------------------------------------------------------------------- parsing
 
 
-def _parse_item(item: str) -> Objective:
+def _parse_item(item: str, known: Collection[str] | None = None) -> Objective:
     raw = item
     item = item.strip()
     if ":" not in item:
@@ -100,16 +105,19 @@ def _parse_item(item: str) -> Objective:
         raise ValueError(f"bad objective {raw!r}: empty column name")
     if direction.lower() not in _DIRECTIONS:
         raise ValueError(f"bad objective {raw!r}: direction must be 'min' or 'max', got {direction!r}")
+    if known is not None and name not in known:
+        raise ValueError(f"bad objective {raw!r}: unknown column {name!r}; known: {', '.join(known)}")
     return Objective(name, direction.lower())  # type: ignore[arg-type]
 
 
-def parse_objectives(text: str | Sequence[str]) -> list[Objective]:
+def parse_objectives(text: str | Sequence[str], known: Collection[str] | None = None) -> list[Objective]:
     """Parse ``"val_accuracy:max,nonzero_frac:min"`` (or a list of ``"name:dir"`` items).
 
     Names may contain colons (the direction is after the last one); directions
     are case-insensitive.  Raises a one-line ``ValueError`` naming the bad item
     for a missing/unknown direction, an empty name, a duplicate name or an
-    empty specification.
+    empty specification; with ``known`` (e.g. ``trainables.contract.METRICS``
+    or a table's columns), also for a name not in it, listing the known ones.
     """
     if isinstance(text, str) and not text.strip():
         raise ValueError(f"no objectives given in {text!r}")
@@ -121,7 +129,7 @@ def parse_objectives(text: str | Sequence[str]) -> list[Objective]:
             raise ValueError(f"bad objective {item!r}: expected a 'name:min|max' string")
         if not item.strip():
             raise ValueError(f"bad objective {item!r}: empty item in {text!r}")
-        obj = _parse_item(item)
+        obj = _parse_item(item, known)
         if obj.name in seen:
             raise ValueError(f"bad objective {item!r}: duplicate column {obj.name!r}")
         seen.add(obj.name)
@@ -320,7 +328,7 @@ def pareto_front(
     *,
     by: str | Sequence[str] | None = None,
     status_col: str | None = "status",
-    ok_status: OkStatus = ("ok",),
+    ok_status: OkStatus = _OK,
 ) -> pd.DataFrame:
     """Rows of ``df`` on the Pareto front of ``objectives`` (a copy; ``df`` is not modified).
 
@@ -435,19 +443,20 @@ def default_reference(
     objectives: ObjectivesLike = DEFAULT_OBJECTIVES,
     *,
     status_col: str | None = "status",
-    ok_status: OkStatus = ("ok",),
+    ok_status: OkStatus = _OK,
     margin: float = 0.0,
 ) -> np.ndarray:
     """Reference point (original units) for :func:`hypervolume`.
 
-    Known objectives use their natural worst value: accuracies (``val_``,
-    ``train_``, ``test_accuracy``, maximised) -> 0, ``nonzero_frac`` and ``flops_frac`` (minimised)
-    -> 1 (dense), ``sparsity`` (maximised) -> 0.  Any other objective uses the
-    worst value observed among the eligible rows of ``df`` (ok status and
-    finite in every objective, i.e. the rows that can reach a front), pushed out
-    by ``margin`` times the observed range; with the default ``margin=0`` the
-    points attaining that worst value add no volume.  Raises ``ValueError`` if
-    such an objective is given without ``df`` or ``df`` has no eligible rows.  With the default
+    Known objectives use their natural worst value: accuracies (every maximised
+    ``*accuracy*`` metric of ``trainables.contract.METRICS``, and ``train_accuracy``)
+    -> 0, ``nonzero_frac`` and ``flops_frac`` (minimised) -> 1 (dense), ``sparsity``
+    (maximised) -> 0.  Any other objective uses the worst value observed among the
+    eligible rows of ``df`` (ok status and finite in every objective, i.e. the rows
+    that can reach a front), pushed out by ``margin`` times the observed range; with
+    the default ``margin=0`` the points attaining that worst value add no volume.
+    Raises ``ValueError`` (listing the known objectives) if such an objective is
+    given without ``df``, or ``df`` has no eligible rows.  With the default
     objectives, ``default_reference()`` is ``[0.0, 1.0]``.
     """
     objs = _coerce_objectives(objectives)
@@ -459,7 +468,10 @@ def default_reference(
         return ref + 0.0
     if df is None:
         name = objs[unknown[0]].name
-        raise ValueError(f"no known worst value for objective {name!r}; pass df to use the observed worst")
+        raise ValueError(
+            f"no known worst value for objective {name!r} ({objs[unknown[0]].direction}); pass df to use the "
+            f"observed worst (known: {', '.join(f'{n}:{d}' for n, d in _KNOWN_WORST)})"
+        )
     v = _objective_values(df, objs)
     v = v[_eligible(df, v, status_col, ok_status)]
     if len(v) == 0:
@@ -477,7 +489,7 @@ def hypervolume_history(
     *,
     order_col: str | None = "trial_number",
     status_col: str | None = "status",
-    ok_status: OkStatus = ("ok",),
+    ok_status: OkStatus = _OK,
 ) -> pd.DataFrame:
     """Hypervolume of the front of the first ``i`` eligible trials, for every ``i``.
 
@@ -602,10 +614,10 @@ def sparsest_with_accuracy(
     df: pd.DataFrame,
     min_accuracy: float,
     *,
-    accuracy: str = "val_accuracy",
-    sparsity: str = "nonzero_frac",
+    accuracy: str = VAL_ACCURACY,
+    sparsity: str = NONZERO_FRAC,
     status_col: str | None = "status",
-    ok_status: OkStatus = ("ok",),
+    ok_status: OkStatus = _OK,
 ) -> pd.Series | None:
     """The row with the smallest ``sparsity`` (nonzero fraction) among rows with ``accuracy >= min_accuracy``.
 
@@ -622,10 +634,10 @@ def most_accurate_with_sparsity(
     df: pd.DataFrame,
     max_sparsity: float,
     *,
-    accuracy: str = "val_accuracy",
-    sparsity: str = "nonzero_frac",
+    accuracy: str = VAL_ACCURACY,
+    sparsity: str = NONZERO_FRAC,
     status_col: str | None = "status",
-    ok_status: OkStatus = ("ok",),
+    ok_status: OkStatus = _OK,
 ) -> pd.Series | None:
     """The row with the highest ``accuracy`` among rows with ``sparsity <= max_sparsity`` (nonzero fraction).
 

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.pareto import (
+    DEFAULT_OBJECTIVES_TEXT,
     Objective,
     default_reference,
     hypervolume_history,
@@ -41,7 +42,24 @@ from analysis.pareto import (
     parse_objectives,
     sparsest_with_accuracy,
 )
-from analysis.results import feasible_mask, load_layers, load_results, sweep_constraints, sweep_dirs
+from analysis.results import (
+    RUNNING,
+    SweepConstraint,
+    feasible_mask,
+    load_layers,
+    load_results,
+    sweep_constraints,
+    sweep_dirs,
+)
+from trainables.contract import (
+    FLOPS_FRAC,
+    NONZERO_FRAC,
+    RESULTS_FILE,
+    TEST_ACCURACY,
+    TRIAL_NUMBER_KEY,
+    VAL_ACCURACY,
+    Status,
+)
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn, so ``hoyersweep train`` starts fast
     from matplotlib.axes import Axes
@@ -50,19 +68,21 @@ if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn, so ``ho
 FIGURES: tuple[str, ...] = ("scatter", "hypervolume", "layers", "coverage")
 TABLE_COLUMNS: tuple[str, ...] = (
     "sweep",
-    "trial_number",
+    TRIAL_NUMBER_KEY,
     "reg",
     "strength",
     "threshold",
     "threshold_mode",
-    "val_accuracy",
-    "test_accuracy",
-    "nonzero_frac",
-    "flops_frac",
+    VAL_ACCURACY,
+    TEST_ACCURACY,
+    NONZERO_FRAC,
+    FLOPS_FRAC,
     "mlflow_run_id",
 )
-STATUS_ORDER: tuple[str, ...] = ("ok", "diverged", "error", "stopped", "running")
-OUTCOME_COLORS: dict[str, str] = {"on front": "#d62728", "ok": "#1f77b4", "failed or diverged": "#7f7f7f"}
+STATUS_ORDER: tuple[str, ...] = (*(status.value for status in Status), RUNNING)
+OK = Status.OK.value
+NOT_OK = "not ok"
+OUTCOME_COLORS: dict[str, str] = {"on front": "#d62728", OK: "#1f77b4", NOT_OK: "#7f7f7f"}
 GROUP_COLORS: tuple[str, ...] = (
     "#1f77b4",
     "#ff7f0e",
@@ -108,7 +128,7 @@ class ReportData:
     history: pd.DataFrame  # sweep, trial_number, n_trials, hypervolume
     reference: np.ndarray | None
     layers: pd.DataFrame | None
-    constraints: list[dict] = field(default_factory=list)  # {sweep, metric, min|max} from the sweep folders' specs
+    constraints: list[SweepConstraint] = field(default_factory=list)  # from the sweep folders' specs
     notes: dict[str, list[str]] = field(default_factory=dict)  # section -> messages
 
     def note(self, section: str, message: str) -> None:
@@ -116,13 +136,18 @@ class ReportData:
 
     @property
     def ok(self) -> pd.DataFrame:
-        return self.table[self.table["status"].eq("ok").fillna(False).to_numpy(dtype=bool)]
+        return self.table[_is_ok(self.table)]
+
+
+def _is_ok(table: pd.DataFrame) -> np.ndarray:
+    """Rows whose status is ``ok`` (a missing status is not)."""
+    return table["status"].eq(OK).fillna(False).to_numpy(dtype=bool)
 
 
 def _axis_columns(objectives: Sequence[Objective]) -> tuple[str, str]:
     """(accuracy, sparsity) columns: the first maximised and first minimised objective, else the defaults."""
-    accuracy = next((o.name for o in objectives if o.direction == "max"), "val_accuracy")
-    sparsity = next((o.name for o in objectives if o.direction == "min"), "nonzero_frac")
+    accuracy = next((o.name for o in objectives if o.direction == "max"), VAL_ACCURACY)
+    sparsity = next((o.name for o in objectives if o.direction == "min"), NONZERO_FRAC)
     return accuracy, sparsity
 
 
@@ -146,8 +171,9 @@ def _choices(
     min_accuracy: float | None,
     max_nonzero: float | None,
 ) -> list[Choice]:
-    """Knee of the overall (feasible) front; sparsest above an accuracy floor and most accurate below a density cap, over all trials."""
-    ok = table[table["status"].eq("ok").fillna(False).to_numpy(dtype=bool) & _finite(table, [accuracy, sparsity])]
+    """Knee of the overall (feasible) front; over all trials, the sparsest above an accuracy floor and the most
+    accurate below a density cap."""
+    ok = table[_is_ok(table) & _finite(table, [accuracy, sparsity])]
     if ok.empty:
         return []
     with warnings.catch_warnings():
@@ -205,16 +231,12 @@ def _layers(sources: Sequence[str], data: ReportData) -> pd.DataFrame | None:
             )
             data.note(
                 "layers",
-                f"{source} is {kind}: per-layer sparsity is only read from sweep folders (results.jsonl), so its trials have none here.",
+                f"{source} is {kind}: per-layer sparsity is only read from sweep folders ({RESULTS_FILE}), "
+                "so its trials have none here.",
             )
         frames.extend(load_layers(d) for d in dirs)
     frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else None
-
-
-def _constraint_text(c: dict) -> str:
-    bound = f"≥ {c['min']:g}" if c.get("min") is not None else f"≤ {c['max']:g}"
-    return f"{c['sweep']}: {c['metric']} {bound}"
 
 
 def collect(
@@ -256,7 +278,8 @@ def collect(
     if infeasible:
         data.note(
             "front",
-            f"{infeasible} trial(s) violate their sweep's constraints: plotted, but kept off the fronts, the knee and the hypervolume.",
+            f"{infeasible} trial(s) violate their sweep's constraints: plotted, but kept off the fronts, "
+            "the knee and the hypervolume.",
         )
     try:
         data.reference = default_reference(table, objectives)
@@ -269,7 +292,7 @@ def collect(
     return data
 
 
-# --------------------------------------------------------------------------- figures (one function each, shared styling)
+# --------------------------------------------------------------------------- figures (one function each)
 
 
 def _new_figure(panels: int, *, width: float = 9.0, height: float = 5.0, rows: int = 1) -> tuple[Figure, list[Axes]]:
@@ -372,7 +395,7 @@ def _draw_trials(ax: Axes, data: ReportData, plotted: pd.DataFrame, ok: np.ndarr
             failed[y],
             marker="x",
             s=30,
-            color=OUTCOME_COLORS["failed or diverged"],
+            color=OUTCOME_COLORS[NOT_OK],
             label="not ok (excluded)",
         )
     for i, choice in enumerate(c for c in data.choices if c.row is not None):
@@ -394,15 +417,15 @@ def _draw_trials(ax: Axes, data: ReportData, plotted: pd.DataFrame, ok: np.ndarr
             fontsize=8,
             arrowprops=dict(arrowstyle="-", color="0.4", linewidth=0.6),
         )
-    for c in {(c["metric"], c.get("min"), c.get("max")) for c in data.constraints}:
-        bound = c[1] if c[1] is not None else c[2]
-        if c[0] in (x, y) and bound is not None:
-            (ax.axhline if c[0] == y else ax.axvline)(
+    for c in dict.fromkeys(sc.constraint for sc in data.constraints):  # each distinct bound once, in spec order
+        bound = c.min if c.min is not None else c.max
+        if c.metric in (x, y):
+            (ax.axhline if c.metric == y else ax.axvline)(
                 bound,
                 color="0.5",
                 linestyle="--",
                 linewidth=0.9,
-                label=f"sweep constraint {c[0]} {'≥' if c[1] is not None else '≤'} {bound:g}",
+                label=f"sweep constraint {c.describe()}",
             )
 
 
@@ -416,18 +439,20 @@ def _zoom_floor(data: ReportData, plotted: pd.DataFrame, ok: np.ndarray) -> floa
     if not any(o.name == y and o.direction == "max" for o in data.objectives) or not ok.any():
         return None
     values = plotted.loc[ok, y].to_numpy(dtype=float)
-    floors = [c["min"] for c in data.constraints if c["metric"] == y and c.get("min") is not None]
+    floors = [
+        sc.constraint.min for sc in data.constraints if sc.constraint.metric == y and sc.constraint.min is not None
+    ]
     floor = max(floors) if floors else float(values.max()) - 0.05
     return floor if (values < floor).any() and (values >= floor).sum() >= 2 else None
 
 
 def scatter_figure(data: ReportData) -> Figure | None:
-    """Every trial in (sparsity, accuracy), fronts highlighted; beside it, a zoom on the trials above the accuracy floor."""
+    """Every trial in (sparsity, accuracy), fronts highlighted; beside it, a zoom on those above the accuracy floor."""
     table, x, y = data.table, data.sparsity, data.accuracy
     plotted = table[_finite(table, [x, y])]
     if plotted.empty:
         return None
-    ok = plotted["status"].eq("ok").fillna(False).to_numpy(dtype=bool)
+    ok = _is_ok(plotted)
     floor = _zoom_floor(data, plotted, ok)
     fig, axes = _new_figure(2 if floor is not None else 1, width=7.5 if floor is not None else 10, height=6)
     left_out = len(table) - len(plotted)
@@ -520,7 +545,8 @@ def layers_figure(data: ReportData) -> Figure | None:
             fontsize=8,
         )
         ax.set_ylim(0, 1.05)
-        title = f"{label}: {row['sweep']} trial {row['trial_number']} ({data.sparsity}={row[data.sparsity]:.4g}, {data.accuracy}={row[data.accuracy]:.4g})"
+        values = f"{data.sparsity}={row[data.sparsity]:.4g}, {data.accuracy}={row[data.accuracy]:.4g}"
+        title = f"{label}: {row['sweep']} trial {row['trial_number']} ({values})"
         _style(ax, title, "", "fraction kept", legend=False)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside upper center", ncols=len(LAYER_BARS), fontsize=9)
     return fig
@@ -531,9 +557,7 @@ def coverage_figure(data: ReportData) -> Figure | None:
     table = data.table
     if table.empty or not {"strength", "threshold"} <= set(table.columns):
         return None
-    outcome = np.where(table["status"].eq("ok").fillna(False).to_numpy(dtype=bool), "ok", "failed or diverged").astype(
-        object
-    )
+    outcome = np.where(_is_ok(table), OK, NOT_OK).astype(object)
     outcome[table.index.get_indexer(data.front.index)] = "on front"
     modes = sorted(table["threshold_mode"].dropna().unique().tolist()) if "threshold_mode" in table.columns else []
     modes = modes if len(modes) > 1 else [None]
@@ -546,7 +570,7 @@ def coverage_figure(data: ReportData) -> Figure | None:
         )
         for name, color in OUTCOME_COLORS.items():
             rows = table[in_mode & (outcome == name)]
-            marker = "x" if name == "failed or diverged" else "o"
+            marker = "x" if name == NOT_OK else "o"
             ax.scatter(
                 rows["strength"],
                 rows["threshold"],
@@ -565,12 +589,17 @@ def coverage_figure(data: ReportData) -> Figure | None:
 
 
 CSS = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 24px auto; max-width: 1150px; color: #222; line-height: 1.45; padding: 0 16px; }
-h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.25em; border-bottom: 1px solid #ddd; padding-bottom: 4px; margin-top: 1.8em; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 8px 0; } th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: right; }
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 24px auto; max-width: 1150px;
+  color: #222; line-height: 1.45; padding: 0 16px; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; }
+h2 { font-size: 1.25em; border-bottom: 1px solid #ddd; padding-bottom: 4px; margin-top: 1.8em; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 8px 0; }
+th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: right; }
 th { background: #f3f3f3; } td.text, th.text { text-align: left; } tr:nth-child(even) td { background: #fafafa; }
-img { max-width: 100%; height: auto; border: 1px solid #eee; } .note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 6px 10px; margin: 8px 0; }
-.muted { color: #666; font-size: 0.9em; } .scroll { overflow-x: auto; } td.text { white-space: nowrap; } code { background: #f3f3f3; padding: 0 3px; }
+img { max-width: 100%; height: auto; border: 1px solid #eee; }
+.note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 6px 10px; margin: 8px 0; }
+.muted { color: #666; font-size: 0.9em; } .scroll { overflow-x: auto; } td.text { white-space: nowrap; }
+code { background: #f3f3f3; padding: 0 3px; }
 """
 TEXT_COLUMNS = {
     "sweep",
@@ -616,7 +645,8 @@ def table_html(frame: pd.DataFrame, columns: Sequence[str], css_id: str | None =
 
 
 def _img(name: str, png: bytes, alt: str) -> str:
-    return f'<img id="fig-{_esc(name)}" alt="{_esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+    source = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    return f'<img id="fig-{_esc(name)}" alt="{_esc(alt)}" src="{source}">'
 
 
 def _notes(data: ReportData, section: str) -> str:
@@ -644,9 +674,11 @@ def _header(data: ReportData, sources: Sequence[str]) -> str:
         "<p>Sources: " + ", ".join(f"<code>{_esc(s)}</code>" for s in sources) + "</p>",
         f"<p>{len(table)} trial(s) in {table['sweep'].nunique()} sweep(s); {len(data.ok)} ok.</p>",
         table_html(counts, ["sweep", *statuses, "total"], "status-counts") if len(table) else "",
-        f"<p>Objectives: {objectives}. Fronts are computed per <code>{_esc(data.by)}</code>; chosen points over all trials.</p>",
-        '<p class="muted">Selection uses validation metrics only (the objectives above). Test accuracy is shown beside each '
-        "chosen point for reporting and is never used to select. Failed, diverged and stopped trials never enter a front.</p>",
+        f"<p>Objectives: {objectives}. Fronts are computed per <code>{_esc(data.by)}</code>; "
+        "chosen points over all trials.</p>",
+        '<p class="muted">Selection uses validation metrics only (the objectives above). '
+        "Test accuracy is shown beside each chosen point for reporting and is never used to select. "
+        "Trials that did not finish ok (failed, diverged, pruned, interrupted) never enter a front.</p>",
     ]
     if any("test" in o.name.lower() for o in data.objectives):
         parts.append(
@@ -656,12 +688,13 @@ def _header(data: ReportData, sources: Sequence[str]) -> str:
         parts.append(
             '<p class="muted">Sweep constraints (trials that violate them stay off the fronts, as in each sweep\'s own '
             "<code>pareto.csv</code>; the chosen points' rules apply to all trials): "
-            + "; ".join(_esc(_constraint_text(c)) for c in data.constraints)
+            + "; ".join(_esc(c.describe()) for c in data.constraints)
             + ".</p>"
         )
     if data.ok.empty:
         parts.append(
-            '<p class="note" id="no-ok-trial">No trial finished ok: there is no Pareto front, no chosen point and no hypervolume. '
+            '<p class="note" id="no-ok-trial">No trial finished ok: '
+            "there is no Pareto front, no chosen point and no hypervolume. "
             "See the excluded trials below for what went wrong.</p>"
         )
     return "".join(parts)
@@ -687,16 +720,15 @@ def _front_section(data: ReportData) -> str:
             table_html(chosen, ["chosen", *TABLE_COLUMNS], "chosen-table") if len(chosen) else "",
             f'<ul class="muted">{rules}</ul>',
         ]
-    excluded = data.table[~data.table["status"].eq("ok").fillna(False).to_numpy(dtype=bool)]
+    excluded = data.table[~_is_ok(data.table)]
     if len(excluded):
         body = table_html(
             excluded.assign(message=excluded["message"].fillna("").str.slice(0, 300)),
-            ["sweep", "trial_number", "status", "reg", "strength", "threshold", "message"],
+            ["sweep", TRIAL_NUMBER_KEY, "status", "reg", "strength", "threshold", "message"],
             "excluded-table",
         )
-        parts.append(
-            f"<details{' open' if len(excluded) <= 20 else ''}><summary>{len(excluded)} excluded trial(s) (not ok)</summary>{body}</details>"
-        )
+        summary = f"<summary>{len(excluded)} excluded trial(s) (not ok)</summary>"
+        parts.append(f"<details{' open' if len(excluded) <= 20 else ''}>{summary}{body}</details>")
     return "".join(parts)
 
 
@@ -707,10 +739,9 @@ def _layers_tables(data: ReportData) -> str:
     parts = []
     for label, row in _chosen_trials(data):
         layers = _layer_rows(data, row)
+        trial = f"{_esc(row['sweep'])} trial {_esc(row['trial_number'])}"
         if layers.empty:
-            parts.append(
-                f'<p class="note">{_esc(label)} ({_esc(row["sweep"])} trial {_esc(row["trial_number"])}): no per-layer record.</p>'
-            )
+            parts.append(f'<p class="note">{_esc(label)} ({trial}): no per-layer record.</p>')
             continue
         columns = [
             "name",
@@ -724,7 +755,8 @@ def _layers_tables(data: ReportData) -> str:
             "cols_total",
         ]
         parts.append(
-            f"<details><summary>{_esc(label)}: {_esc(row['sweep'])} trial {_esc(row['trial_number'])}, {len(layers)} layers</summary>{table_html(layers, columns)}</details>"
+            f"<details><summary>{_esc(label)}: {trial}, {len(layers)} layers</summary>"
+            f"{table_html(layers, columns)}</details>"
         )
     return "".join(parts)
 
@@ -743,8 +775,9 @@ def render_html(data: ReportData, images: dict[str, bytes], sources: Sequence[st
                 "scatter", "accuracy against sparsity of every trial", "No trial has finite objective values to plot."
             )
             + (
-                '<p class="muted">Large outlined markers are each group\'s front, joined by the boundary of what it dominates; stars are the chosen '
-                "points; crosses are trials that did not finish ok (never on a front).</p>"
+                '<p class="muted">Large outlined markers are each group\'s front, joined by the boundary of what '
+                "it dominates; stars are the chosen points; "
+                "crosses are trials that did not finish ok (never on a front).</p>"
                 if "scatter" in images
                 else ""
             ),
@@ -759,7 +792,8 @@ def render_html(data: ReportData, images: dict[str, bytes], sources: Sequence[st
                 "hypervolume of the front against trials run",
                 "No ok trial with finite objectives: no hypervolume to show.",
             )
-            + '<p class="muted">One reference point for every sweep, so the curves compare: a curve that flattens early found its front early.</p>',
+            + '<p class="muted">One reference point for every sweep, so the curves compare: '
+            "a curve that flattens early found its front early.</p>",
         ),
         _section(
             "layers",
@@ -779,10 +813,10 @@ def render_html(data: ReportData, images: dict[str, bytes], sources: Sequence[st
     title = f"hoyersweep report: {', '.join(sorted(map(str, data.table['sweep'].dropna().unique()))) or 'no trials'}"
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title><style>{CSS}</style></head><body>'
-        f'<h1>{_esc(title)}</h1><p class="muted">generated {_esc(generated)}</p><section id="header">{_header(data, sources)}</section>'
-        + "".join(sections)
-        + "</body></html>\n"
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>"
+        f'<h1>{_esc(title)}</h1><p class="muted">generated {_esc(generated)}</p>'
+        f'<section id="header">{_header(data, sources)}</section>' + "".join(sections) + "</body></html>\n"
     )
 
 
@@ -815,7 +849,7 @@ def build_report(
     sources: Sequence[str],
     output: str | Path,
     *,
-    objectives: str = "val_accuracy:max,nonzero_frac:min",
+    objectives: str = DEFAULT_OBJECTIVES_TEXT,
     by: str | None = None,
     min_accuracy: float | None = None,
     max_nonzero: float | None = None,
@@ -846,9 +880,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
         default="report.html",
         help="HTML file to write; figures go beside it as <stem>_<figure>.png (default report.html)",
     )
-    parser.add_argument(
-        "--objectives", default="val_accuracy:max,nonzero_frac:min", help="name:max|min, comma-separated"
-    )
+    parser.add_argument("--objectives", default=DEFAULT_OBJECTIVES_TEXT, help="name:max|min, comma-separated")
     parser.add_argument("--by", help="one front per value of this column (default: reg when several, else sweep)")
     parser.add_argument(
         "--min-accuracy", type=float, help="accuracy floor of 'sparsest with accuracy >= X' (default: best minus 0.01)"

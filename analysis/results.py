@@ -2,47 +2,62 @@
 
 Schema (``COLUMNS``; one row per trial, the same dtypes whatever the source):
 
-- identity: ``sweep``, ``trial_number``, ``status`` (``ok``, ``diverged``, ``error``,
-  ``stopped``), ``message``, ``mlflow_run_id``, ``searched`` (comma-separated names of the
-  settings Optuna sampled in that sweep);
+- identity: ``sweep``, ``trial_number``, ``status`` (a ``trainables.contract.Status`` name:
+  ``ok``, ``failed``, ``diverged``, ``pruned``, ``interrupted``; ``running`` for an MLflow run
+  that has no status yet), ``message``, ``mlflow_run_id``, ``searched`` (comma-separated names
+  of the settings Optuna sampled in that sweep);
 - every trial setting of ``trainables.config.TrialConfig`` under its own name (``reg``,
   ``strength``, ``threshold``, ``threshold_mode``, ``model``, ``dataset``, ``epochs``, …) —
   the sampled ones and the fixed ones alike;
-- final metrics: ``val_accuracy``, ``test_accuracy``, ``nonzero_frac``, ``flops_frac``,
-  ``loss``, ``val_loss``, ``val_accuracy_before_prune``, ``val_accuracy_after_prune``,
-  ``epochs_run``, ``wall_time_s``.
+- final metrics: every ``trainables.contract.METRICS`` name (``val_accuracy``,
+  ``test_accuracy``, ``nonzero_frac``, ``flops_frac``, ``loss``, ``val_loss``,
+  ``val_accuracy_before_prune``, ``val_accuracy_after_prune``, ``wall_time_s``) and
+  ``epochs_run``.
 
-Failed, diverged and stopped trials are kept with their status (their metrics NaN); the
-front functions in ``analysis.pareto`` keep them off every front.  Per-layer sparsity is a
-separate long table (``load_layers``).  This module only reads what sweeps stored.
+Trials that did not finish ok are kept with their status (their metrics NaN); the front
+functions in ``analysis.pareto`` keep them off every front.  Statuses written by older
+versions load under their current names (``error`` → ``failed``, ``stopped`` →
+``interrupted``), whichever the source.  Per-layer sparsity is a separate long table
+(``load_layers``).  This module only reads what sweeps stored; it imports
+``trainables.contract`` and ``trainables.config`` (both torch-free), never ``sweeps``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
-from dataclasses import fields
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from sweeps.records import RESULTS_FILE, read_ledger
 from trainables.config import TrialConfig
-
-METRIC_COLUMNS: tuple[str, ...] = (
-    "val_accuracy",
-    "test_accuracy",
-    "nonzero_frac",
-    "flops_frac",
-    "loss",
-    "val_loss",
-    "val_accuracy_before_prune",
-    "val_accuracy_after_prune",
-    "wall_time_s",
+from trainables.contract import (
+    FINAL_PREFIX,
+    MESSAGE_TAG,
+    METRICS,
+    PARENT_RUN_TAG,
+    RESULTS_FILE,
+    SEARCH_PARAM_PREFIX,
+    SPEC_FILE,
+    STATE_FILE,
+    STATUS_TAG,
+    SWEEP_TAG,
+    TRIAL_NUMBER_KEY,
+    TRIAL_TAG,
+    Constraint,
+    is_sweep_dir,
+    parse_status,
+    read_ledger,
 )
+
+METRIC_COLUMNS: tuple[str, ...] = tuple(METRICS)
+RUNNING = "running"
+"""The status of an MLflow trial run with no status tag yet (still running); not a contract status."""
+
 _SETTING_DTYPES = {"float": "float64", "int": "Int64", "bool": "boolean", "str": "string"}
 
 
@@ -54,7 +69,7 @@ def _setting_dtype(annotation: str) -> str:
 SETTING_COLUMNS: dict[str, str] = {f.name: _setting_dtype(str(f.type)) for f in fields(TrialConfig)}
 COLUMNS: dict[str, str] = {
     "sweep": "string",
-    "trial_number": "Int64",
+    TRIAL_NUMBER_KEY: "Int64",
     "status": "string",
     "message": "string",
     **SETTING_COLUMNS,
@@ -69,60 +84,84 @@ class ResultsError(ValueError):
     """A source holds no sweep results; the message names it."""
 
 
-def _typed(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Rows to a frame with exactly ``COLUMNS`` in order and dtypes (missing values as NA)."""
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and value != value)
+
+
+def status_name(value: Any) -> str | None:
+    """A stored status under its current name: ``Status`` names as they are, legacy ones mapped.
+
+    ``error`` → ``failed``, ``stopped`` → ``interrupted``; a missing status stays missing and a
+    name the contract does not know (``running``) is kept as written rather than dropped.
+    """
+    if _missing(value):
+        return None
+    try:
+        return parse_status(str(value)).value
+    except ValueError:
+        return str(value)
+
+
+def _statuses(column: pd.Series) -> pd.Series:
+    """``status_name`` over a column, once per distinct value."""
+    names = {value: status_name(value) for value in column.dropna().unique()}
+    return column.map(names, na_action="ignore")
+
+
+def _typed(rows: list[dict[str, Any]] | pd.DataFrame) -> pd.DataFrame:
+    """Rows to a frame with exactly ``COLUMNS`` in order and dtypes (missing values as NA), statuses current."""
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    frame["status"] = _statuses(frame["status"].astype(object))
     for column, dtype in COLUMNS.items():
         if dtype == "boolean":
             frame[column] = frame[column].map(_parse_bool).astype(dtype)
         elif dtype in ("float64", "Int64"):
             frame[column] = pd.to_numeric(frame[column].replace({"None": None}), errors="coerce").astype(dtype)
         else:
-            frame[column] = (
-                frame[column]
-                .map(lambda v: None if v is None or v == "None" or (isinstance(v, float) and v != v) else str(v))
-                .astype(dtype)
-            )
-    return frame.sort_values(["sweep", "trial_number"], kind="stable").reset_index(drop=True)
+            frame[column] = frame[column].map(lambda v: None if _missing(v) or v == "None" else str(v)).astype(dtype)
+    return frame.sort_values(["sweep", TRIAL_NUMBER_KEY], kind="stable").reset_index(drop=True)
 
 
 def _parse_bool(value: Any) -> bool | None:
-    if value is None or value == "None" or (isinstance(value, float) and value != value):
+    if _missing(value) or value == "None":
         return None
     if isinstance(value, str):
         return value.lower() == "true"
     return bool(value)
 
 
-def sweep_meta(sweep_dir: Path) -> tuple[str, str]:
-    """(sweep name, comma-joined searched names) from the sweep folder's state and spec."""
+def _read_spec(sweep_dir: Path) -> dict[str, Any]:
     import yaml
 
-    state = json.loads((sweep_dir / "state.json").read_text())
-    spec = yaml.safe_load((sweep_dir / "spec.yaml").read_text())
-    return state["name"], ",".join(sorted(spec.get("search", {})))
+    path = sweep_dir / SPEC_FILE
+    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+
+
+def sweep_meta(sweep_dir: Path) -> tuple[str, str]:
+    """(sweep name, comma-joined searched names) from the sweep folder's state and spec."""
+    state = json.loads((sweep_dir / STATE_FILE).read_text())
+    return state["name"], ",".join(sorted(_read_spec(sweep_dir).get("search") or {}))
 
 
 def from_sweep_dir(sweep_dir: str | os.PathLike) -> pd.DataFrame:
     """The table of one sweep folder, from its results ledger (``results.jsonl``)."""
     sweep_dir = Path(sweep_dir)
-    ledger = sweep_dir / RESULTS_FILE
-    if not (sweep_dir / "state.json").exists():
-        raise ResultsError(f"{sweep_dir}: not a sweep folder (no state.json)")
+    if not is_sweep_dir(sweep_dir):
+        raise ResultsError(f"{sweep_dir}: not a sweep folder (no {STATE_FILE})")
     name, searched = sweep_meta(sweep_dir)
     rows = [
         {
             **row.get("config", {}),
             **{k: row.get(k) for k in METRIC_COLUMNS},
             "sweep": name,
-            "trial_number": row["trial_number"],
+            TRIAL_NUMBER_KEY: row[TRIAL_NUMBER_KEY],
             "status": row["status"],
             "message": row.get("message"),
             "epochs_run": row.get("epochs"),
             "mlflow_run_id": row.get("mlflow_run_id"),
             "searched": searched,
         }
-        for row in read_ledger(ledger)
+        for row in read_ledger(sweep_dir / RESULTS_FILE)
     ]
     return _typed(rows)
 
@@ -132,7 +171,12 @@ def load_layers(sweep_dir: str | os.PathLike) -> pd.DataFrame:
     sweep_dir = Path(sweep_dir)
     name, _ = sweep_meta(sweep_dir)
     rows = [
-        {"sweep": name, "trial_number": row["trial_number"], **layer, "shape": "x".join(map(str, layer["shape"]))}
+        {
+            "sweep": name,
+            TRIAL_NUMBER_KEY: row[TRIAL_NUMBER_KEY],
+            **layer,
+            "shape": "x".join(map(str, layer["shape"])),
+        }
         for row in read_ledger(sweep_dir / RESULTS_FILE)
         for layer in row.get("layers") or []
     ]
@@ -144,40 +188,71 @@ def sweep_dirs(source: str) -> list[Path]:
     path = Path(source)
     if "://" in source or path.suffix == ".parquet":
         return []
-    if (path / "state.json").exists():
+    if is_sweep_dir(path):
         return [path]
-    return sorted(p.parent for p in path.glob("*/state.json"))
+    return sorted(p.parent for p in path.glob(f"*/{STATE_FILE}"))
 
 
-def sweep_constraints(sources: Sequence[str]) -> list[dict]:
+# --------------------------------------------------------------------------- constraints
+
+
+@dataclass(frozen=True)
+class SweepConstraint:
+    """A ``trainables.contract.Constraint`` of one sweep's spec (``sweep`` None: of every sweep)."""
+
+    sweep: str | None
+    constraint: Constraint
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> SweepConstraint:
+        """From ``{"sweep": ..., "metric": ..., "min"|"max": ...}`` (the constraint part as in a spec)."""
+        return cls(values.get("sweep"), Constraint.from_dict(values))
+
+    def describe(self) -> str:
+        text = self.constraint.describe()
+        return text if self.sweep is None else f"{self.sweep}: {text}"
+
+
+def sweep_constraints(sources: Sequence[str]) -> list[SweepConstraint]:
     """The constraints of the sweep folders' specs, each tagged with its sweep's name (the table's ``sweep``)."""
-    import yaml
-
     found = []
     for source in sources:
         for sweep in sweep_dirs(str(source)):
-            spec = yaml.safe_load((sweep / "spec.yaml").read_text()) if (sweep / "spec.yaml").exists() else {}
             name = sweep_meta(sweep)[0]
-            found += [
-                {"sweep": name, **c}
-                for c in (spec or {}).get("constraints") or []
-                if isinstance(c, dict) and "metric" in c
-            ]
+            for values in _read_spec(sweep).get("constraints") or []:
+                try:
+                    found.append(SweepConstraint(name, Constraint.from_dict(values)))
+                except (KeyError, TypeError, ValueError) as error:
+                    raise ResultsError(f"{sweep / SPEC_FILE}: bad constraint {values!r}: {error}") from None
     return found
 
 
-def feasible_mask(table: pd.DataFrame, constraints: Sequence[dict]) -> np.ndarray:
-    """True where a row satisfies every constraint of its own sweep (a NaN metric does not); as each sweep's pareto.csv."""
+def feasible_mask(table: pd.DataFrame, constraints: Iterable[SweepConstraint | Mapping[str, Any]]) -> np.ndarray:
+    """True where a row satisfies every constraint of its own sweep, as each sweep's ``pareto.csv``.
+
+    The rule is ``Constraint.satisfied``, applied to whole columns: a NaN or missing value (or
+    a metric the table lacks) never satisfies a bound.  Each constraint is a ``SweepConstraint``
+    or a mapping ``{"sweep", "metric", "min"|"max"}``.
+    """
     feasible = np.ones(len(table), dtype=bool)
-    sweeps = table["sweep"].astype(object).to_numpy()
-    for c in constraints:
-        if c["metric"] not in table.columns:
-            continue
-        values = table[c["metric"]].to_numpy(dtype=float, na_value=np.nan)
-        with np.errstate(invalid="ignore"):
-            ok = values >= c["min"] if c.get("min") is not None else values <= c["max"]
-        feasible &= ~(sweeps == c["sweep"]) | ok
+    for item in constraints:
+        sc = item if isinstance(item, SweepConstraint) else SweepConstraint.from_dict(item)
+        constraint = sc.constraint
+        if sc.sweep is None:
+            applies = np.ones(len(table), dtype=bool)
+        else:
+            applies = table["sweep"].eq(sc.sweep).fillna(False).to_numpy(dtype=bool)
+        if constraint.metric in table.columns:
+            values = pd.to_numeric(table[constraint.metric], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+            with np.errstate(invalid="ignore"):
+                ok = np.asarray(constraint.satisfied(values), dtype=bool)
+        else:
+            ok = np.zeros(len(table), dtype=bool)
+        feasible &= ~applies | ok
     return feasible
+
+
+# --------------------------------------------------------------------------- sources
 
 
 def from_mlflow(tracking_uri: str, experiment: str | None = None, parent_run_id: str | None = None) -> pd.DataFrame:
@@ -194,25 +269,29 @@ def from_mlflow(tracking_uri: str, experiment: str | None = None, parent_run_id:
         if not experiments:
             raise ResultsError(f"{tracking_uri}: no experiment named {experiment!r}")
         experiment_ids = [e.experiment_id for e in experiments]
-        parents = client.search_runs(experiment_ids, filter_string="tags.`hoyersweep.sweep` != ''", max_results=50000)
-        parents = [run for run in parents if "mlflow.parentRunId" not in run.data.tags]
+        parents = client.search_runs(experiment_ids, filter_string=f"tags.`{SWEEP_TAG}` != ''", max_results=50000)
+        parents = [run for run in parents if PARENT_RUN_TAG not in run.data.tags]
     rows = []
     for parent in parents:
-        searched = ",".join(sorted(k.removeprefix("search.") for k in parent.data.params if k.startswith("search.")))
+        searched = ",".join(
+            sorted(k.removeprefix(SEARCH_PARAM_PREFIX) for k in parent.data.params if k.startswith(SEARCH_PARAM_PREFIX))
+        )
         children = client.search_runs(
-            experiment_ids, filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=50000
+            experiment_ids,
+            filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent.info.run_id}'",
+            max_results=50000,
         )
         for run in children:
             metrics, tags = run.data.metrics, run.data.tags
             rows.append(
                 {
                     **run.data.params,
-                    **{name: metrics.get(f"final_{name}") for name in METRIC_COLUMNS},
-                    "sweep": tags.get("hoyersweep.sweep"),
-                    "trial_number": int(tags["hoyersweep.trial_number"]),
-                    "status": tags.get("hoyersweep.status", "running"),
-                    "message": tags.get("hoyersweep.message", ""),
-                    "epochs_run": metrics.get("final_epochs"),
+                    **{name: metrics.get(f"{FINAL_PREFIX}{name}") for name in METRIC_COLUMNS},
+                    "sweep": tags.get(SWEEP_TAG),
+                    TRIAL_NUMBER_KEY: int(tags[TRIAL_TAG]),
+                    "status": tags.get(STATUS_TAG, RUNNING),  # older sweeps' names are mapped in _typed
+                    "message": tags.get(MESSAGE_TAG, ""),
+                    "epochs_run": metrics.get(f"{FINAL_PREFIX}epochs"),
                     "mlflow_run_id": run.info.run_id,
                     "searched": searched,
                 }
@@ -231,20 +310,21 @@ def load_results(sources: str | os.PathLike | Iterable[str | os.PathLike]) -> pd
     frames = []
     for source in sources:
         text = str(source)
-        if text.startswith("file://") and (Path(text.removeprefix("file://")) / "state.json").exists():
+        if text.startswith("file://") and is_sweep_dir(text.removeprefix("file://")):
             text = text.removeprefix("file://")  # a file URI to a sweep folder, not an MLflow store
         path = Path(text)
         if "://" in text:
             frames.append(from_mlflow(text))
         elif path.suffix == ".parquet":
             frames.append(read_parquet(path))
-        elif (path / "state.json").exists():
+        elif is_sweep_dir(path):
             frames.append(from_sweep_dir(path))
-        elif path.is_dir() and (sweeps := sorted(p.parent for p in path.glob("*/state.json"))):
+        elif path.is_dir() and (sweeps := sweep_dirs(text)):
             frames.extend(from_sweep_dir(sweep) for sweep in sweeps)
         else:
             raise ResultsError(
-                f"{text}: no sweep results here (expected a sweep folder, a folder of sweeps, a .parquet file or an MLflow URI)"
+                f"{text}: no sweep results here "
+                "(expected a sweep folder, a folder of sweeps, a .parquet file or an MLflow URI)"
             )
     return _typed([]) if not frames else pd.concat(frames, ignore_index=True).pipe(lambda f: f.astype(COLUMNS))
 
@@ -255,5 +335,8 @@ def write_parquet(table: pd.DataFrame, path: str | os.PathLike) -> None:
 
 
 def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
-    """Load a table saved by ``write_parquet`` with the schema's dtypes."""
-    return pd.read_parquet(path, engine="pyarrow").astype(COLUMNS)
+    """Load a table saved by ``write_parquet`` with the schema's dtypes (older status names mapped)."""
+    table = pd.read_parquet(path, engine="pyarrow")
+    if "status" in table.columns:
+        table["status"] = _statuses(table["status"].astype(object))
+    return table.astype(COLUMNS)

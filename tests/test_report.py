@@ -13,7 +13,16 @@ import pandas as pd
 import pytest
 
 from analysis.pareto import DEFAULT_OBJECTIVES, pareto_front
-from analysis.report import FIGURES, collect, default_by, feasible_mask, scatter_figure, sweep_constraints, write_report
+from analysis.report import (
+    FIGURES,
+    STATUS_ORDER,
+    collect,
+    default_by,
+    feasible_mask,
+    scatter_figure,
+    sweep_constraints,
+    write_report,
+)
 from analysis.results import COLUMNS, load_results, write_parquet
 from sweeps.cli import main
 
@@ -131,7 +140,7 @@ def test_report_when_every_trial_failed(tmp_path):
             "mlflow_run_id": f"run{i}",
         }
         for i, (status, message) in enumerate(
-            [("error", "ValueError: <script>alert(1)</script> & more"), ("diverged", "loss is nan"), ("stopped", None)]
+            [("failed", "ValueError: <script>alert(1)</script> & more"), ("diverged", "loss is nan"), ("pruned", None)]
         )
     ]
     table = pd.DataFrame(rows, columns=list(COLUMNS)).astype(COLUMNS)
@@ -142,7 +151,8 @@ def test_report_when_every_trial_failed(tmp_path):
     page = out.read_text(encoding="utf-8")
     assert 'id="no-ok-trial"' in page and "No trial finished ok" in page
     assert 'id="front-table"' not in page and "The front is empty" in page
-    assert table_column(page, "excluded-table", "status") == ["error", "diverged", "stopped"]
+    assert table_column(page, "excluded-table", "status") == ["failed", "diverged", "pruned"]
+    assert table_column(page, "status-counts", "failed") == ["1"]  # counted under the contract's names
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in page  # messages are escaped
     assert "is a parquet table: per-layer sparsity is only read from sweep folders" in page
     assert_self_contained(page)
@@ -278,3 +288,25 @@ def test_fronts_respect_each_sweeps_constraints(tmp_path):
         ("b", 1),
     }  # a's 0.70 trial breaks a's floor; b's identical one has none
     assert any("1 trial(s) violate" in note for note in data.notes["front"])
+
+
+def test_report_counts_legacy_statuses_under_current_names(tmp_path):
+    """A table saved before the contract (``error``, ``stopped``) is reported with ``failed`` and ``interrupted``."""
+    statuses = ["stopped", "ok", "error", "ok", "running"]
+    table = pd.DataFrame(
+        [
+            {"sweep": "old", "trial_number": i, "status": status, "reg": "hs", "val_accuracy": 0.9, "nonzero_frac": 0.1}
+            for i, status in enumerate(statuses)
+        ],
+        columns=list(COLUMNS),
+    ).astype(COLUMNS)
+    table.to_parquet(tmp_path / "old.parquet", index=False)  # as an older write_parquet left it
+    out = tmp_path / "r.html"
+    assert main(["report", str(tmp_path / "old.parquet"), "-o", str(out)]) == 0
+    page = out.read_text(encoding="utf-8")
+    parser = TableCells("status-counts")
+    parser.feed(page)
+    assert parser.rows[0] == ["sweep", "ok", "failed", "interrupted", "running", "total"]  # STATUS_ORDER, then total
+    assert parser.rows[1] == ["old", "2", "1", "1", "1", "5"]
+    assert STATUS_ORDER == ("ok", "failed", "diverged", "pruned", "interrupted", "running")
+    assert "error" not in table_column(page, "excluded-table", "status")
