@@ -9,14 +9,15 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 
 from sweeps.records import ResultsLedger
 from sweeps.runner import fixed_settings, resume_checkpoints, run_sweep
-from sweeps.search import own_trials
+from sweeps.searcher import config_key, own_trials
 from sweeps.spec import load_spec, parse_spec
-from sweeps.tracking import EPOCH_METRICS
 from trainables.config import TrialConfig
+from trainables.contract import EPOCH_METRICS, Status
 
 
 def children(sweep_dir: Path, parent_run_id: str):
@@ -63,75 +64,78 @@ def test_digits_sweep_records_every_trial_once(digits_sweep, tmp_path):
     assert pareto_runs == set(outcome.front["trial_number"])
 
     study = study_of(sweep_dir)
-    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 6
-    assert all("val_accuracy_min" in t.constraints for t in study.trials)
+    assert [t.state for t in own_trials(study)] == [optuna.trial.TrialState.COMPLETE] * 6
+    assert all("val_accuracy_min" in t.constraints for t in own_trials(study))
+    assert study.metric_names == ["val_accuracy", "nonzero_frac"]
     ledger = ResultsLedger(sweep_dir / "results.jsonl")
     assert sorted(ledger.rows) == list(range(6))
     assert (sweep_dir / "pareto.csv").read_text().startswith("trial_number,")
 
 
-def test_failing_and_diverging_trials_do_not_stop_the_sweep(local_ray, tmp_path):
+def trained_configs(rows: dict[int, dict]) -> list[str]:
+    """The parameter sets of a ledger's trials (one per trained trial)."""
+    return [
+        config_key({k.removeprefix("param."): v for k, v in row.items() if k.startswith("param.")})
+        for row in rows.values()
+    ]
+
+
+def test_a_small_categorical_space_trains_each_configuration_once_failures_included(local_ray, tmp_path):
+    """NSGA-II with a population of 2 proposes repeats: each of the 4 configurations trains once, then it ends."""
     spec = parse_spec(
         {
             "name": "flaky",
             "trial": {"epochs": 2, "finetune_epochs": 1, "optimizer": "sgd", "reg": "l1", "strength": 1.0},
             "search": {
-                "batch_size": {"type": "categorical", "choices": [256, 0]},  # 0 makes the trial raise
+                "batch_size": {"type": "categorical", "choices": [256, 0]},  # 0 makes the trial fail
                 "lr": {"type": "categorical", "choices": [0.01, 1.0e12]},  # 1e12 makes it diverge
             },
-            "sampler": {"type": "random", "seed": 2},  # this seed draws all three kinds of trial
-            "budget": {"num_samples": 6, "max_concurrent_trials": 2},
+            "sampler": {"type": "nsga2", "seed": 2, "population_size": 2},
+            "budget": {"num_samples": 8, "max_concurrent_trials": 2},
             "max_failures": 0,
         },
         "flaky.yaml",
     )
     outcome = run_sweep(spec, storage=str(tmp_path), quiet=True)
     rows = ResultsLedger(outcome.sweep_dir / "results.jsonl").rows
-    statuses = {row["status"] for row in rows.values()}
-    assert len(rows) == 6 and {"ok", "error", "diverged"} <= statuses, statuses
+    assert len(rows) == 4 and len(set(trained_configs(rows))) == 4
+    assert "4 configurations" in outcome.exhausted
+    assert json.loads((outcome.sweep_dir / "state.json").read_text())["status"] == "finished"
     for row in rows.values():
         if row["param.batch_size"] == 0:
-            assert row["status"] == "error" and "batch_size" in row["message"]
+            assert row["status"] == Status.FAILED and "batch_size" in row["message"]
         elif row["param.lr"] > 1:
-            assert row["status"] == "diverged"
+            assert row["status"] == Status.DIVERGED
+        else:
+            assert row["status"] == Status.OK
     study = study_of(outcome.sweep_dir)
-    failed = {t.number for t in study.trials if t.state == optuna.trial.TrialState.FAIL}
+    failed = {t.number for t in own_trials(study) if t.state == optuna.trial.TrialState.FAIL}
     assert failed == {n for n, row in rows.items() if row["status"] != "ok"}
-    _, runs = children(outcome.sweep_dir, json.loads((outcome.sweep_dir / "state.json").read_text())["parent_run_id"])
-    assert sorted(run.info.status for run in runs) == sorted(
-        "FINISHED" if r["status"] == "ok" else "FAILED" for r in rows.values()
-    )
+    state = json.loads((outcome.sweep_dir / "state.json").read_text())
+    _, runs = children(outcome.sweep_dir, state["parent_run_id"])
+    expected = sorted("FINISHED" if r["status"] == "ok" else "FAILED" for r in rows.values())
+    assert sorted(run.info.status for run in runs) == expected
 
 
 def _hoyersweep(*args: str) -> list[str]:
     return [sys.executable, "-m", "sweeps.cli", *args]
 
 
-def test_driver_killed_with_sigkill_then_resumed_loses_and_repeats_nothing(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
+def test_an_interrupted_driver_resumes_losing_and_repeating_nothing(tmp_path, sig):
+    """Ctrl-C (SIGINT to the driver) or SIGKILL (driver and its local Ray), then resume.
+
+    Nothing finished before the interruption runs again, no two trained trials share a parameter
+    set, and every trial has exactly one ledger row, one Optuna result and one MLflow run.
+    """
     num_samples = 8
-    args = [
-        "run",
-        "sweeps/digits_quick.yaml",
-        "--storage",
-        str(tmp_path),
-        "--num-samples",
-        str(num_samples),
-        "--num-cpus",
-        "2",
-        "--set",
-        "trial.epochs=6",
-        "--set",
-        "trial.finetune_epochs=2",
-        "--set",
-        "checkpoint_interval_s=0.2",
-    ]
+    args = ["run", "sweeps/digits_quick.yaml", "--storage", str(tmp_path), "--num-samples", str(num_samples)]
+    args += ["--num-cpus", "2", "--set", "trial.epochs=6", "--set", "trial.finetune_epochs=2"]
+    args += ["--set", "checkpoint_interval_s=0.2"]
+    root = Path(__file__).resolve().parents[1]
     log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen(
-        _hoyersweep(*args),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        cwd=Path(__file__).resolve().parents[1],
+        _hoyersweep(*args), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root
     )
     sweep_dir = tmp_path / "digits_quick"
     results = sweep_dir / "results.jsonl"
@@ -142,8 +146,12 @@ def test_driver_killed_with_sigkill_then_resumed_loses_and_repeats_nothing(tmp_p
                 break
             time.sleep(0.2)
         assert driver.poll() is None, (tmp_path / "driver.log").read_text()
+        if sig == signal.SIGINT:
+            driver.send_signal(signal.SIGINT)  # what Ctrl-C delivers to the driver
+            driver.wait(timeout=120)
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, by process group
+        if driver.poll() is None or sig == signal.SIGKILL:
+            os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, by process group
         driver.wait()
     done_before = {
         int(json.loads(line)["trial_number"]) for line in results.read_text().splitlines() if line.strip().endswith("}")
@@ -151,32 +159,30 @@ def test_driver_killed_with_sigkill_then_resumed_loses_and_repeats_nothing(tmp_p
     assert 3 <= len(done_before) < num_samples
     # Interrupted = still RUNNING in the study (a trial told to Optuna whose ledger line the kill cut
     # is repaired on resume, not re-run).
-    running_at_kill = {t.number for t in own_trials(study_of(sweep_dir)) if not t.state.is_finished()}
-    interrupted_with_checkpoint = set(resume_checkpoints(sweep_dir)) & running_at_kill
+    running_at_stop = {t.number for t in own_trials(study_of(sweep_dir)) if not t.state.is_finished()}
+    interrupted_with_checkpoint = set(resume_checkpoints(sweep_dir)) & running_at_stop
 
     resumed = subprocess.run(
-        _hoyersweep("resume", str(sweep_dir), "--num-cpus", "2"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=Path(__file__).resolve().parents[1],
+        _hoyersweep("resume", str(sweep_dir), "--num-cpus", "2"), capture_output=True, text=True, timeout=300, cwd=root
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
 
     study = study_of(sweep_dir)
     trials = own_trials(study)
     assert len(trials) == num_samples and all(t.state.is_finished() for t in trials)
+    assert len({config_key(t.params) for t in trials}) == num_samples
     rows = ResultsLedger(results).rows
-    assert sorted(rows) == list(range(num_samples))
+    assert sorted(rows) == sorted(t.number for t in trials)
+    assert len(set(trained_configs(rows))) == num_samples  # no configuration trained twice
     state = json.loads((sweep_dir / "state.json").read_text())
+    assert state["status"] == "finished"
     _, runs = children(sweep_dir, state["parent_run_id"])
     numbers = [int(run.data.tags["hoyersweep.trial_number"]) for run in runs]
-    assert sorted(numbers) == list(range(num_samples))  # exactly one MLflow run per trial
+    assert sorted(numbers) == sorted(rows)  # exactly one MLflow run per trial
     assert all(run.info.status != "RUNNING" for run in runs)
-    # No trial finished before the kill ran again: the resumed Ray run holds none of them.
-    # No trial finished before the kill ran again: every one of them was recorded by the first driver run.
+    # No trial finished before the interruption ran again: every one was recorded by the first driver run.
     assert {n for n, row in rows.items() if row["driver_run"] == 1} == done_before
-    assert {n for n, row in rows.items() if row["driver_run"] == 2} == set(range(num_samples)) - done_before
+    assert {n for n, row in rows.items() if row["driver_run"] == 2} == set(rows) - done_before
     # An interrupted trial with a checkpoint continued from it instead of starting over.
     for number in interrupted_with_checkpoint:
         assert rows[number]["resumed_from_epoch"] >= 1, (number, rows[number])
@@ -193,8 +199,10 @@ def test_a_second_sweep_of_the_same_problem_warm_starts_from_the_first(digits_sw
     study = study_of(second.sweep_dir)
     warm = [t for t in study.trials if t.user_attrs.get("warm_start_from") == "digits_quick"]
     assert len(warm) == 6 and len(own_trials(study)) == 2
-    first_values = sorted(tuple(t.values) for t in study_of(digits_sweep.sweep_dir).trials)
-    assert sorted(tuple(t.values) for t in warm) == first_values
+    first = own_trials(study_of(digits_sweep.sweep_dir))
+    assert sorted(tuple(t.values) for t in warm) == sorted(tuple(t.values) for t in first)
+    # Nothing the first sweep finished is proposed again.
+    assert not {config_key(t.params) for t in own_trials(study)} & {config_key(t.params) for t in first}
     # Warm-start copies inform the sampler but are not this sweep's trials: no runs, no ledger lines.
     _, runs = children(second.sweep_dir, json.loads((second.sweep_dir / "state.json").read_text())["parent_run_id"])
     assert len(runs) == 2 and len(ResultsLedger(second.sweep_dir / "results.jsonl").rows) == 2
