@@ -4,8 +4,9 @@ A Ray trial trains the members the searcher handed it (``sweeps.searcher.Member`
 the other with ``trainables.run_trial``.  Every report names its member (``trial_number``):
 each epoch's metrics, with a ``tune.Checkpoint`` at most every ``checkpoint_interval_s``
 seconds, and one final report per member (``final: True``) holding its ``TrialResult`` scalars
-and its per-layer table and history as JSON.  A member resumes from ``tune.get_checkpoint()``
-when Ray retries the trial, else from the checkpoint a resumed sweep hands it.
+and its per-layer table and history as JSON text (``TrialResult.from_dict`` decodes them).  A
+member resumes from ``tune.get_checkpoint()`` when Ray retries the trial, else from the
+checkpoint a resumed sweep hands it.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ def final_report(member: Member, result: TrialResult, extra: dict[str, Any]) -> 
         **extra,
         TRIAL_NUMBER_KEY: member.number,
         "final": True,
-        "layers_json": json.dumps(result.layers),
-        "history_json": json.dumps(
+        "layers": json.dumps(result.layers),
+        "history": json.dumps(
             [{k: v for k, v in epoch.items() if isinstance(v, (int, float, str))} for epoch in result.history]
         ),
     }

@@ -8,10 +8,16 @@ import math
 import sys
 from typing import Any
 
-from trainables.config import AUGMENTATIONS, OPTIMIZERS, REG_NAMES, THRESHOLD_MODES, ConfigError, TrialConfig
+from trainables.config import (
+    AUGMENTATIONS,
+    DATASETS,
+    OPTIMIZERS,
+    REG_NAMES,
+    THRESHOLD_MODES,
+    ConfigError,
+    TrialConfig,
+)
 from trainables.contract import FLOPS_FRAC, NONZERO_FRAC, TEST_ACCURACY, VAL_ACCURACY
-from trainables.data import DATASETS, DataError
-from trainables.pipeline import run_trial
 
 SUMMARY_METRICS: tuple[str, ...] = (VAL_ACCURACY, TEST_ACCURACY, NONZERO_FRAC, FLOPS_FRAC, "loss", "wall_time_s")
 
@@ -76,6 +82,8 @@ def _print_progress(metrics: dict[str, Any], _state: object) -> None:
 def train_command(args: argparse.Namespace) -> int:
     """Run one trial; the final ``TrialResult`` as JSON (``--json``, NaN as null) or a short table."""
     config = config_from_args(args)
+    from trainables.pipeline import run_trial  # torch loads here, not when the parser is built
+
     result = run_trial(config, report=None if args.json else _print_progress)
     if args.json:
         print(json.dumps(json_safe(result.to_dict()), allow_nan=False))
@@ -92,17 +100,16 @@ def train_command(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-USER_ERRORS = (ConfigError, DataError)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m trainables.cli`` (the same as ``hoyersweep train``)."""
     parser = argparse.ArgumentParser(prog="hoyersweep train", description=__doc__)
     add_train_arguments(parser)
     args = parser.parse_args(argv)
+    from trainables.data import DataError
+
     try:
         return train_command(args)
-    except USER_ERRORS as error:
+    except (ConfigError, DataError) as error:
         parser.exit(2, f"hoyersweep train: error: {error}\n")
 
 

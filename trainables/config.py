@@ -17,6 +17,7 @@ REG_NAMES: tuple[str, ...] = ("none", "l1", "hoyer", "hs", "group_lasso", "group
 """The regularizers (``trainables.regularizers.get_regularizer``); defined here so config needs no torch."""
 THRESHOLD_MODES: tuple[str, ...] = ("abs", "std")
 """How ``threshold`` is read (``trainables.pruning.threshold_mask``): absolute, or × the tensor's std."""
+DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion_mnist", "cifar10")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 AUGMENTATIONS: tuple[str, ...] = ("none", "crop_flip", "shift")

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainables.config import DATASETS
+
 __all__ = [
     "DATASETS",
     "DataError",
@@ -47,7 +49,6 @@ __all__ = [
     "read_idx",
 ]
 
-DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion_mnist", "cifar10")
 
 #: Seed of the digits test carve; fixed so that the test set never depends on ``split_seed``.
 DIGITS_TEST_SEED = 1797
