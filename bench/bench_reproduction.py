@@ -12,7 +12,8 @@ Ray Tune + Optuna + MLflow), once per method, with the same epochs and number of
 
 The model of each method is chosen on **validation** accuracy among trials whose minimised
 objective (``nonzero_frac``, or ``flops_frac`` for a FLOPs spec) is at most ``--cap``
-(``most_accurate_with_sparsity``); its test accuracy is reported beside it, never used to choose.  Prints a markdown table and one JSON line, and
+(``most_accurate_with_sparsity``); its test accuracy is reported beside it, never used to choose.
+Prints a markdown table and one JSON line, and
 writes one HTML report with a front per method (``--report``).
 
 Usage::
@@ -199,7 +200,8 @@ def main() -> None:
                     walls[method] = time.perf_counter() - started
                     sweep_dirs[method] = outcome.sweep_dir
                     print(
-                        f"{method}: {outcome.ok}/{outcome.total} trials ok in {walls[method]:.0f} s; {outcome.sweep_dir}",
+                        f"{method}: {outcome.ok}/{outcome.total} trials ok in {walls[method]:.0f} s; "
+                        f"{outcome.sweep_dir}",
                         flush=True,
                     )
                 rows = report_and_summarise()
@@ -257,8 +259,9 @@ def print_tables(base: SweepSpec, rows: list[dict[str, Any]], metric: str, args:
     for r in rows:
         wall = "—" if r["wall_s"] is None else f"{r['wall_s']:.0f} s"
         print(
-            f"| {r['method']} | {_fmt(r.get('trial_number'), 'int')} | {_fmt(r.get('strength'), 'sci')} | {_fmt(r.get('threshold'), 'sci')} "
-            f"| {_fmt(r.get('val_accuracy'), 'acc')} | {_fmt(r.get('test_accuracy'), 'acc')} | {_fmt(r.get('nonzero_frac'), 'pct')} "
+            f"| {r['method']} | {_fmt(r.get('trial_number'), 'int')} | {_fmt(r.get('strength'), 'sci')} "
+            f"| {_fmt(r.get('threshold'), 'sci')} | {_fmt(r.get('val_accuracy'), 'acc')} "
+            f"| {_fmt(r.get('test_accuracy'), 'acc')} | {_fmt(r.get('nonzero_frac'), 'pct')} "
             f"| {_fmt(r.get('flops_frac'), 'pct')} | {r['front']} | {wall} |"
         )
     if args.target is not None:

@@ -36,13 +36,17 @@ def make_study(tmp_path, sampler: str = "random", seed: int | None = 0, name: st
 
 def searcher_for(study, storage, space=FLOAT_SPACE, budget: int = 6, **kwargs) -> OptunaSearcher:
     constraints = [Constraint("val_accuracy", min=0.5)]
-    return OptunaSearcher(
-        study, storage, space, ["val_accuracy", "nonzero_frac"], constraints, budget=budget, **kwargs
-    )
+    return OptunaSearcher(study, storage, space, ["val_accuracy", "nonzero_frac"], constraints, budget=budget, **kwargs)
 
 
 def final(number: int, accuracy: float = 0.9, nonzero: float = 0.1, status: str = "ok") -> dict:
-    return {TRIAL_NUMBER_KEY: number, "final": True, "status": status, "val_accuracy": accuracy, "nonzero_frac": nonzero}
+    return {
+        TRIAL_NUMBER_KEY: number,
+        "final": True,
+        "status": status,
+        "val_accuracy": accuracy,
+        "nonzero_frac": nonzero,
+    }
 
 
 def run_all(searcher: OptunaSearcher, limit: int = 100) -> list[dict]:
@@ -135,7 +139,10 @@ def test_an_interrupted_trial_is_continued_under_its_own_number_before_anything_
     assert study.trials[adopted.number].state == TrialState.COMPLETE
     handed = run_all(second)
     assert len(handed) == 3 and len(own_trials(study)) == 4
-    assert len({config_key({k: v for k, v in h.items() if k != "number"}) for h in handed} | {config_key(adopted.params)}) == 4
+    assert (
+        len({config_key({k: v for k, v in h.items() if k != "number"}) for h in handed} | {config_key(adopted.params)})
+        == 4
+    )
 
 
 def test_the_same_seed_on_a_fresh_study_proposes_the_same_sequence(tmp_path):
