@@ -25,13 +25,15 @@ sys.path.insert(0, str(ROOT))
 from analysis.results import from_mlflow, read_parquet, write_parquet  # noqa: E402
 from sweeps.tracking import SweepTracker  # noqa: E402
 from trainables.config import TrialConfig  # noqa: E402
+from trainables.contract import SEARCH_PARAM_PREFIX, Status, TrialResult  # noqa: E402
 
 
 def build_store(directory: Path, trials: int, seed: int = 0) -> str:
     """A store holding one synthetic sweep of ``trials`` finished trials; returns its URI."""
     uri = f"sqlite:///{directory / 'mlflow.db'}"
     tracker = SweepTracker(uri, "bench", directory / "artifacts")
-    tracker.start_parent(None, "bench", {"search.strength": "{}", "search.threshold": "{}"}, {}, "name: bench\n")
+    search = {f"{SEARCH_PARAM_PREFIX}strength": "{}", f"{SEARCH_PARAM_PREFIX}threshold": "{}"}
+    tracker.start_parent(None, "bench", search, {}, "name: bench\n")
     rng = np.random.default_rng(seed)
     for number in range(trials):
         params = {
@@ -40,17 +42,18 @@ def build_store(directory: Path, trials: int, seed: int = 0) -> str:
             "threshold": float(10 ** rng.uniform(-3, -1)),
         }
         run_id = tracker.child(number, "bench", params)
-        result = {
-            "val_accuracy": float(rng.uniform(0.8, 1)),
-            "test_accuracy": float(rng.uniform(0.8, 1)),
-            "nonzero_frac": float(rng.uniform(0, 1)),
-            "flops_frac": float(rng.uniform(0, 1)),
-            "loss": 0.1,
-            "val_loss": 0.1,
-            "wall_time_s": 1.0,
-            "epochs": 40,
-        }
-        tracker.finish(run_id, result, "ok")
+        result = TrialResult(
+            Status.OK,
+            val_accuracy=float(rng.uniform(0.8, 1)),
+            test_accuracy=float(rng.uniform(0.8, 1)),
+            nonzero_frac=float(rng.uniform(0, 1)),
+            flops_frac=float(rng.uniform(0, 1)),
+            loss=0.1,
+            val_loss=0.1,
+            wall_time_s=1.0,
+            epochs=40,
+        )
+        tracker.finish(run_id, result)
     tracker.end_parent()
     return uri
 

@@ -30,6 +30,7 @@ from analysis.pareto import (  # noqa: E402
     pareto_front,
     parse_objectives,
 )
+from trainables.contract import RESULT_STATUSES  # noqa: E402
 
 
 def synthetic_trials(n: int, rng: np.random.Generator) -> pd.DataFrame:
@@ -38,7 +39,9 @@ def synthetic_trials(n: int, rng: np.random.Generator) -> pd.DataFrame:
     acc = 0.95 - 0.25 * np.exp(-8 * nonzero) - rng.gamma(2.0, 0.01, n)
     acc = np.round(acc, 4)  # metric resolution -> many ties
     acc[rng.random(n) < 0.01] = np.nan
-    status = rng.choice(["ok", "failed", "diverged", "early_stopped"], n, p=[0.9, 0.04, 0.03, 0.03])
+    status = rng.choice(
+        [s.value for s in RESULT_STATUSES], n, p=[0.9, 0.04, 0.03, 0.03]
+    )  # ok, failed, diverged, pruned
     return pd.DataFrame(
         {
             "trial_number": np.arange(n),
