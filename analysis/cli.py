@@ -194,3 +194,43 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "sweeps", nargs="+", metavar="SWEEP", help="sweep folder, folder of sweeps, .parquet table or MLflow URI"
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        default="report.html",
+        help="HTML file to write; figures go beside it as <stem>_<figure>.png (default report.html)",
+    )
+    parser.add_argument("--objectives", default=DEFAULT_OBJECTIVES_TEXT, help="name:max|min, comma-separated")
+    parser.add_argument("--by", help="one front per value of this column (default: reg when several, else sweep)")
+    parser.add_argument(
+        "--min-accuracy", type=float, help="accuracy floor of 'sparsest with accuracy >= X' (default: best minus 0.01)"
+    )
+    parser.add_argument(
+        "--max-nonzero",
+        type=float,
+        help="cap of 'most accurate with nonzero_frac <= Y' (default: half that of the most accurate trial)",
+    )
+
+
+def report_command(args: argparse.Namespace) -> int:
+    """Write the HTML report and its PNG figures; print where they are."""
+    from analysis.report import build_report  # pandas and matplotlib load here, not with the parser
+
+    written = build_report(
+        args.sweeps,
+        args.output,
+        objectives=args.objectives,
+        by=args.by,
+        min_accuracy=args.min_accuracy,
+        max_nonzero=args.max_nonzero,
+    )
+    print(f"report: {written.pop('html')}")
+    for name, path in written.items():
+        print(f"  {name}: {path}")
+    return 0

@@ -55,6 +55,15 @@ def _add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hoyersweep")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def configure_logging() -> None:
     """The CLI's logging: warnings and up from our libraries; Optuna's and MLflow's chatter off.
 
@@ -109,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hoyersweep", description="DeepHoyer sparse-training sweeps: Ray Tune + Optuna + MLflow."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="run one DeepHoyer trial without Ray")
@@ -138,7 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ray_arguments(resume)
     resume.set_defaults(handler=resume_command)
 
-    from analysis.cli import add_pareto_arguments, add_ui_arguments, pareto_command, ui_command
+    from analysis.cli import (
+        add_pareto_arguments,
+        add_report_arguments,
+        add_ui_arguments,
+        pareto_command,
+        report_command,
+        ui_command,
+    )
 
     pareto = commands.add_parser("pareto", help="print the Pareto front(s) of stored sweeps")
     add_pareto_arguments(pareto)
@@ -147,8 +164,6 @@ def build_parser() -> argparse.ArgumentParser:
     ui = commands.add_parser("ui", help="start the MLflow UI (127.0.0.1) on a sweep's tracking store")
     add_ui_arguments(ui)
     ui.set_defaults(handler=ui_command)
-
-    from analysis.report import add_report_arguments, report_command
 
     report = commands.add_parser("report", help="write a self-contained HTML report (and PNG figures) of stored sweeps")
     add_report_arguments(report)

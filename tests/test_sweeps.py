@@ -214,3 +214,46 @@ def test_sweeps_in_one_storage_share_the_pretrain_cache(tmp_path):
     assert caches == {str((tmp_path / "pretrain_cache").resolve())}
     no_pretraining, _ = load_spec("sweeps/digits_quick.yaml")
     assert "pretrain_cache_dir" not in fixed_settings(no_pretraining, tmp_path / "x")
+
+
+def test_one_ray_trial_can_train_several_members_each_recorded_as_its_own_trial(local_ray, tmp_path):
+    from sweeps.runner import execute_sweep, prepare_sweep
+
+    spec, _ = load_spec(
+        "sweeps/digits_quick.yaml",
+        {"budget.num_samples": 5, "trial.epochs": 2, "trial.finetune_epochs": 1, "trial.batch_size": 256},
+    )
+    sweep_dir, state = prepare_sweep(spec, str(tmp_path))
+    outcome = execute_sweep(spec, sweep_dir, state, quiet=True, members_per_trial=2)
+    rows = ResultsLedger(sweep_dir / "results.jsonl").rows
+    assert outcome.total == 5 and len(set(trained_configs(rows))) == 5
+    assert len({row["ray_trial_id"] for row in rows.values()}) == 3  # 2 + 2 + 1 members
+    study = study_of(sweep_dir)
+    assert sorted(t.number for t in own_trials(study)) == sorted(rows)
+    _, runs = children(sweep_dir, json.loads((sweep_dir / "state.json").read_text())["parent_run_id"])
+    assert sorted(int(run.data.tags["hoyersweep.trial_number"]) for run in runs) == sorted(rows)
+    for run in runs:  # each member's own curves, not its Ray trial-mate's
+        history = MlflowClient(f"sqlite:///{sweep_dir / 'mlflow.db'}").get_metric_history(
+            run.info.run_id, "val_accuracy"
+        )
+        assert [m.step for m in history] == [1, 2, 3]
+
+
+def test_reading_a_stored_sweep_imports_neither_torch_nor_ray(digits_sweep, tmp_path):
+    code = (
+        "import sys\n"
+        "from sweeps.cli import main\n"
+        f"main(['pareto', {str(digits_sweep.sweep_dir)!r}, '--format', 'json'])\n"
+        f"main(['report', {str(digits_sweep.sweep_dir)!r}, '-o', {str(tmp_path / 'r.html')!r}])\n"
+        "loaded = [m for m in ('torch', 'ray', 'optuna') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "r.html").exists()
