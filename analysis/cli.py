@@ -1,6 +1,6 @@
-"""``hoyersweep pareto`` and ``hoyersweep ui``: look at stored sweeps without training anything.
+"""``hoyersweep pareto``, ``ui`` and ``report``: look at stored sweeps without training anything.
 
-``hoyersweep`` (``sweeps.cli``) dispatches both; ``python -m analysis.cli pareto|ui ...`` runs them
+``hoyersweep`` (``sweeps.cli``) dispatches them; ``python -m analysis.cli pareto|ui|report ...`` runs them
 without the sweep engine.  Importing this module loads neither pandas nor the sweep stack (the
 commands import what they need), so building the ``hoyersweep`` parser stays cheap.
 """
@@ -167,35 +167,6 @@ def ui_command(args: argparse.Namespace) -> int:
     os.execve(sys.executable, command, {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri})
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """``pareto`` and ``ui`` as in ``hoyersweep``, without the sweep engine's commands."""
-    parser = argparse.ArgumentParser(prog="python -m analysis.cli", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    pareto = commands.add_parser("pareto", help="print the Pareto front(s) of stored sweeps")
-    add_pareto_arguments(pareto)
-    pareto.set_defaults(handler=pareto_command)
-    ui = commands.add_parser("ui", help="start the MLflow UI (127.0.0.1) on a sweep's tracking store")
-    add_ui_arguments(ui)
-    ui.set_defaults(handler=ui_command)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run one command; a user error is one line on stderr and exit status 2 (as ``hoyersweep``)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.handler(args)
-    except (ValueError, FileNotFoundError) as error:
-        if os.environ.get("HOYERSWEEP_DEBUG"):
-            raise
-        parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n")
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "sweeps", nargs="+", metavar="SWEEP", help="sweep folder, folder of sweeps, .parquet table or MLflow URI"
@@ -234,3 +205,39 @@ def report_command(args: argparse.Namespace) -> int:
     for name, path in written.items():
         print(f"  {name}: {path}")
     return 0
+
+
+def add_analysis_commands(commands: argparse._SubParsersAction) -> None:
+    """Register ``pareto``, ``ui`` and ``report`` (``hoyersweep`` and ``python -m analysis.cli`` share them)."""
+    pareto = commands.add_parser("pareto", help="print the Pareto front(s) of stored sweeps")
+    add_pareto_arguments(pareto)
+    pareto.set_defaults(handler=pareto_command)
+    ui = commands.add_parser("ui", help="start the MLflow UI (127.0.0.1) on a sweep's tracking store")
+    add_ui_arguments(ui)
+    ui.set_defaults(handler=ui_command)
+    report = commands.add_parser("report", help="write a self-contained HTML report (and PNG figures) of stored sweeps")
+    add_report_arguments(report)
+    report.set_defaults(handler=report_command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``pareto``, ``ui`` and ``report`` as in ``hoyersweep``, without the sweep engine's commands."""
+    parser = argparse.ArgumentParser(prog="python -m analysis.cli", description=__doc__.splitlines()[0])
+    add_analysis_commands(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user error is one line on stderr and exit status 2 (as ``hoyersweep``)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ValueError, FileNotFoundError) as error:
+        if os.environ.get("HOYERSWEEP_DEBUG"):
+            raise
+        parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

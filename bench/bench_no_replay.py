@@ -35,6 +35,8 @@ sys.path.insert(0, str(ROOT))
 from sweeps.searcher import config_key  # noqa: E402
 from trainables.contract import DUPLICATE_ATTR, RESULTS_FILE, STATE_FILE, read_ledger  # noqa: E402
 
+CLI_ROOT = ROOT  # the checkout whose ``hoyersweep`` runs (``--cli-root``: e.g. an older version, side by side)
+
 
 def hoyersweep(*args: str) -> list[str]:
     return [sys.executable, "-m", "sweeps.cli", *args]
@@ -62,7 +64,7 @@ def waste(keys: list[str], known: set[str]) -> int:
 
 
 def run(args: list[str], timeout: float = 600) -> None:
-    done = subprocess.run(hoyersweep(*args), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    done = subprocess.run(hoyersweep(*args), capture_output=True, text=True, timeout=timeout, cwd=CLI_ROOT)
     if done.returncode not in (0, 1):
         raise SystemExit(f"hoyersweep {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
 
@@ -75,7 +77,7 @@ def interrupt(workdir: Path, samples: int, epochs: int) -> dict:
     args = ["run", "sweeps/digits_quick.yaml", "--storage", str(workdir), *common(samples, epochs)]
     args += ["--set", "trial.finetune_epochs=2", "--set", "checkpoint_interval_s=0.5"]
     driver = subprocess.Popen(
-        hoyersweep(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, start_new_session=True
+        hoyersweep(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=CLI_ROOT, start_new_session=True
     )
     results = workdir / "digits_quick" / RESULTS_FILE
     deadline = time.time() + 300
@@ -140,7 +142,12 @@ def nsga2_small(workdir: Path, samples: int, epochs: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="8 trials of 4 epochs per sweep")
+    parser.add_argument(
+        "--cli-root", type=Path, default=ROOT, help="checkout to run hoyersweep from (default: this one)"
+    )
     args = parser.parse_args()
+    global CLI_ROOT
+    CLI_ROOT = args.cli_root.resolve()
     samples, epochs = (8, 4) if args.quick else (16, 8)
     rows = {}
     for name, scenario in (("interrupt", interrupt), ("warm_rerun", warm_rerun), ("nsga2_small", nsga2_small)):

@@ -148,26 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ray_arguments(resume)
     resume.set_defaults(handler=resume_command)
 
-    from analysis.cli import (
-        add_pareto_arguments,
-        add_report_arguments,
-        add_ui_arguments,
-        pareto_command,
-        report_command,
-        ui_command,
-    )
+    from analysis.cli import add_analysis_commands
 
-    pareto = commands.add_parser("pareto", help="print the Pareto front(s) of stored sweeps")
-    add_pareto_arguments(pareto)
-    pareto.set_defaults(handler=pareto_command)
-
-    ui = commands.add_parser("ui", help="start the MLflow UI (127.0.0.1) on a sweep's tracking store")
-    add_ui_arguments(ui)
-    ui.set_defaults(handler=ui_command)
-
-    report = commands.add_parser("report", help="write a self-contained HTML report (and PNG figures) of stored sweeps")
-    add_report_arguments(report)
-    report.set_defaults(handler=report_command)
+    add_analysis_commands(commands)
     return parser
 
 
