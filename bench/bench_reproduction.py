@@ -42,9 +42,9 @@ sys.path.insert(0, str(ROOT))
 from analysis.pareto import most_accurate_with_sparsity  # noqa: E402
 from analysis.report import build_report  # noqa: E402
 from analysis.results import from_sweep_dir  # noqa: E402
-from sweeps.records import PARETO_FILE  # noqa: E402
 from sweeps.runner import run_sweep  # noqa: E402
 from sweeps.spec import SweepSpec, load_spec, parse_spec  # noqa: E402
+from trainables.contract import PARETO_FILE  # noqa: E402
 
 METHODS = ("hs", "l1", "magnitude")
 

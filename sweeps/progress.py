@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from sweeps.spec import SweepSpec
-from trainables.contract import OPTUNA_FILE, PARETO_FILE, RESULTS_FILE, Status
+from trainables.contract import OPTUNA_FILE, PARETO_FILE, RESULTS_FILE, TEST_ACCURACY, Status
 
 
 @dataclass
@@ -57,7 +57,7 @@ def print_summary(outcome: SweepOutcome, spec: SweepSpec, elapsed: float) -> Non
         print(f"Search space exhausted ({outcome.exhausted}): the sweep ended before its budget.")
     if not outcome.front.empty:
         shown = ["trial_number", *[c for c in outcome.front.columns if c.startswith("param.")]]
-        shown = list(dict.fromkeys([*shown, *spec.metric_names, "test_accuracy"]))
+        shown = list(dict.fromkeys([*shown, *spec.metric_names, TEST_ACCURACY]))
         print(f"Pareto front ({len(outcome.front)} trials; chosen on validation, test shown beside):")
         print(outcome.front[shown].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     elif outcome.ok:

@@ -31,23 +31,11 @@ from sweeps.searcher import FINISHED_STATES, Member, members_of, own_trials, res
 from sweeps.spec import SweepSpec
 from sweeps.tracking import SweepTracker
 from trainables.config import TrialConfig
-from trainables.contract import RESULT_STATUSES, TRIAL_NUMBER_KEY, Status, TrialResult, feasible
+from trainables.contract import METRICS, RESULT_STATUSES, TRIAL_NUMBER_KEY, Status, TrialResult, feasible
 
 logger = logging.getLogger(__name__)
 EPOCH_FLUSH_S = 2.0  # live epoch curves reach MLflow at most this late; fewer sqlite commits on the driver
-LEDGER_METRICS: tuple[str, ...] = (
-    "val_accuracy",
-    "test_accuracy",
-    "nonzero_frac",
-    "flops_frac",
-    "loss",
-    "val_loss",
-    "epochs",
-    "wall_time_s",
-    "val_accuracy_before_prune",
-    "val_accuracy_after_prune",
-    "resumed_from_epoch",
-)
+LEDGER_METRICS: tuple[str, ...] = (*METRICS, "epochs", "resumed_from_epoch")
 LEDGER_EXTRAS: tuple[str, ...] = ("report_wait_s", "node_id")
 
 

@@ -43,8 +43,10 @@ from sweeps.spec import SpecError, SweepSpec, parse_spec
 from sweeps.tracking import SweepTracker
 from sweeps.trainable import CHECKPOINT_FILE, IDENTITY_FILE, deephoyer_trainable
 from trainables.contract import (
+    FLOPS_FRAC,
     MLFLOW_ARTIFACTS_DIR,
     MLFLOW_FILE,
+    NONZERO_FRAC,
     OPTUNA_FILE,
     PARETO_FILE,
     PRETRAIN_CACHE_DIR,
@@ -52,12 +54,15 @@ from trainables.contract import (
     RESULTS_FILE,
     SPEC_FILE,
     STATE_FILE,
+    TEST_ACCURACY,
     TRIAL_NUMBER_KEY,
+    VAL_ACCURACY,
     WARM_START_ATTR,
+    Status,
 )
 
 logger = logging.getLogger(__name__)
-PARETO_COLUMNS: tuple[str, ...] = ("val_accuracy", "test_accuracy", "nonzero_frac", "flops_frac", "mlflow_run_id")
+PARETO_COLUMNS: tuple[str, ...] = (VAL_ACCURACY, TEST_ACCURACY, NONZERO_FRAC, FLOPS_FRAC, "mlflow_run_id")
 
 TUNE_ENVIRONMENT: dict[str, str] = {
     # The legacy console reporter honours verbose=0 (the new one prints a table regardless): our lines only.
@@ -364,7 +369,7 @@ def finalize_sweep(
     params = [c for c in front.columns if c.startswith("param.")]
     columns = ["trial_number", *params, *PARETO_COLUMNS]
     (front[columns] if not front.empty else pd.DataFrame(columns=columns)).to_csv(sweep_dir / PARETO_FILE, index=False)
-    ok = sum(row["status"] == "ok" for row in rows)
+    ok = sum(row["status"] == Status.OK for row in rows)
     complete = bool(state.exhausted) or len(own_trials(study, FINISHED_STATES)) >= spec.budget.num_samples
     tracker.end_parent(
         "FINISHED" if complete else "KILLED", {"trials": len(rows), "trials_ok": ok, "front_size": len(front_numbers)}

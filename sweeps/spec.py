@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainables.config import ConfigError, TrialConfig
-from trainables.contract import METRICS, SELECTABLE_METRICS, Constraint
+from trainables.contract import METRICS, NONZERO_FRAC, SELECTABLE_METRICS, TEST_ACCURACY, VAL_ACCURACY, Constraint
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_SPEC = "sweeps/digits_quick.yaml"
@@ -81,7 +81,7 @@ SearchParam = Annotated[FloatParam | IntParam | CategoricalParam, Field(discrimi
 
 def _selectable(metric: str) -> str:
     if metric not in SELECTABLE_METRICS:
-        hint = " (test data is reported, never used to choose)" if metric == "test_accuracy" else ""
+        hint = " (test data is reported, never used to choose)" if metric == TEST_ACCURACY else ""
         raise ValueError(f"unknown metric {metric!r}{hint}; choose from {', '.join(SELECTABLE_METRICS)}")
     return metric
 
@@ -163,8 +163,8 @@ class SweepSpec(_Strict):
     search: dict[str, SearchParam] = Field(default_factory=dict)
     objectives: list[ObjectiveSpec] = Field(
         default_factory=lambda: [
-            ObjectiveSpec(metric="val_accuracy", mode="max"),
-            ObjectiveSpec(metric="nonzero_frac", mode="min"),
+            ObjectiveSpec(metric=VAL_ACCURACY, mode=METRICS[VAL_ACCURACY]),
+            ObjectiveSpec(metric=NONZERO_FRAC, mode=METRICS[NONZERO_FRAC]),
         ],
         min_length=1,
     )

@@ -34,6 +34,7 @@ from trainables.contract import (
     STATUS_TAG,
     SWEEP_TAG,
     TRIAL_TAG,
+    VAL_ACCURACY,
     Status,
     TrialResult,
 )
@@ -127,7 +128,7 @@ class SweepTracker:
 
     def _logged_up_to(self, run_id: str) -> int:
         if run_id not in self._last_step:
-            history = self.client.get_metric_history(run_id, "val_accuracy")
+            history = self.client.get_metric_history(run_id, VAL_ACCURACY)
             self._last_step[run_id] = max((m.step for m in history), default=0)
         return self._last_step[run_id]
 
