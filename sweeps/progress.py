@@ -1,11 +1,20 @@
-"""What a sweep prints: one progress line per finished trial, and the closing summary."""
+"""What a sweep prints: start-up stages, a progress bar (or one line per trial), failures, the summary.
+
+On a terminal the progress is a bar with an ETA (tqdm); piped or redirected, it is one plain line
+per finished trial (``[name] 7/24 done (0 failed), 2 running, front 4, 41s``).  Every failed or
+diverged trial gets one line with its reason (the full error is in ``logs/trial-NNNN.log`` and in
+its MLflow run), and the closing summary counts failures by reason.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -15,24 +24,70 @@ from trainables.contract import OPTUNA_FILE, PARETO_FILE, RESULTS_FILE, TEST_ACC
 
 @dataclass
 class Progress:
-    """Progress lines of one sweep (``[name] 7/24 done (0 failed), 2 running, front 4, 41s``)."""
+    """Progress of one sweep, as a bar on a terminal or as plain lines."""
 
     name: str
     num_samples: int
     started: float
     quiet: bool = False
+    bar: bool | None = None  # None: a bar when stdout is a terminal
+    _bar: Any = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.bar is None:
+            self.bar = not self.quiet and sys.stdout.isatty()
 
     def say(self, text: str) -> None:
-        if not self.quiet:
-            print(f"[{self.name}] {text}", flush=True)
+        """One line (above the bar, when there is one)."""
+        if self.quiet:
+            return
+        line = f"[{self.name}] {text}"
+        if self._bar is not None:
+            self._bar.write(line)
+        else:
+            print(line, flush=True)
 
     def trial_finished(self, statuses: list[str], running: int, front_size: int) -> None:
         failed = sum(status != Status.OK for status in statuses)
+        if self.quiet:
+            return
+        if self.bar:
+            self._update_bar(len(statuses), failed, running, front_size)
+            return
         elapsed = time.time() - self.started
         self.say(
             f"{len(statuses)}/{self.num_samples} done ({failed} failed), {running} running, "
             f"front {front_size}, {elapsed:.0f}s"
         )
+
+    def trial_failed(self, number: int, status: Status, message: str, log: Path | None) -> None:
+        where = f" (full error: {log})" if log else ""
+        first = (message or status.value).splitlines()[0][:300]
+        self.say(f"trial {number} {status.value}: {first}{where}")
+
+    def _update_bar(self, done: int, failed: int, running: int, front_size: int) -> None:
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.num_samples, desc=self.name, unit="trial", dynamic_ncols=True)
+        self._bar.n = done
+        self._bar.set_postfix_str(f"{failed} failed, {running} running, front {front_size}", refresh=False)
+        self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def failure_counts(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """How many trials ended how, by status and reason (the message's first line), for every non-ok trial."""
+    counts: Counter[str] = Counter()
+    for row in rows:
+        if row["status"] != Status.OK:
+            reason = (row.get("message") or "").splitlines()[0][:160] if row.get("message") else "no message"
+            counts[f"{row['status']}: {reason}"] += 1
+    return dict(counts.most_common())
 
 
 @dataclass(frozen=True)
@@ -47,12 +102,16 @@ class SweepOutcome:
     failed: int
     front: pd.DataFrame
     exhausted: str = ""  # why the search space ran out, when it did
+    interrupted: bool = False  # stopped by Ctrl-C before its budget: `hoyersweep resume` continues it
+    failures: dict[str, int] = field(default_factory=dict)  # "status: reason" → how many trials
 
 
 def print_summary(outcome: SweepOutcome, spec: SweepSpec, elapsed: float) -> None:
-    """The front (validation-chosen, test beside it) and where every record is."""
+    """The front (validation-chosen, test beside it), failures by reason and where every record is."""
     directory = outcome.sweep_dir
     print(f"\nSweep {spec.name}: {outcome.total} trials ({outcome.ok} ok, {outcome.failed} failed) in {elapsed:.0f}s")
+    for reason, count in outcome.failures.items():
+        print(f"  {count} × {reason}")
     if outcome.exhausted:
         print(f"Search space exhausted ({outcome.exhausted}): the sweep ended before its budget.")
     if not outcome.front.empty:
@@ -69,4 +128,6 @@ def print_summary(outcome: SweepOutcome, spec: SweepSpec, elapsed: float) -> Non
     print(f"  mlflow  : {outcome.tracking_uri}   (hoyersweep ui {directory})")
     optuna_uri = f"sqlite:///{(directory / OPTUNA_FILE).resolve()}"
     print(f"  optuna  : optuna-dashboard {optuna_uri}   (study {outcome.study_name})")
+    if outcome.interrupted:
+        print(f"Interrupted: continue with `hoyersweep resume {directory}`")
     sys.stdout.flush()

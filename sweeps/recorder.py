@@ -13,6 +13,7 @@ several members, each recorded exactly as if it had been trained alone.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -25,6 +26,7 @@ import pandas as pd
 from ray import tune
 
 from analysis.pareto import nondominated_mask
+from sweeps import processes
 from sweeps.progress import Progress
 from sweeps.records import ResultsLedger, now_iso
 from sweeps.searcher import FINISHED_STATES, Member, members_of, own_trials, result_from_attrs
@@ -63,6 +65,7 @@ class SweepRecorder:
         ledger: ResultsLedger,
         progress: Progress,
         driver_run: int = 1,
+        logs_dir: Path | None = None,
     ) -> None:
         self.spec = spec
         self.name = name
@@ -71,7 +74,9 @@ class SweepRecorder:
         self.ledger = ledger
         self.progress = progress
         self.driver_run = driver_run  # 1 for the first run of the sweep, 2 after one resume, …
+        self.logs_dir = logs_dir  # logs/trial-NNNN.log: the full error of each failed trial
         self.running: set[int] = set()
+        self.members: dict[int, Member] = {}
         self._queue: queue.Queue = queue.Queue()
         self._writer: threading.Thread | None = None
 
@@ -85,6 +90,7 @@ class SweepRecorder:
     def started(self, member: Member) -> None:
         self.tracker.child(member.number, self.name, self.trial_params(member.params))
         self.running.add(member.number)
+        self.members[member.number] = member
 
     def epoch(self, number: int, metrics: dict[str, Any]) -> None:
         run_id = self.tracker.find_child(number)
@@ -98,10 +104,13 @@ class SweepRecorder:
         ledger row; every other status is a result and gets one.
         """
         run_id = self.tracker.child(member.number, self.name, self.trial_params(member.params))
-        self.tracker.finish(run_id, result)
+        error = self.error_log(member.number, result)
+        self.tracker.finish(run_id, result, error_text=error.read_text() if error else None)
         self.running.discard(member.number)
         if result.status not in RESULT_STATUSES:
             return
+        if result.status in (Status.FAILED, Status.DIVERGED):
+            self.progress.trial_failed(member.number, result.status, result.message, error)
         values = result.to_dict()
         row = {
             "sweep": self.name,
@@ -121,6 +130,22 @@ class SweepRecorder:
         rows = list(self.ledger.rows.values())
         front = current_front(self.spec, rows)
         self.progress.trial_finished([row["status"] for row in rows], len(self.running), len(front))
+
+    def error_log(self, number: int, result: TrialResult) -> Path | None:
+        """Write a failed member's full error (traceback) to ``logs/trial-NNNN.log``; its path, or None."""
+        text = result.extra.get("traceback")
+        if not text or self.logs_dir is None:
+            return None
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        path = self.logs_dir / f"trial-{number:04d}.log"
+        path.write_text(f"trial {number}: {result.status.value}: {result.message}\n\n{text}")
+        return path
+
+    def interrupt_running(self) -> None:
+        """Close the records of members still running when Tune returned (Ctrl-C, time budget): interrupted."""
+        interrupted = TrialResult(Status.INTERRUPTED, "stopped before it finished; `hoyersweep resume` continues it")
+        for number in sorted(self.running):
+            self.finished(self.members[number], interrupted)
 
     def ended(self, members: list[Member], result: TrialResult, ray_trial_id: str) -> None:
         """A Ray trial ended: its members still running end with ``result`` (interrupted or failed)."""
@@ -197,18 +222,33 @@ class RecorderCallback(tune.Callback):
         self.recorder.submit(self.recorder.ended, members_of(trial.config), interrupted, trial.trial_id)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        failed = TrialResult(Status.FAILED, error_summary(trial))
+        failed = TrialResult(Status.FAILED, error_summary(trial), extra={"traceback": error_text(trial)})
         self.recorder.submit(self.recorder.ended, members_of(trial.config), failed, trial.trial_id)
+
+
+def error_text(trial: Any) -> str:
+    """The whole error Ray recorded for a trial (its traceback), or an empty string."""
+    error_file = getattr(trial, "error_file", None)
+    try:
+        return Path(error_file).read_text() if error_file else ""
+    except OSError:
+        return ""
 
 
 def error_summary(trial: Any) -> str:
     """The last line of a Ray trial's error (the exception), for the ledger and MLflow."""
-    error_file = getattr(trial, "error_file", None)
-    try:
-        lines = [line for line in Path(error_file).read_text().splitlines() if line.strip()] if error_file else []
-    except OSError:
-        lines = []
+    lines = [line for line in error_text(trial).splitlines() if line.strip()]
     return lines[-1][:500] if lines else "trial raised an error"
+
+
+class ProcessRecorder(tune.Callback):
+    """Keeps the record of the local Ray's processes current as trials start (see ``sweeps.processes``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        processes.record(self.path, processes.descendants(os.getpid()))
 
 
 def repair_records(study: optuna.Study, recorder: SweepRecorder) -> int:

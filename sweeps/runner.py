@@ -28,8 +28,10 @@ import yaml
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
-from sweeps.progress import Progress, SweepOutcome, print_summary
-from sweeps.recorder import RecorderCallback, SweepRecorder, current_front, repair_records
+from sweeps import processes
+from sweeps.interrupt import Interrupt
+from sweeps.progress import Progress, SweepOutcome, failure_counts, print_summary
+from sweeps.recorder import ProcessRecorder, RecorderCallback, SweepRecorder, current_front, repair_records
 from sweeps.records import ResultsLedger, SweepState, now_iso
 from sweeps.searcher import (
     FINISHED_STATES,
@@ -44,6 +46,7 @@ from sweeps.tracking import SweepTracker
 from sweeps.trainable import CHECKPOINT_FILE, IDENTITY_FILE, deephoyer_trainable
 from trainables.contract import (
     FLOPS_FRAC,
+    LOGS_DIR,
     MLFLOW_ARTIFACTS_DIR,
     MLFLOW_FILE,
     NONZERO_FRAC,
@@ -51,6 +54,7 @@ from trainables.contract import (
     PARETO_FILE,
     PRETRAIN_CACHE_DIR,
     RAY_DIR,
+    RAY_PROCESSES_FILE,
     RESULTS_FILE,
     SPEC_FILE,
     STATE_FILE,
@@ -72,15 +76,18 @@ TUNE_ENVIRONMENT: dict[str, str] = {
     # A resume uses our records, not Tune's experiment snapshots: no warning about their sync time.
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
+TUNE_SIGINT_HANDLER = "TUNE_DISABLE_SIGINT_HANDLER"  # Ctrl-C is ours (sweeps.interrupt): set to 1, always
 
 
 def configure_tune_environment() -> None:
     """The one place the driver sets environment variables: Tune settings that have no explicit option.
 
-    ``setdefault``: a user's own setting wins.
+    ``setdefault``: a user's own setting wins, except Tune's SIGINT handler, which must be off for
+    ``sweeps.interrupt`` to see Ctrl-C.
     """
     for name, value in TUNE_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
+    os.environ[TUNE_SIGINT_HANDLER] = "1"  # Tune's handler would leave MLflow runs RUNNING and advise Tuner.restore
 
 
 def optuna_storage(sweep_dir: Path) -> optuna.storages.RDBStorage:
@@ -270,8 +277,17 @@ def build_tuner(
     searcher: OptunaSearcher,
     fixed: dict[str, Any],
     recorder: SweepRecorder,
+    interrupt: Interrupt,
+    own_ray: bool = False,
 ) -> tune.Tuner:
-    """One declarative Tuner: our searcher owns the budget (Tune's num_samples is unbounded)."""
+    """One declarative Tuner: our searcher owns the budget (Tune's num_samples is unbounded).
+
+    ``interrupt`` stops the experiment on Ctrl-C; with ``own_ray`` (a local Ray this driver
+    started) the Ray processes are recorded as trials start, so a resume after a SIGKILL can stop them.
+    """
+    callbacks: list[tune.Callback] = [JsonLoggerCallback(), RecorderCallback(recorder)]
+    if own_ray:
+        callbacks.append(ProcessRecorder(sweep_dir / RAY_PROCESSES_FILE))
     trainable = tune.with_resources(
         tune.with_parameters(deephoyer_trainable, fixed=fixed, checkpoint_interval_s=spec.checkpoint_interval_s),
         {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus},
@@ -288,7 +304,8 @@ def build_tuner(
         run_config=tune.RunConfig(
             name=f"run-{run_index}",
             storage_path=str((sweep_dir / RAY_DIR).resolve()),
-            callbacks=[JsonLoggerCallback(), RecorderCallback(recorder)],
+            callbacks=callbacks,
+            stop=interrupt,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             verbose=0,
@@ -314,6 +331,8 @@ def execute_sweep(
     configure_tune_environment()
     started = time.time()
     progress = Progress(state.name, spec.budget.num_samples, started, quiet)
+    if stale := processes.stop_recorded(sweep_dir / RAY_PROCESSES_FILE):
+        progress.say(f"stopped {stale} Ray process(es) left running by the driver that was killed")
     storage = optuna_storage(sweep_dir)
     study = open_study(spec, state, storage, sweep_dir, progress)
     tracker = start_tracking(spec, sweep_dir, state)
@@ -323,7 +342,9 @@ def execute_sweep(
 
     fixed = fixed_settings(spec, sweep_dir)
     ledger = ResultsLedger(sweep_dir / RESULTS_FILE)
-    recorder = SweepRecorder(spec, state.name, fixed, tracker, ledger, progress, driver_run=len(state.runs))
+    recorder = SweepRecorder(
+        spec, state.name, fixed, tracker, ledger, progress, driver_run=len(state.runs), logs_dir=sweep_dir / LOGS_DIR
+    )
     if repaired := repair_records(study, recorder):
         progress.say(f"repaired the records of {repaired} trial(s) finished before the interruption")
 
@@ -337,18 +358,28 @@ def execute_sweep(
         members_per_trial=members_per_trial,
         resume_checkpoints=resume_checkpoints(sweep_dir),
     )
+    interrupt = Interrupt()
     if searcher.remaining > 0 and not state.exhausted:
+        progress.say("starting Ray" if not (address or os.environ.get("RAY_ADDRESS")) else "connecting to Ray")
         started_ray = _init_ray(address, num_cpus, num_gpus)
+        ray_processes = sweep_dir / RAY_PROCESSES_FILE
+        if started_ray:
+            processes.record(ray_processes, processes.descendants(os.getpid()))
         try:
-            build_tuner(spec, sweep_dir, len(state.runs), searcher, fixed, recorder).fit()
+            tuner = build_tuner(spec, sweep_dir, len(state.runs), searcher, fixed, recorder, interrupt, started_ray)
+            with interrupt.handling():
+                tuner.fit()
         finally:
             recorder.close()
+            recorder.interrupt_running()
+            progress.close()
             if started_ray:
                 ray.shutdown()
+                processes.forget(ray_processes)
     state.exhausted = state.exhausted or searcher.exhausted_reason
     if searcher.duplicates:
         progress.say(f"{searcher.duplicates} proposal(s) repeated a known configuration and were not trained")
-    return finalize_sweep(spec, sweep_dir, state, study, recorder, started, quiet)
+    return finalize_sweep(spec, sweep_dir, state, study, recorder, started, quiet, interrupted=interrupt.requested)
 
 
 def finalize_sweep(
@@ -359,6 +390,7 @@ def finalize_sweep(
     recorder: SweepRecorder,
     started: float,
     quiet: bool,
+    interrupted: bool = False,
 ) -> SweepOutcome:
     """Tag the Pareto trials in MLflow, write pareto.csv, close the parent run and say where things are."""
     ledger, tracker = recorder.ledger, recorder.tracker
@@ -377,7 +409,16 @@ def finalize_sweep(
     state.status = "finished" if complete else "incomplete"
     state.save(sweep_dir)
     outcome = SweepOutcome(
-        sweep_dir, state.study_name, state.tracking_uri, len(rows), ok, len(rows) - ok, front, state.exhausted
+        sweep_dir,
+        state.study_name,
+        state.tracking_uri,
+        len(rows),
+        ok,
+        len(rows) - ok,
+        front,
+        state.exhausted,
+        interrupted=interrupted and not complete,
+        failures=failure_counts(rows),
     )
     if not quiet:
         print_summary(outcome, spec, time.time() - started)

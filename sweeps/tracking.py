@@ -161,7 +161,7 @@ class SweepTracker:
         self.client.set_tag(run_id, "phase", str(fresh[-1].get("phase", "")))
         self._last_step[run_id] = int(fresh[-1]["epoch"])
 
-    def finish(self, run_id: str, result: TrialResult) -> None:
+    def finish(self, run_id: str, result: TrialResult, error_text: str | None = None) -> None:
         """Log final metrics, missing epochs and the per-layer table, tag the status, terminate the run."""
         run = self.client.get_run(run_id)
         if run.info.status != "RUNNING":
@@ -180,6 +180,8 @@ class SweepTracker:
             buffer = io.StringIO()
             pd.DataFrame(result.layers).to_csv(buffer, index=False)
             self.client.log_text(run_id, buffer.getvalue(), "layers.csv")
+        if error_text:
+            self.client.log_text(run_id, error_text, "error.txt")
         self.client.set_terminated(run_id, status=MLFLOW_STATUS[result.status])
 
     def tag_pareto(self, front: set[int], trial_numbers: Iterable[int]) -> None:

@@ -15,10 +15,12 @@ import json
 import shutil
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 import ray
+import torch
 from ray import tune
 
 from sweeps.searcher import Member, members_of
@@ -26,7 +28,18 @@ from trainables import ConfigError, TrialConfig, run_trial
 from trainables.contract import TRIAL_NUMBER_KEY, Status, TrialResult
 from trainables.data import DataError
 
-DETERMINISTIC_ERRORS = (ConfigError, DataError)  # they would fail again: a failed result, not a Ray retry
+DETERMINISTIC_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, torch.OutOfMemoryError)
+"""Errors that would happen again for the same configuration: a ``failed`` result, never a Ray retry.
+
+Anything else (a worker or node that died, a lost connection) is left to Ray's ``max_failures``.
+"""
+
+
+def failed_result(error: BaseException) -> TrialResult:
+    """A ``failed`` result carrying the error's one-line reason and its full traceback."""
+    message = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".rstrip(": ")
+    return TrialResult(Status.FAILED, message, extra={"traceback": traceback.format_exc()})
+
 
 CHECKPOINT_FILE = "state.pt"
 IDENTITY_FILE = "trial.json"  # beside the state: whose checkpoint this is, for a resumed sweep
@@ -49,6 +62,7 @@ def _local_copy_of_checkpoint(workdir: Path, member: Member) -> Path | None:
 def final_report(member: Member, result: TrialResult, extra: dict[str, Any]) -> dict[str, Any]:
     """The flat final report of one member (Ray results stay flat: the lists travel as JSON)."""
     return {
+        **{k: v for k, v in result.extra.items() if isinstance(v, (int, float, str, bool))},
         **result.scalars(),
         **extra,
         TRIAL_NUMBER_KEY: member.number,
@@ -65,7 +79,7 @@ def train_member(member: Member, fixed: dict[str, Any], checkpoint_interval_s: f
     try:
         config = TrialConfig.from_dict({**fixed, **member.params})
     except DETERMINISTIC_ERRORS as error:
-        tune.report(final_report(member, TrialResult(Status.FAILED, str(error)), {}))
+        tune.report(final_report(member, failed_result(error), {}))
         return
     last_checkpoint = time.monotonic()
     waited = 0.0  # seconds this member spent inside tune.report: Ray's share of its time
@@ -90,7 +104,7 @@ def train_member(member: Member, fixed: dict[str, Any], checkpoint_interval_s: f
         try:
             result = run_trial(config, report, resume_from=resume_from)
         except DETERMINISTIC_ERRORS as error:
-            result = TrialResult(Status.FAILED, f"{type(error).__name__}: {error}")
+            result = failed_result(error)
     node_id = ray.get_runtime_context().get_node_id()
     tune.report(final_report(member, result, {"report_wait_s": waited, "node_id": node_id}))
 

@@ -100,10 +100,13 @@ def test_a_small_categorical_space_trains_each_configuration_once_failures_inclu
     rows = ResultsLedger(outcome.sweep_dir / "results.jsonl").rows
     assert len(rows) == 4 and len(set(trained_configs(rows))) == 4
     assert "4 configurations" in outcome.exhausted
+    assert sum(outcome.failures.values()) == 3 and any(k.startswith("failed: ConfigError") for k in outcome.failures)
     assert json.loads((outcome.sweep_dir / "state.json").read_text())["status"] == "finished"
     for row in rows.values():
-        if row["param.batch_size"] == 0:
+        if row["param.batch_size"] == 0:  # a bad configuration: failed once, not retried, traceback kept
             assert row["status"] == Status.FAILED and "batch_size" in row["message"]
+            log = (outcome.sweep_dir / "logs" / f"trial-{row['trial_number']:04d}.log").read_text()
+            assert "Traceback" in log and "ConfigError" in log
         elif row["param.lr"] > 1:
             assert row["status"] == Status.DIVERGED
         else:
@@ -117,16 +120,33 @@ def test_a_small_categorical_space_trains_each_configuration_once_failures_inclu
     assert sorted(run.info.status for run in runs) == expected
 
 
+def session_pids(sid: int) -> list[int]:
+    """The live (not zombie) processes of session ``sid`` (the interrupted driver started its own)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            text = Path(f"/proc/{entry}/stat").read_text() if entry.isdigit() else ""
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split() if text else []
+        if fields and int(fields[3]) == sid and fields[0] not in "ZXx":
+            pids.append(int(entry))
+    return pids
+
+
 def _hoyersweep(*args: str) -> list[str]:
     return [sys.executable, "-m", "sweeps.cli", *args]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
 def test_an_interrupted_driver_resumes_losing_and_repeating_nothing(tmp_path, sig):
-    """Ctrl-C (SIGINT to the driver) or SIGKILL (driver and its local Ray), then resume.
+    """Ctrl-C (SIGINT) or SIGKILL of the driver alone, then ``resume`` from a relative path.
 
-    Nothing finished before the interruption runs again, no two trained trials share a parameter
-    set, and every trial has exactly one ledger row, one Optuna result and one MLflow run.
+    SIGINT: the driver exits 130, says how to resume and leaves no MLflow run RUNNING.  SIGKILL:
+    the local Ray it started outlives it until the resume, which stops exactly those processes.
+    Either way nothing finished before the interruption runs again, no two trained trials share a
+    parameter set, every trial has exactly one ledger row, Optuna result and MLflow run, and
+    interrupted trials continue from their checkpoints.
     """
     num_samples = 8
     args = ["run", "sweeps/digits_quick.yaml", "--storage", str(tmp_path), "--num-samples", str(num_samples)]
@@ -146,13 +166,21 @@ def test_an_interrupted_driver_resumes_losing_and_repeating_nothing(tmp_path, si
                 break
             time.sleep(0.2)
         assert driver.poll() is None, (tmp_path / "driver.log").read_text()
-        if sig == signal.SIGINT:
-            driver.send_signal(signal.SIGINT)  # what Ctrl-C delivers to the driver
-            driver.wait(timeout=120)
+        driver.send_signal(sig)  # SIGINT: what Ctrl-C delivers; SIGKILL: the driver alone, not its Ray
+        driver.wait(timeout=120)
     finally:
-        if driver.poll() is None or sig == signal.SIGKILL:
-            os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, by process group
-        driver.wait()
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    output = (tmp_path / "driver.log").read_text()
+    if sig == signal.SIGINT:
+        assert driver.returncode == 130, output
+        assert f"hoyersweep resume {sweep_dir}" in output and "Tuner.restore" not in output, output
+        state = json.loads((sweep_dir / "state.json").read_text())
+        _, runs = children(sweep_dir, state["parent_run_id"])
+        assert runs and all(run.info.status != "RUNNING" for run in runs)
+    else:
+        assert session_pids(driver.pid), "the killed driver's local Ray should still be running"
     done_before = {
         int(json.loads(line)["trial_number"]) for line in results.read_text().splitlines() if line.strip().endswith("}")
     }
@@ -162,10 +190,16 @@ def test_an_interrupted_driver_resumes_losing_and_repeating_nothing(tmp_path, si
     running_at_stop = {t.number for t in own_trials(study_of(sweep_dir)) if not t.state.is_finished()}
     interrupted_with_checkpoint = set(resume_checkpoints(sweep_dir)) & running_at_stop
 
-    resumed = subprocess.run(
-        _hoyersweep("resume", str(sweep_dir), "--num-cpus", "2"), capture_output=True, text=True, timeout=300, cwd=root
+    resumed = subprocess.run(  # a relative path, as the README shows: checkpoints must still be found
+        _hoyersweep("resume", "digits_quick", "--num-cpus", "2"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(root)},
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert not session_pids(driver.pid), "processes of the killed run are left"
 
     study = study_of(sweep_dir)
     trials = own_trials(study)

@@ -264,6 +264,8 @@ OPTUNA_FILE = "optuna.db"
 MLFLOW_FILE = "mlflow.db"
 MLFLOW_ARTIFACTS_DIR = "mlartifacts"
 RAY_DIR = "ray"
+RAY_PROCESSES_FILE = "ray/processes.json"  # the local Ray processes a running driver started (see sweeps.processes)
+LOGS_DIR = "logs"  # logs/trial-0007.log: the full error of a failed trial
 PRETRAIN_CACHE_DIR = "pretrain_cache"  # beside the sweep folders, in the storage folder
 
 
