@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from trainables.contract import FLOPS_FRAC, METRICS, NONZERO_FRAC, VAL_ACCURACY, Direction, Status
+from trainables.contract import FLOPS_FRAC, METRICS, NONZERO_FRAC, VAL_ACCURACY, Axis, Direction, Status
 
 __all__ = [
     "Direction",
@@ -46,6 +46,9 @@ __all__ = [
     "pareto_front",
     "hypervolume",
     "hypervolume_history",
+    "region_scores",
+    "region_hypervolume",
+    "region_hypervolume_history",
     "default_reference",
     "knee_point",
     "sparsest_with_accuracy",
@@ -526,6 +529,72 @@ def hypervolume_history(
     if order_col is not None:
         out[order_col] = df[order_col].to_numpy()[pos]
     return out
+
+
+def region_scores(df: pd.DataFrame, axes: Mapping[str, Axis]) -> pd.DataFrame:
+    """Each objective of ``axes`` as a score in [0, 1] of its region (``contract.Axis``): 0 at worst, 1 at best.
+
+    Linear or log between the axis' bounds, clipped; NaN stays NaN (ineligible).
+    """
+    _require_columns(df, list(axes), "objective")
+    scores = {}
+    for name, axis in axes.items():
+        values = pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        if axis.log:
+            with np.errstate(divide="ignore", invalid="ignore"):  # 0 → -inf: all pruned is the best sparsity
+                values = np.log(values)
+            worst, best = math.log(axis.worst), math.log(axis.best)
+        else:
+            worst, best = axis.worst, axis.best
+        scores[name] = np.clip((values - worst) / (best - worst), 0.0, 1.0)
+    return pd.DataFrame(scores, index=df.index)
+
+
+def _scored(df: pd.DataFrame, axes: Mapping[str, Axis], status_col: str | None) -> tuple[pd.DataFrame, list[Objective]]:
+    scored = region_scores(df, axes)
+    for column in {status_col, "trial_number"} - {None}:
+        if column in df.columns:
+            scored[column] = df[column].to_numpy()
+    return scored, [Objective(name, "max") for name in axes]
+
+
+def region_hypervolume(
+    df: pd.DataFrame,
+    axes: Mapping[str, Axis],
+    *,
+    status_col: str | None = "status",
+    ok_status: OkStatus = _OK,
+) -> float:
+    """Hypervolume of ``df``'s eligible trials inside a region (a fraction of the unit box, 0…1).
+
+    Each objective is scored on its ``contract.Axis`` (e.g. accuracy from the spec's floor to 1,
+    nonzero fraction from 1 to 1e-3 on a log scale), so trials below the floor or dense add
+    nothing and the measure is not saturated by accurate dense models.
+    """
+    scored, objectives = _scored(df, axes, status_col)
+    eligible = _eligible(scored, _objective_values(scored, objectives), status_col, ok_status)
+    points = scored.loc[eligible, list(axes)].to_numpy(dtype=float)
+    return hypervolume(points, np.zeros(len(axes)), ["max"] * len(axes))
+
+
+def region_hypervolume_history(
+    df: pd.DataFrame,
+    axes: Mapping[str, Axis],
+    *,
+    order_col: str | None = "trial_number",
+    status_col: str | None = "status",
+    ok_status: OkStatus = _OK,
+) -> pd.DataFrame:
+    """:func:`region_hypervolume` of the first ``i`` eligible trials, for every ``i``.
+
+    The same columns as :func:`hypervolume_history`.
+    """
+    scored, objectives = _scored(df, axes, status_col)
+    if order_col is not None and order_col not in scored.columns:
+        scored[order_col] = df[order_col].to_numpy()
+    return hypervolume_history(
+        scored, objectives, np.zeros(len(axes)), order_col=order_col, status_col=status_col, ok_status=ok_status
+    )
 
 
 # --------------------------------------------------------------------------- selection

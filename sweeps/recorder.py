@@ -216,6 +216,8 @@ class RecorderCallback(tune.Callback):
             self.recorder.submit(self.recorder.finished, member, TrialResult.from_dict(result), trial.trial_id)
         elif "epoch" in result:
             self.recorder.submit(self.recorder.epoch, number, dict(result))
+            if result.get("phase") == "pretrain" and result.get("phase_epoch") == 1:
+                self.recorder.submit(self.recorder.progress.say, f"trial {number}: pretraining the shared dense model")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         interrupted = TrialResult(Status.INTERRUPTED, "stopped before it finished; `hoyersweep resume` continues it")

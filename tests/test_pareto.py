@@ -434,3 +434,34 @@ def test_parse_objectives_errors(text, fragment):
 def test_objective_validates_direction():
     with pytest.raises(ValueError, match="direction"):
         Objective("a", "up")  # type: ignore[arg-type]
+
+
+def test_region_hypervolume_scores_accuracy_above_the_floor_and_sparsity_on_a_log_axis():
+    from analysis.pareto import region_hypervolume, region_hypervolume_history
+    from trainables.contract import Axis, Constraint, default_axis
+
+    axes = {
+        "val_accuracy": default_axis("val_accuracy", [Constraint("val_accuracy", min=0.9)]),
+        "nonzero_frac": default_axis("nonzero_frac"),
+    }
+    assert axes["val_accuracy"] == Axis(0.9, 1.0) and axes["nonzero_frac"] == Axis(1.0, 1e-3, log=True)
+    table = pd.DataFrame(
+        {
+            "trial_number": [0, 1, 2, 3, 4],
+            "status": ["ok", "ok", "ok", "failed", "ok"],
+            "val_accuracy": [0.95, 0.99, 0.5, 0.99, 1.0],  # trial 2: below the floor, adds nothing
+            "nonzero_frac": [0.01, 0.5, 0.001, 0.0001, 1.0],  # trial 4: dense, adds nothing
+        }
+    )
+    # trial 0: (0.95 − 0.9)/0.1 = 0.5 accuracy score × log(0.01)/log(1e-3) = 2/3 sparsity score.
+    # trial 1 adds (0.9 − 0.5) × log(0.5)/log(1e-3).
+    expected = 0.5 * 2 / 3 + 0.4 * math.log(0.5) / math.log(1e-3)
+    assert region_hypervolume(table, axes) == pytest.approx(expected)
+    history = region_hypervolume_history(table, axes)
+    assert history["hypervolume"].tolist() == pytest.approx([1 / 3, expected, expected, expected])
+    # Beyond the best bound counts as the best: the whole box.
+    assert region_hypervolume(pd.DataFrame({"val_accuracy": [1.0], "nonzero_frac": [1e-5]}), axes, status_col=None) == 1
+    with pytest.raises(ValueError, match="hypervolume"):
+        default_axis("loss")
+    with pytest.raises(ValueError, match="log axis"):
+        Axis(0.0, 1.0, log=True)

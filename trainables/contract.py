@@ -254,6 +254,48 @@ def feasible(metrics: Mapping[str, Any] | TrialResult, constraints: Iterable[Con
     return all(bool(c.satisfied(get(c.metric))) for c in constraints)
 
 
+# --- the region a hypervolume measures -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One objective's range in a region hypervolume: from ``worst`` (counts 0) to ``best`` (counts 1).
+
+    ``log``: measured on a log scale (sparsity: 1 % → 0.1 % nonzero is worth as much as 10 % → 1 %).
+    Values beyond ``best`` count as ``best``; values at or beyond ``worst`` add nothing.
+    """
+
+    worst: float
+    best: float
+    log: bool = False
+
+    def __post_init__(self) -> None:
+        if self.worst == self.best or not (math.isfinite(self.worst) and math.isfinite(self.best)):
+            raise ValueError(
+                f"a hypervolume axis needs finite, different worst and best, got {self.worst}, {self.best}"
+            )
+        if self.log and min(self.worst, self.best) <= 0:
+            raise ValueError(f"a log axis needs positive bounds, got {self.worst}, {self.best}")
+
+
+DEFAULT_SPARSITY_AXIS = Axis(worst=1.0, best=1e-3, log=True)  # dense → 0.1 % nonzero, log scale
+
+
+def default_axis(metric: str, constraints: Iterable[Constraint] = ()) -> Axis:
+    """The region of a known objective: accuracies from the spec's floor (else 0) to 1; fractions 1 → 1e-3 (log).
+
+    With reference (0, 1) every sampler's hypervolume on MNIST was within 0.002: saturated by the
+    many trials that are accurate and dense.  This region measures what a user looks for: models
+    above the accuracy floor, as sparse as possible on a log scale.
+    """
+    if metric in (NONZERO_FRAC, FLOPS_FRAC):
+        return DEFAULT_SPARSITY_AXIS
+    if METRICS.get(metric) == "max" and "accuracy" in metric:
+        floors = [c.min for c in constraints if c.metric == metric and c.min is not None]
+        return Axis(worst=max(floors, default=0.0), best=1.0)
+    raise ValueError(f"no default hypervolume range for {metric!r}: give hypervolume.{metric}: {{worst, best}}")
+
+
 # --- a sweep folder ------------------------------------------------------------------------
 
 STATE_FILE = "state.json"
