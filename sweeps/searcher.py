@@ -35,10 +35,10 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
@@ -60,6 +60,10 @@ logger = logging.getLogger(__name__)
 
 MEMBERS_KEY = "members"
 RESUME_KEY = "resume_checkpoint"
+BRANCH_SLOTS_KEY = "branch_slots"  # proxy branching: how many more branches the Ray trial chooses itself
+BRANCH_PLAN_KEY = "branch_plan"  # a Ray trial's report of the branch settings it chose (JSON list of dicts)
+BRANCH_INDEX_KEY = "branch_index"  # which branch of its Ray trial a report belongs to (0 = the asked member)
+CONDITIONED_ASKS = 20  # tries for a branch that repeats no known configuration, before giving up on it
 PROXY_ATTR_PREFIX = "proxy_"
 MAX_DUPLICATE_ASKS = 200
 FINISHED_STATES: tuple[TrialState, ...] = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
@@ -83,8 +87,31 @@ class Member:
 
 
 def members_of(config: Mapping[str, Any]) -> list[Member]:
-    """The members a Ray trial's config holds."""
+    """The members a Ray trial's config holds (branches a trial chooses itself are added by the searcher)."""
     return [Member.from_config(item) for item in config.get(MEMBERS_KEY, [])]
+
+
+SplitFn = Callable[[Mapping[str, Any]], tuple[dict[str, Any], dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Branching:
+    """K configurations per Ray trial that share everything but the branch settings (threshold branching).
+
+    ``split`` cuts a parameter set into (shared, branch) parts (``trainables.config``'s rule).
+    ``optuna``: the first branch is asked normally, the others are asked with the shared part
+    fixed (``PartialFixedSampler`` around the study's sampler).  ``proxy``: the first branch is
+    asked; the Ray trial chooses the other ``per_run − 1`` itself after the regularized phase and
+    reports them (``branch_plan``); the searcher then enqueues and asks each with its full
+    parameters, so the sampler learns from every branch.
+    """
+
+    per_run: int
+    mode: Literal["optuna", "proxy"]
+    split: SplitFn
+
+    def shared_key(self, params: Mapping[str, Any]) -> str:
+        return config_key(self.split(params)[0])
 
 
 def distributions(spec: SweepSpec) -> dict[str, BaseDistribution]:
@@ -176,6 +203,7 @@ class OptunaSearcher(Searcher):
         *,
         budget: int,
         members_per_trial: int = 1,
+        branching: Branching | None = None,
         resume_checkpoints: Mapping[int, str] | None = None,
         max_duplicate_asks: int = MAX_DUPLICATE_ASKS,
     ) -> None:
@@ -190,6 +218,8 @@ class OptunaSearcher(Searcher):
         self._objectives = list(objectives)
         self._constraints = list(constraints)
         self._members_per_trial = members_per_trial
+        self._branching = branching if branching is not None and branching.per_run > 1 else None
+        self._slots: dict[str, int] = {}  # Ray trial id → budget reserved for branches it will choose
         self._resume = dict(resume_checkpoints or {})
         self._max_duplicate_asks = max_duplicate_asks
 
@@ -224,21 +254,48 @@ class OptunaSearcher(Searcher):
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if self.exhausted or self.remaining == 0:
             return Searcher.FINISHED
-        members = self.propose(min(self._members_per_trial, self.remaining))
+        slots = 0
+        if self._branching is not None:
+            members, slots = self.propose_branches(min(self._branching.per_run, self.remaining))
+        else:
+            members = self.propose(min(self._members_per_trial, self.remaining))
         if not members:
             return Searcher.FINISHED
-        self._issued += len(members)
+        self._issued += len(members) + slots
         self._live[trial_id] = members
-        return {MEMBERS_KEY: [member.to_config() for member in members]}
+        config: dict[str, Any] = {MEMBERS_KEY: [member.to_config() for member in members]}
+        if slots:
+            self._slots[trial_id] = slots
+            config[BRANCH_SLOTS_KEY] = slots
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if result.get("final") and result.get(TRIAL_NUMBER_KEY) is not None:
-            self.tell_result(int(result[TRIAL_NUMBER_KEY]), TrialResult.from_dict(result))
+        if result.get(BRANCH_PLAN_KEY) is not None:
+            self.add_branches(trial_id, json.loads(result[BRANCH_PLAN_KEY]))
+        number = self.member_number(trial_id, result)
+        if result.get("final") and number is not None:
+            self.tell_result(number, TrialResult.from_dict(result))
+
+    # --- members of a Ray trial (the recorder asks here too) -------------------------------
+
+    def members(self, trial_id: str) -> list[Member]:
+        """The members of a live Ray trial, branches it chose itself included."""
+        return list(self._live.get(trial_id, []))
+
+    def member_number(self, trial_id: str, result: Mapping[str, Any]) -> int | None:
+        """The Optuna trial number a report belongs to: named outright, or by its branch index."""
+        if result.get(TRIAL_NUMBER_KEY) is not None:
+            return int(result[TRIAL_NUMBER_KEY])
+        index, members = result.get(BRANCH_INDEX_KEY), self._live.get(trial_id, [])
+        if index is None or not 0 <= int(index) < len(members):
+            return None
+        return members[int(index)].number
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         """A Ray trial ended: members it did not report are failed (on error) or left to resume."""
         if result and result.get("final") and result.get(TRIAL_NUMBER_KEY) is not None:
             self.tell_result(int(result[TRIAL_NUMBER_KEY]), TrialResult.from_dict(result))
+        self._issued -= self._slots.pop(trial_id, 0)  # branches it never chose return to the budget
         for member in self._live.pop(trial_id, []):
             if member.number not in self._pending:
                 continue
@@ -271,6 +328,55 @@ class OptunaSearcher(Searcher):
             members.append(Member(trial.number, dict(trial.params), self._resume.get(trial.number)))
         return members
 
+    def propose_branches(self, count: int) -> tuple[list[Member], int]:
+        """The members of one branching run and the branch slots it fills itself (proxy mode).
+
+        Interrupted branches of one regularized run (equal shared part) are handed out together;
+        otherwise the first branch is asked, and the others asked conditioned on its shared part
+        (``optuna``) or left to the run (``proxy``).
+        """
+        branching = self._branching
+        if self._adoptable:
+            key = branching.shared_key(self._adoptable[0].params)
+            group = [t for t in self._adoptable if branching.shared_key(t.params) == key]
+            self._adoptable = [t for t in self._adoptable if branching.shared_key(t.params) != key]
+            return [self._adopt(t) for t in group], 0
+        first = self._ask_new()
+        if first is None:
+            return [], 0
+        members = [Member(first.number, dict(first.params))]
+        if branching.mode == "proxy":
+            return members, count - 1
+        shared = branching.split(first.params)[0]
+        while len(members) < count:
+            trial = self._ask_new(fixed=shared)
+            if trial is None:
+                break
+            members.append(Member(trial.number, dict(trial.params)))
+        return members, 0
+
+    def add_branches(self, trial_id: str, plan: list[dict[str, Any]]) -> list[Member]:
+        """Record the branches a Ray trial chose (proxy mode): each its own Optuna trial, full parameters.
+
+        The first member's parameters with each plan entry's branch settings are enqueued and asked,
+        so the sampler sees every branch; a branch repeating a known configuration is dropped and
+        its budget slot returned.
+        """
+        members, slots = self._live.get(trial_id, []), self._slots.pop(trial_id, 0)
+        added: list[Member] = []
+        for branch in plan[:slots]:
+            params = {**members[0].params, **branch}
+            if config_key(params) in self._known:
+                continue
+            self.study.enqueue_trial(params)
+            trial = self.study.ask(self._space)
+            self._known[config_key(trial.params)] = trial
+            self._pending[trial.number] = trial
+            added.append(Member(trial.number, dict(trial.params)))
+        self._issued -= slots - len(added)
+        self._live[trial_id] = [*members, *added]
+        return added
+
     def _adopt(self, frozen: FrozenTrial) -> Member:
         """A trial a killed driver left RUNNING, handed out again under its own number."""
         trial_id = self._storage.get_trial_id_from_study_id_trial_number(self._study_id, frozen.number)
@@ -278,14 +384,19 @@ class OptunaSearcher(Searcher):
         logger.info("continuing interrupted trial %d", frozen.number)
         return Member(frozen.number, dict(frozen.params), self._resume.get(frozen.number))
 
-    def _ask_new(self) -> optuna.Trial | None:
-        """A trial whose configuration the study does not hold yet, or None when the space is exhausted."""
-        in_a_row = 0
+    def _ask_new(self, fixed: Mapping[str, Any] | None = None) -> optuna.Trial | None:
+        """A trial whose configuration the study does not hold yet, or None when none was found.
+
+        Without ``fixed``, None means the space is exhausted.  With ``fixed`` (the shared part of a
+        branching run), the other parameters are sampled around it; a few repeats in a row give
+        up on this branch only.
+        """
+        in_a_row, limit = 0, self._max_duplicate_asks if fixed is None else CONDITIONED_ASKS
         while True:
-            if self._size is not None and len(self._known) >= self._size:
+            if fixed is None and self._size is not None and len(self._known) >= self._size:
                 self._exhaust(f"all {self._size} configurations of the search space are known")
                 return None
-            trial = self.study.ask(self._space)
+            trial = self._ask(fixed)
             key = config_key(trial.params)
             original = self._known.get(key)
             if original is None:
@@ -294,9 +405,21 @@ class OptunaSearcher(Searcher):
                 return trial
             self._tell_duplicate(trial, original)
             in_a_row += 1
-            if in_a_row >= self._max_duplicate_asks:
-                self._exhaust(f"{in_a_row} proposals in a row repeated known configurations")
+            if in_a_row >= limit:
+                if fixed is None:
+                    self._exhaust(f"{in_a_row} proposals in a row repeated known configurations")
                 return None
+
+    def _ask(self, fixed: Mapping[str, Any] | None) -> optuna.Trial:
+        """``study.ask``; with ``fixed`` parameters through a ``PartialFixedSampler`` around the study's sampler."""
+        if not fixed:
+            return self.study.ask(self._space)
+        base = self.study.sampler
+        self.study.sampler = optuna.samplers.PartialFixedSampler(dict(fixed), base)
+        try:
+            return self.study.ask(self._space)
+        finally:
+            self.study.sampler = base
 
     def _tell_duplicate(self, trial: optuna.Trial, original: FrozenTrial | optuna.Trial) -> None:
         self.duplicates += 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
@@ -181,3 +183,58 @@ def test_a_pruned_member_keeps_its_proxies(tmp_path):
     assert trial.user_attrs["proxy_val_accuracy"] == 0.42 and trial.user_attrs["status"] == "pruned"
     searcher.on_trial_complete("a")  # nothing left to tell
     assert study.trials[number].state == TrialState.PRUNED
+
+
+BRANCH_SPACE = {
+    "strength": FloatDistribution(1e-5, 1e-2, log=True),
+    "threshold": FloatDistribution(1e-3, 0.1, log=True),
+}
+
+
+def split_threshold(params):
+    return {k: v for k, v in params.items() if k != "threshold"}, {k: v for k, v in params.items() if k == "threshold"}
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_optuna_branching_asks_every_branch_with_the_shared_part_fixed(tmp_path, sampler):
+    from sweeps.searcher import Branching
+
+    study, storage = make_study(tmp_path, sampler)
+    branching = Branching(per_run=4, mode="optuna", split=split_threshold)
+    searcher = searcher_for(study, storage, BRANCH_SPACE, budget=10, branching=branching)
+    handed_per_run = []
+    for index in range(5):
+        config = searcher.suggest(f"r{index}")
+        if config == Searcher.FINISHED:
+            break
+        members = members_of(config)
+        handed_per_run.append(members)
+        for member in members:
+            searcher.on_trial_result(f"r{index}", final(member.number))
+        searcher.on_trial_complete(f"r{index}")
+    assert [len(run) for run in handed_per_run] == [4, 4, 2]  # 10 results: the budget counts branches
+    for run in handed_per_run:
+        assert len({m.params["strength"] for m in run}) == 1  # one regularized run
+        assert len({m.params["threshold"] for m in run}) == len(run)  # distinct branches
+    assert len(own_trials(study, [TrialState.COMPLETE])) == 10
+
+
+def test_proxy_branching_records_the_branches_a_run_chose(tmp_path):
+    from sweeps.searcher import BRANCH_INDEX_KEY, BRANCH_PLAN_KEY, BRANCH_SLOTS_KEY, Branching
+
+    study, storage = make_study(tmp_path)
+    branching = Branching(per_run=3, mode="proxy", split=split_threshold)
+    searcher = searcher_for(study, storage, BRANCH_SPACE, budget=4, branching=branching)
+    config = searcher.suggest("a")
+    (first,) = members_of(config)
+    assert config[BRANCH_SLOTS_KEY] == 2 and searcher.remaining == 1
+    plan = [{"threshold": 0.002}, {"threshold": first.params["threshold"]}]  # the second repeats the first
+    searcher.on_trial_result("a", {"epoch": 3, TRIAL_NUMBER_KEY: first.number, BRANCH_PLAN_KEY: json.dumps(plan)})
+    members = searcher.members("a")
+    assert len(members) == 2 and members[1].params == {**first.params, "threshold": 0.002}
+    assert searcher.remaining == 2  # the repeated branch's slot went back to the budget
+    for index in range(2):
+        searcher.on_trial_result("a", {**final(-1), TRIAL_NUMBER_KEY: None, BRANCH_INDEX_KEY: index})
+    searcher.on_trial_complete("a")
+    assert [t.state for t in own_trials(study)] == [TrialState.COMPLETE] * 2
+    assert study.trials[members[1].number].params["threshold"] == 0.002
