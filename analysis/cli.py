@@ -8,11 +8,15 @@ commands import what they need), so building the ``hoyersweep`` parser stays che
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
 import json
 import os
 import shutil
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from trainables.contract import (
     FLOPS_FRAC,
@@ -32,6 +36,40 @@ from trainables.contract import (
 FRONT_COLUMNS = ("sweep", TRIAL_NUMBER_KEY, "reg", "strength", "threshold", "threshold_mode")
 DEFAULT_OBJECTIVES_TEXT = f"{VAL_ACCURACY}:{METRICS[VAL_ACCURACY]},{NONZERO_FRAC}:{METRICS[NONZERO_FRAC]}"
 """As ``analysis.pareto.DEFAULT_OBJECTIVES_TEXT``, without importing pandas to build the parser."""
+
+
+@contextlib.contextmanager
+def quiet_broken_pipe() -> Iterator[None]:
+    """Output piped into a reader that stops early (``| head``) ends quietly: exit 141, no traceback.
+
+    stdout is pointed at /dev/null so the interpreter's final flush has nowhere to fail.
+    """
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(141) from None
+
+
+def check_columns(columns: Sequence[Any], objectives: Sequence[Any], by: str | None) -> None:
+    """Objectives and ``--by`` name columns of the results table; a one-line error listing the valid ones otherwise."""
+    names = [str(c) for c in columns]
+    unknown = [o.name for o in objectives if o.name not in names]
+    if unknown:
+        raise ValueError(
+            f"unknown objective column(s): {', '.join(unknown)}{_did_you_mean(unknown[0], names)}; "
+            f"the metrics are {', '.join(METRICS)} (any numeric column of the results table also works)"
+        )
+    if by and by not in names:
+        raise ValueError(f"unknown --by column {by!r}{_did_you_mean(by, names)}; columns: {', '.join(names)}")
+
+
+def _did_you_mean(name: str, names: Sequence[str]) -> str:
+    bare = name.split(".", 1)[-1]  # param.reg → reg
+    close = [bare] if bare in names else difflib.get_close_matches(name, names, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def add_pareto_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,14 +101,7 @@ def pareto_command(args: argparse.Namespace) -> int:
     table = load_results(args.sweeps)
     if args.save:
         write_parquet(table, args.save)
-    unknown = [o.name for o in objectives if o.name not in table.columns]
-    if unknown:
-        raise ValueError(
-            f"unknown objective column(s): {', '.join(unknown)}; the metrics are {', '.join(METRICS)} "
-            "(any numeric column of the results table also works)"
-        )
-    if args.by and args.by not in table.columns:
-        raise ValueError(f"unknown --by column {args.by!r}; columns: {', '.join(table.columns)}")
+    check_columns(table.columns, objectives, args.by)
     constraints = [] if args.ignore_constraints else sweep_constraints(args.sweeps)
     feasible = table[feasible_mask(table, constraints)]  # as each sweep's own pareto.csv: constraint breakers stay off
     front = pareto_front(feasible, objectives, by=args.by)
@@ -191,16 +222,19 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 def report_command(args: argparse.Namespace) -> int:
     """Write the HTML report and its PNG figures; print where they are."""
-    from analysis.report import build_report  # pandas and matplotlib load here, not with the parser
+    from analysis.pareto import parse_objectives
+    from analysis.report import collect, write_report  # pandas and matplotlib load here, not with the parser
+    from analysis.results import load_results
 
-    written = build_report(
-        args.sweeps,
-        args.output,
-        objectives=args.objectives,
-        by=args.by,
-        min_accuracy=args.min_accuracy,
-        max_nonzero=args.max_nonzero,
+    # build_report's steps, with the columns checked first: an unknown name lists the valid ones.
+    objectives = parse_objectives(args.objectives)
+    sources = [str(source) for source in args.sweeps]
+    table = load_results(sources)
+    check_columns(table.columns, objectives, args.by)
+    data = collect(
+        table, objectives, by=args.by, min_accuracy=args.min_accuracy, max_nonzero=args.max_nonzero, sources=sources
     )
+    written = write_report(data, args.output, sources)
     print(f"report: {written.pop('html')}")
     for name, path in written.items():
         print(f"  {name}: {path}")
@@ -232,11 +266,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.handler(args)
-    except (ValueError, FileNotFoundError) as error:
+        with quiet_broken_pipe():
+            return args.handler(args)
+    except (ValueError, OSError) as error:
         if os.environ.get("HOYERSWEEP_DEBUG"):
             raise
-        parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n")
+        message = " ".join(str(error).split()) or type(error).__name__
+        parser.exit(2, f"{parser.prog} {args.command}: error: {message}\n")
 
 
 if __name__ == "__main__":
