@@ -11,13 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainables.config import ConfigError, TrialConfig
+from trainables.config import DATASETS, ConfigError, TrialConfig
 from trainables.contract import METRICS, NONZERO_FRAC, SELECTABLE_METRICS, TEST_ACCURACY, VAL_ACCURACY, Constraint
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -29,8 +31,46 @@ SEARCHABLE = tuple(
 )
 
 
+INT_SETTINGS = frozenset(f.name for f in fields(TrialConfig) if f.type in ("int", "int | None"))
+"""Integer trial settings: an integral number written as a float (``1e3``) is read as that integer."""
+
+
 class SpecError(ValueError):
     """A spec file is missing, not YAML, or invalid; the message is one line naming file and field."""
+
+
+# --- YAML with YAML 1.2 numbers ------------------------------------------------------------
+
+FLOAT_TAG = "tag:yaml.org,2002:float"
+_FLOAT_PATTERN = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+
+
+class NumberLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but ``1e6``, ``1.0e-3``, ``-2e-4`` and ``+1E5`` are floats (as in YAML 1.2).
+
+    YAML 1.1 (PyYAML) needs a dot and a signed exponent (``1.0e+6``) and reads ``1e6`` as a string.
+    """
+
+
+# A copy of every resolver list (PyYAML's add_implicit_resolver would append to SafeLoader's own lists).
+NumberLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != FLOAT_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+NumberLoader.add_implicit_resolver(FLOAT_TAG, _FLOAT_PATTERN, list("-+0123456789."))
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text as ``yaml.safe_load`` does, with YAML 1.2 numbers (``1e6`` is a float, not a string)."""
+    return yaml.load(text, Loader=NumberLoader)  # noqa: S506 - NumberLoader is a SafeLoader
 
 
 class _Strict(BaseModel):
@@ -177,6 +217,34 @@ class SweepSpec(_Strict):
     checkpoint_interval_s: float = Field(default=30.0, ge=0)
     warm_start: bool = True
 
+    @model_validator(mode="before")
+    @classmethod
+    def _integral_floats_as_ints(cls, data: Any) -> Any:
+        """``epochs: 1e1`` is 10: integral floats of integer trial settings (fixed or choices) become ints."""
+        if not isinstance(data, dict):
+            return data
+
+        def as_int(value: Any) -> Any:
+            return int(value) if isinstance(value, float) and value.is_integer() else value
+
+        data = dict(data)
+        if isinstance(data.get("trial"), dict):
+            data["trial"] = {k: as_int(v) if k in INT_SETTINGS else v for k, v in data["trial"].items()}
+        if isinstance(data.get("search"), dict):
+            search = dict(data["search"])
+            for name, param in search.items():
+                if name in INT_SETTINGS and isinstance(param, dict) and isinstance(param.get("choices"), list):
+                    search[name] = {**param, "choices": [as_int(choice) for choice in param["choices"]]}
+            data["search"] = search
+        return data
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, dataset: str) -> str:
+        if dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {dataset!r}; known datasets: {', '.join(DATASETS)}")
+        return dataset
+
     @field_validator("search")
     @classmethod
     def _searchable(cls, search: dict[str, Any]) -> dict[str, Any]:
@@ -198,11 +266,20 @@ class SweepSpec(_Strict):
         try:
             self.trial_config(self.example_params())
         except ConfigError as error:
-            raise ValueError(f"trial settings: {error}") from None
+            raise ValueError(f"{self._setting_location(str(error))}: {error}") from None
         metrics = [objective.metric for objective in self.objectives]
         if len(set(metrics)) != len(metrics):
             raise ValueError("objectives: a metric is listed twice")
         return self
+
+    def _setting_location(self, message: str) -> str:
+        """The field a trial-settings error is about: ``trial.epochs``, or ``search.lr.low`` for a searched one."""
+        name = message.split(" ", 1)[0]
+        if name not in TrialConfig.__dataclass_fields__:
+            return "trial"
+        if name in self.search:
+            return f"search.{name}." + ("choices[0]" if isinstance(self.search[name], CategoricalParam) else "low")
+        return f"trial.{name}"
 
     def example_params(self) -> dict[str, Any]:
         """One point of the search space (lower bounds, first choices), to validate settings."""
@@ -239,11 +316,16 @@ class SweepSpec(_Strict):
 
 def _format_validation_error(error: ValidationError) -> str:
     first = error.errors()[0]
-    location = ".".join(str(part) for part in first["loc"] if not str(part).startswith(("function-", "tagged-union")))
+    parts = [str(part) for part in first["loc"] if not str(part).startswith(("function-", "tagged-union"))]
+    if len(parts) >= 3 and parts[0] == "search" and parts[2] in ("float", "int", "categorical"):
+        del parts[2]  # the union's tag: search.strength.low, not search.strength.float.low
+    location = ".".join(parts)
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"
     more = f" (and {len(error.errors()) - 1} more)" if len(error.errors()) > 1 else ""
+    if not location and re.match(r"^[a-z_]+(\.[A-Za-z0-9_\[\]]+)*: ", message):
+        return f"{message}{more}"  # a spec-wide check that names its own field
     return f"{location or 'spec'}: {message}{more}"
 
 
@@ -260,14 +342,21 @@ def resolve_spec_path(path: str | Path | None) -> Path:
 
 def parse_spec(data: Any, source: str = "<spec>", overrides: dict[str, Any] | None = None) -> SweepSpec:
     """Validate a spec mapping (plus dotted-key ``overrides``) into a SweepSpec."""
+    if data is None:
+        raise SpecError(f"{source}: the spec is empty; it must be a YAML mapping (name:, search:, ...)")
     if not isinstance(data, dict):
         raise SpecError(f"{source}: a spec must be a YAML mapping, got {type(data).__name__}")
     merged = json.loads(json.dumps(data, default=str))
     for dotted, value in (overrides or {}).items():
         node = merged
         *parents, leaf = dotted.split(".")
-        for parent in parents:
+        for depth, parent in enumerate(parents):
             node = node.setdefault(parent, {})
+            if not isinstance(node, dict):
+                where = ".".join(parents[: depth + 1])
+                raise SpecError(f"{source}: {dotted}: {where} is {type(node).__name__} {node!r}, not a mapping")
+        if not leaf or not all(parents):
+            raise SpecError(f"{source}: {dotted}: not a dotted field name")
         node[leaf] = value
     try:
         return SweepSpec.model_validate(merged)
@@ -279,7 +368,9 @@ def load_spec(path: str | Path | None = None, overrides: dict[str, Any] | None =
     """Read and validate a spec file; returns the spec and the resolved path."""
     resolved = resolve_spec_path(path)
     try:
-        data = yaml.safe_load(resolved.read_text())
+        data = yaml_load(resolved.read_text())
+    except (OSError, UnicodeDecodeError) as error:
+        raise SpecError(f"{resolved}: cannot read: {getattr(error, 'strerror', None) or error}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
