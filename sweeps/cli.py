@@ -1,7 +1,9 @@
-"""The ``hoyersweep`` command: ``train`` one trial, ``run``/``resume`` sweeps, and look at results.
+"""The ``hoyersweep`` command: ``train`` one trial, ``check``/``run``/``resume`` sweeps, and look at results.
 
 Heavy imports (Ray, Optuna, MLflow) happen inside the sub-commands that need them, so
-``hoyersweep train`` starts as fast as plain torch.
+``hoyersweep train`` starts as fast as plain torch.  ``check`` (and ``run``/``resume``, before
+Ray starts) validates everything a sweep needs; a user error is one line on stderr and exit
+status 2 (``HOYERSWEEP_DEBUG=1`` shows the traceback instead).
 """
 
 from __future__ import annotations
@@ -19,8 +21,15 @@ from trainables.cli import add_train_arguments, train_command
 
 
 def _override_value(text: str) -> Any:
-    """``--set key=value`` values are YAML scalars (numbers, booleans, null, strings)."""
-    return yaml.safe_load(text)
+    """``--set key=value`` values are YAML (numbers as in YAML 1.2: ``1e-3`` is a float), booleans, null, strings."""
+    from sweeps.spec import yaml_load
+
+    try:
+        return yaml_load(text)
+    except yaml.YAMLError as error:
+        raise argparse.ArgumentTypeError(
+            f"--set value {text!r} is not valid YAML: {getattr(error, 'problem', None) or error}"
+        ) from None
 
 
 def spec_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -42,10 +51,27 @@ def spec_overrides(args: argparse.Namespace) -> dict[str, Any]:
             overrides[dotted] = value
     for item in args.set or []:
         key, separator, value = item.partition("=")
-        if not separator or not key:
+        if not separator or not key.strip():
             raise argparse.ArgumentTypeError(f"--set expects key=value, got {item!r}")
-        overrides[key] = _override_value(value)
+        overrides[key.strip()] = _override_value(value)
     return overrides
+
+
+def _add_spec_arguments(parser: argparse.ArgumentParser) -> None:
+    """The spec and the flags that override it (``run`` and ``check`` share them)."""
+    parser.add_argument("spec", nargs="?", default=None, help="sweep spec YAML (default sweeps/digits_quick.yaml)")
+    parser.add_argument("--num-samples", type=int, help="override budget.num_samples")
+    parser.add_argument("--max-concurrent-trials", type=int, help="override budget.max_concurrent_trials")
+    parser.add_argument("--time-budget-s", type=float, help="override budget.time_budget_s")
+    parser.add_argument("--storage", help="results folder (override storage)")
+    parser.add_argument("--name", help="sweep name (override name)")
+    parser.add_argument("--sampler", choices=["tpe", "nsga2", "gp", "random"], help="override sampler.type")
+    parser.add_argument("--seed", type=int, help="override sampler.seed")
+    parser.add_argument("--data-dir", help="override data_dir")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in the sweep folder)")
+    parser.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override any spec field, e.g. --set trial.epochs=5"
+    )
 
 
 def _add_ray_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,13 +106,44 @@ def configure_logging() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def run_command(args: argparse.Namespace) -> int:
-    from sweeps.runner import run_sweep
+def _checked_spec(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Load the spec with the flags' overrides and check everything a sweep of it needs (no Ray yet)."""
+    from sweeps.check import check_spec
     from sweeps.spec import load_spec
 
-    configure_logging()
+    spec, resolved = load_spec(args.spec, spec_overrides(args))
+    summary = check_spec(
+        spec,
+        str(resolved),
+        tracking_uri=args.tracking_uri,
+        storage=args.storage,
+        address=args.address,
+        num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus,
+    )
+    return spec, summary
 
-    spec, _ = load_spec(args.spec, spec_overrides(args))
+
+def check_command(args: argparse.Namespace) -> int:
+    """Validate a spec and everything a sweep of it needs; print a short summary. Starts nothing."""
+    if not args.quiet:
+        print(f"checking {args.spec or 'the default spec'}…", flush=True)
+    _, summary = _checked_spec(args)
+    if not args.quiet:
+        print("\n".join(summary.lines()))
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if not args.quiet:
+        print(f"checking {args.spec or 'the default spec'}…", flush=True)
+    spec, summary = _checked_spec(args)  # before Ray starts: a bad spec costs seconds, not a sweep of tracebacks
+    if not args.quiet:
+        print(summary.one_line(), flush=True)
+
+    from sweeps.runner import run_sweep
+
+    configure_logging()
     outcome = run_sweep(
         spec,
         storage=args.storage,
@@ -100,12 +157,42 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def resume_command(args: argparse.Namespace) -> int:
+    import json
+
+    from sweeps.check import check_spec
     from sweeps.runner import find_sweep_dir, resume_sweep
+    from sweeps.spec import load_spec
+    from trainables.contract import SPEC_FILE, STATE_FILE
+
+    sweep_dir = find_sweep_dir(args.sweep, args.storage or "results")
+    if not args.quiet:
+        print(f"checking {sweep_dir}…", flush=True)
+    try:
+        state = json.loads((sweep_dir / STATE_FILE).read_text())
+        tracking_uri = state.get("tracking_uri")  # null: the folder's own mlflow.db
+        runs = [run for run in state.get("runs") or [] if isinstance(run, dict)]
+    except (OSError, ValueError, AttributeError) as error:
+        raise ValueError(f"{sweep_dir / STATE_FILE}: cannot read: {error}") from None
+    # As resume_sweep: --data-dir, else the latest earlier resume's override, else the spec's own.
+    data_dir = args.data_dir or next((run["data_dir"] for run in reversed(runs) if run.get("data_dir")), None)
+    spec, resolved = load_spec(sweep_dir / SPEC_FILE, {"data_dir": str(data_dir)} if data_dir else None)
+    summary = check_spec(
+        spec,
+        str(resolved),
+        tracking_uri=tracking_uri,
+        tracking_field=f"{STATE_FILE} tracking_uri",
+        sweep_dir=sweep_dir,
+        address=args.address,
+        num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus,
+    )
+    if not args.quiet:
+        print(summary.one_line(), flush=True)
 
     configure_logging()
-
     outcome = resume_sweep(
-        find_sweep_dir(args.sweep, args.storage or "results"),
+        sweep_dir,
+        data_dir=args.data_dir,
         address=args.address,
         num_cpus=args.num_cpus,
         num_gpus=args.num_gpus,
@@ -125,26 +212,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(train)
     train.set_defaults(handler=train_command)
 
+    check = commands.add_parser("check", help="check a sweep spec and everything it needs; starts nothing")
+    _add_spec_arguments(check)
+    _add_ray_arguments(check)
+    check.set_defaults(handler=check_command)
+
     run = commands.add_parser("run", help="run a sweep (default spec: sweeps/digits_quick.yaml)")
-    run.add_argument("spec", nargs="?", default=None, help="sweep spec YAML (default sweeps/digits_quick.yaml)")
-    run.add_argument("--num-samples", type=int, help="override budget.num_samples")
-    run.add_argument("--max-concurrent-trials", type=int, help="override budget.max_concurrent_trials")
-    run.add_argument("--time-budget-s", type=float, help="override budget.time_budget_s")
-    run.add_argument("--storage", help="results folder (override storage)")
-    run.add_argument("--name", help="sweep name (override name)")
-    run.add_argument("--sampler", choices=["tpe", "nsga2", "gp", "random"], help="override sampler.type")
-    run.add_argument("--seed", type=int, help="override sampler.seed")
-    run.add_argument("--data-dir", help="override data_dir")
-    run.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in the sweep folder)")
-    run.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override any spec field, e.g. --set trial.epochs=5"
-    )
+    _add_spec_arguments(run)
     _add_ray_arguments(run)
     run.set_defaults(handler=run_command)
 
     resume = commands.add_parser("resume", help="continue an interrupted sweep")
     resume.add_argument("sweep", help="sweep folder, or sweep name under --storage")
     resume.add_argument("--storage", help="results folder to look for the name in (default results)")
+    resume.add_argument("--data-dir", help="the dataset's folder, when it moved since the sweep started")
     _add_ray_arguments(resume)
     resume.set_defaults(handler=resume_command)
 
@@ -155,14 +236,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from analysis.cli import quiet_broken_pipe
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.handler(args)
-    except (ValueError, argparse.ArgumentTypeError, FileNotFoundError) as error:  # user errors: one line
+        with quiet_broken_pipe():
+            return args.handler(args)
+    except (ValueError, argparse.ArgumentTypeError, OSError) as error:  # user errors: one line
         if os.environ.get("HOYERSWEEP_DEBUG"):
             raise
-        parser.exit(2, f"hoyersweep {args.command}: error: {error}\n")
+        message = " ".join(str(error).split()) or type(error).__name__
+        parser.exit(2, f"hoyersweep {args.command}: error: {message}\n")
 
 
 if __name__ == "__main__":
