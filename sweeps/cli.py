@@ -153,7 +153,7 @@ def run_command(args: argparse.Namespace) -> int:
         num_gpus=args.num_gpus,
         quiet=args.quiet,
     )
-    return 0 if outcome.ok else 1
+    return exit_code(outcome)
 
 
 def resume_command(args: argparse.Namespace) -> int:
@@ -198,7 +198,7 @@ def resume_command(args: argparse.Namespace) -> int:
         num_gpus=args.num_gpus,
         quiet=args.quiet,
     )
-    return 0 if outcome.ok else 1
+    return exit_code(outcome)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,6 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def exit_code(outcome: Any) -> int:
+    """130 for a sweep stopped by Ctrl-C (as a shell reports it), 0 when a trial succeeded, else 1."""
+    from sweeps.interrupt import EXIT_INTERRUPTED
+
+    if outcome.interrupted:
+        return EXIT_INTERRUPTED
+    return 0 if outcome.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     from analysis.cli import quiet_broken_pipe
 
@@ -248,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         message = " ".join(str(error).split()) or type(error).__name__
         parser.exit(2, f"hoyersweep {args.command}: error: {message}\n")
+    except KeyboardInterrupt:  # Ctrl-C outside a running sweep (while checking, starting Ray): records stay usable
+        parser.exit(130, f"\nhoyersweep {args.command}: interrupted\n")
 
 
 if __name__ == "__main__":
