@@ -10,6 +10,7 @@ modules import them.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -21,6 +22,13 @@ DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion_mnist", "cifar10")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 AUGMENTATIONS: tuple[str, ...] = ("none", "crop_flip", "shift")
+
+BRANCH_SETTINGS: tuple[str, ...] = ("threshold", "threshold_mode", "finetune_epochs", "finetune_lr")
+"""The settings only prune + finetune depend on: the one rule for what threshold branches may differ in.
+
+Nothing before the prune reads them (the threshold only decides the masks), so trials that agree
+on everything else share their dense + regularized phase exactly (``trainables.branching``).
+"""
 
 
 class ConfigError(ValueError):
@@ -128,3 +136,28 @@ def _check_number(name: str, value: float, minimum: float, strict: bool = False)
 def _check_int(name: str, value: int, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+
+
+def split_branch_settings(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split trial settings into (shared part, branch part) by ``BRANCH_SETTINGS``.
+
+    Trials whose shared parts are equal can be trained as branches of one regularized run; the
+    branch part is what ``trainables.branching.run_branches`` applies to each branch.
+    """
+    shared = {key: value for key, value in values.items() if key not in BRANCH_SETTINGS}
+    branch = {key: value for key, value in values.items() if key in BRANCH_SETTINGS}
+    return shared, branch
+
+
+def check_branchable(searched_names: Iterable[str]) -> None:
+    """Raise ConfigError unless at least one of ``BRANCH_SETTINGS`` is searched.
+
+    Branching K > 1 trials from one regularized run only pays when the trials can differ in a
+    branch setting; with none of them searched every branch would be the same trial.
+    """
+    searched = set(searched_names)
+    if not searched & set(BRANCH_SETTINGS):
+        named = ", ".join(sorted(searched)) or "nothing"
+        raise ConfigError(
+            f"branching needs one of {', '.join(BRANCH_SETTINGS)} to be searched; the search space has {named}"
+        )

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.config import ConfigError, TrialConfig
+from trainables.config import BRANCH_SETTINGS, ConfigError, TrialConfig
 from trainables.contract import FLOPS_FRAC, NONZERO_FRAC, VAL_ACCURACY, Status, TrialResult
 from trainables.data import DatasetSplits, iterate_batches, load_dataset, random_crop_flip, random_shift
 from trainables.models import build_model
@@ -59,8 +59,8 @@ FINETUNE = "finetune"
 PHASES: tuple[str, ...] = (PRETRAIN, TRAIN, FINETUNE)
 """The training phases in order; pruning happens between ``train`` and ``finetune``."""
 
-BRANCH_FIELDS: tuple[str, ...] = ("threshold", "threshold_mode", "finetune_epochs", "finetune_lr")
-"""The settings only prune + finetune depend on: branches of one regularized run may differ in them."""
+BRANCH_FIELDS: tuple[str, ...] = BRANCH_SETTINGS
+"""The settings only prune + finetune depend on (``trainables.config.BRANCH_SETTINGS``, the one definition)."""
 
 CHECKPOINT_FORMAT = 1
 
@@ -251,6 +251,10 @@ class TrialRun:
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
         """Continue from a checkpoint: masks first (they reshape the state dict), weights, the rest."""
+        if checkpoint.get("format") != CHECKPOINT_FORMAT:
+            kind = checkpoint.get("kind")
+            hint = "; resume it with trainables.branching.run_branches" if kind else ""
+            raise ConfigError(f"not a trial checkpoint (format {checkpoint.get('format')!r}, kind {kind!r}){hint}")
         if checkpoint["masks"] is not None:
             self.set_masks(checkpoint["masks"])
         self.model.load_state_dict(checkpoint["model"])
@@ -280,13 +284,17 @@ class TrialRun:
     # training and evaluation
 
     @torch.no_grad()
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-        """(accuracy, mean cross-entropy) over a whole split, in eval mode."""
-        self.model.eval()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None) -> tuple[float, float]:
+        """(accuracy, mean cross-entropy) over a whole split, in eval mode.
+
+        ``model`` evaluates another model (e.g. a pruned copy, for the prune-now proxy) the same way.
+        """
+        model = self.model if model is None else model
+        model.eval()
         correct = torch.zeros((), device=x.device)
         loss_sum = torch.zeros((), device=x.device)
         for xb, yb in iterate_batches(x, y, self.config.eval_batch_size, shuffle=False):
-            logits = self.model(xb)
+            logits = model(xb)
             loss_sum += F.cross_entropy(logits, yb, reduction="sum")
             correct += (logits.argmax(dim=1) == yb).sum()
         n = max(len(y), 1)
