@@ -1,0 +1,276 @@
+"""Threshold branching: one regularized run, K pruned + fine-tuned results, each equal to an independent trial."""
+
+import json
+import math
+
+import pytest
+
+from trainables.branching import (
+    SHARED,
+    ProxyChoice,
+    ProxyPoint,
+    load_branch_point,
+    pareto_layers,
+    prune_now_proxy,
+    run_branches,
+    select_thresholds,
+    threshold_grid,
+)
+from trainables.config import BRANCH_SETTINGS, ConfigError, TrialConfig, check_branchable, split_branch_settings
+from trainables.contract import Status
+from trainables.pipeline import BRANCH_FIELDS, dense, regularize, run_trial, start_run
+
+BASE = dict(epochs=3, finetune_epochs=2, batch_size=256, strength=3e-4)
+BRANCHES = [
+    dict(threshold=0.01),
+    dict(threshold=0.05, finetune_lr=3e-4),
+    dict(threshold=0.5, threshold_mode="std", finetune_epochs=1),
+]
+TIMING = ("wall_time_s", "resumed_from_epoch")
+
+
+def comparable(result):
+    """Everything a result says, but timings (and resumed_from_epoch, which says how it was run)."""
+    body = result.to_dict()
+    for key in TIMING:
+        body.pop(key)
+    body["history"] = [{k: v for k, v in epoch.items() if k != "time_s"} for epoch in body["history"]]
+    return body
+
+
+@pytest.fixture(scope="module")
+def independent():
+    return [run_trial({**BASE, **branch}) for branch in BRANCHES]
+
+
+@pytest.fixture(scope="module")
+def branched():
+    reports = []
+    results = run_branches(BASE, BRANCHES, report=lambda m, s: reports.append(m))
+    return results, reports
+
+
+class Interrupted(Exception):
+    pass
+
+
+# --- (a) the same numbers as independent runs ------------------------------------------------
+
+
+def test_branches_equal_independent_trials_exactly(branched, independent):
+    results, _ = branched
+    assert len(results) == len(BRANCHES)
+    for branch, result, reference in zip(BRANCHES, results, independent):
+        assert result.status is Status.OK, branch
+        assert comparable(result) == comparable(reference), branch  # val/test accuracy, sparsity, layers, history
+        assert result.resumed_from_epoch is None
+    assert len({r.nonzero_frac for r in results}) == 3  # the thresholds did differ
+
+
+def test_shared_epochs_are_reported_once_then_each_branch(branched):
+    results, reports = branched
+    tags = [(r["branch"], r["phase"], r["epoch"]) for r in reports]
+    assert tags == [
+        (SHARED, "train", 1),
+        (SHARED, "train", 2),
+        (SHARED, "train", 3),
+        (0, "finetune", 4),
+        (0, "finetune", 5),
+        (1, "finetune", 4),
+        (1, "finetune", 5),
+        (2, "finetune", 4),
+    ]
+    for epoch, report in enumerate(reports[:3]):  # each branch's projected sparsity rides along
+        assert report["branch_nonzero_frac"] == [r.history[epoch]["nonzero_frac"] for r in results]
+        assert report["branch_flops_frac"] == [r.history[epoch]["flops_frac"] for r in results]
+
+
+def test_divergence_in_the_shared_phase_diverges_every_branch_and_in_a_branch_only_that_one():
+    config = dict(BASE, optimizer="sgd", lr=1e12, reg="l1", strength=1.0)
+    results = run_branches(config, BRANCHES[:2])
+    assert [r.status for r in results] == [Status.DIVERGED] * 2
+    for branch, result in zip(BRANCHES[:2], results):
+        assert comparable(result) == comparable(run_trial({**config, **branch}))
+
+    config = dict(BASE, optimizer="sgd", lr=0.05)
+    branches = [dict(threshold=0.02), dict(threshold=0.02, finetune_lr=1e30)]
+    results = run_branches(config, branches)
+    assert [r.status for r in results] == [Status.OK, Status.DIVERGED]
+    assert results[1].diverged_epoch == 4 and "finetune" in results[1].message
+    for branch, result in zip(branches, results):
+        assert comparable(result) == comparable(run_trial({**config, **branch}))
+
+
+# --- (b) interrupted and resumed ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stop_at", [(SHARED, 2), (SHARED, 3), (1, 4)])
+def test_resume_continues_where_it_stopped_and_never_retrains_finished_work(tmp_path, branched, stop_at):
+    reference, _ = branched
+    checkpoint = tmp_path / "state.pt"
+
+    def save_then_die(metrics, state):
+        state.save(checkpoint)
+        if (metrics["branch"], metrics["epoch"]) == stop_at:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run_branches(BASE, BRANCHES, report=save_then_die)
+    after = []
+    resumed = run_branches(
+        BASE, BRANCHES, report=lambda m, s: after.append((m["branch"], m["epoch"])), resume_from=checkpoint
+    )
+    shared_after = [epoch for branch, epoch in after if branch == SHARED]
+    assert shared_after == (list(range(stop_at[1] + 1, 4)) if stop_at[0] == SHARED else [])
+    if stop_at[0] == 1:  # branch 0 came back from the checkpoint; branch 1 went on from epoch 5
+        assert after == [(1, 5), (2, 4)]
+        assert resumed[1].resumed_from_epoch == 4 and resumed[2].resumed_from_epoch == 3
+    assert [comparable(r) for r in resumed] == [comparable(r) for r in reference]
+
+
+def test_skip_leaves_out_branches_the_caller_already_has(tmp_path, branched):
+    reference, _ = branched
+    checkpoint = tmp_path / "state.pt"
+
+    def save_then_die(metrics, state):
+        state.save(checkpoint)
+        if metrics["branch"] == 1:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run_branches(BASE, BRANCHES, report=save_then_die)
+    resumed = run_branches(BASE, BRANCHES, resume_from=checkpoint, skip={0})
+    assert resumed[0] is None
+    assert [comparable(r) for r in resumed[1:]] == [comparable(r) for r in reference[1:]]
+
+
+def test_a_branch_point_file_spares_the_shared_phase(tmp_path, branched):
+    reference, _ = branched
+    point = tmp_path / "branch_point.pt"
+
+    def die_in_first_branch(metrics, state):
+        if metrics["branch"] == 0:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run_branches(BASE, BRANCHES, report=die_in_first_branch, branch_point=point)
+    assert load_branch_point(point).epoch == 3
+    phases = []
+    resumed = run_branches(BASE, BRANCHES, report=lambda m, s: phases.append(m["branch"]), branch_point=point)
+    assert SHARED not in phases and [r.resumed_from_epoch for r in resumed] == [3, 3, 3]
+    assert [comparable(r) for r in resumed] == [comparable(r) for r in reference]
+    with pytest.raises(ConfigError, match="strength"):  # a branch point of another regularized run is refused
+        run_branches(dict(BASE, strength=1e-3), BRANCHES, branch_point=point)
+
+
+def test_checkpoints_of_the_two_kinds_are_not_mixed_up(tmp_path):
+    checkpoint = tmp_path / "state.pt"
+
+    def save_then_die(metrics, state):
+        state.save(checkpoint)
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run_branches(BASE, BRANCHES, report=save_then_die)
+    with pytest.raises(ConfigError, match="run_branches"):
+        run_trial(BASE, resume_from=checkpoint)
+    with pytest.raises(ConfigError, match="branches may only set"):
+        run_branches(BASE, [dict(strength=1.0)])
+
+
+# --- (c) the branch rule ---------------------------------------------------------------------
+
+
+def test_one_rule_says_what_branches_may_differ_in():
+    assert BRANCH_FIELDS == BRANCH_SETTINGS == ("threshold", "threshold_mode", "finetune_epochs", "finetune_lr")
+    shared, branch = split_branch_settings(dict(strength=1e-4, threshold=0.01, finetune_lr=1e-4, epochs=3))
+    assert shared == dict(strength=1e-4, epochs=3) and branch == dict(threshold=0.01, finetune_lr=1e-4)
+    check_branchable(["strength", "threshold"])
+    check_branchable(["finetune_epochs"])
+    with pytest.raises(ConfigError, match="threshold"):
+        check_branchable(["strength", "lr"])
+    with pytest.raises(ConfigError, match="nothing"):
+        check_branchable([])
+
+
+# --- (d) the proxy and choosing thresholds ---------------------------------------------------
+
+
+def test_threshold_grid():
+    grid = threshold_grid(1e-3, 0.1, n=3)
+    assert grid[0] == 1e-3 and grid[-1] == 0.1 and grid[1] == pytest.approx(1e-2)
+    assert threshold_grid(0.0, 1.0, n=5, log=False) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert len(threshold_grid(1e-3, 0.1)) == 32
+    with pytest.raises(ValueError):
+        threshold_grid(0.0, 1.0)
+
+
+def _points(rows):
+    return [ProxyPoint(t, acc, nz, nz) for t, acc, nz in rows]
+
+
+def test_select_thresholds_spans_the_front_in_log_sparsity():
+    # a front from (acc .98, nz .5) down to (acc .60, nz .001), plus dominated points
+    front = [(0.01, 0.98, 0.5), (0.02, 0.97, 0.2), (0.03, 0.96, 0.1), (0.04, 0.95, 0.05), (0.05, 0.93, 0.02)]
+    front += [(0.06, 0.90, 0.01), (0.07, 0.80, 0.005), (0.08, 0.60, 0.001)]
+    dominated = [(0.015, 0.97, 0.6), (0.025, 0.90, 0.3), (0.2, math.nan, 0.0)]
+    points = _points(front + dominated)
+    assert [p.threshold for p in pareto_layers(points)[0]] == [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08]
+    chosen = select_thresholds(points, 3)
+    assert chosen == [0.01, 0.05, 0.08]  # most accurate, sparsest, and the one nearest the log-middle
+    assert select_thresholds(list(reversed(points)), 3) == chosen  # order does not matter
+    assert select_thresholds(points, 1) == [0.01]
+    assert select_thresholds(points, 2) == [0.01, 0.08]
+    assert select_thresholds(points, 8) == [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08]  # the whole front
+    assert select_thresholds(points, 3, low=0.02, high=0.06) == [0.02, 0.04, 0.06]
+    assert select_thresholds(points, 20) == sorted(p.threshold for p in points)  # k beyond all: every point
+
+
+def test_select_thresholds_fills_from_the_next_layers_when_the_front_is_short():
+    points = _points([(0.01, 0.9, 0.5), (0.02, 0.8, 0.1), (0.03, 0.85, 0.6), (0.04, 0.5, 0.2), (0.05, math.nan, 0.1)])
+    assert select_thresholds(points, 2) == [0.01, 0.02]
+    assert select_thresholds(points, 3) == [0.01, 0.02, 0.04]  # of the next layer, the one farther in log nonzero
+    assert select_thresholds(points, 4) == [0.01, 0.02, 0.03, 0.04]
+    assert select_thresholds(points, 10) == [0.01, 0.02, 0.03, 0.04, 0.05]
+
+
+def test_prune_now_proxy_is_what_pruning_there_gives():
+    run = start_run(TrialConfig(**BASE))
+    assert dense(run) and regularize(run)
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    thresholds = [0.0, 0.01, 0.05]
+    points = prune_now_proxy(run, thresholds)
+    assert all((before[k] == v).all() for k, v in run.model.state_dict().items())  # the run is untouched
+    assert [p.threshold for p in points] == thresholds
+    assert points[0].nonzero_frac == 1.0 and points[0].val_accuracy == run.validate()[0]
+    for point, threshold in zip(points[1:], thresholds[1:]):
+        reference = run_trial(dict(BASE, threshold=threshold))
+        assert point.val_accuracy == reference.val_accuracy_after_prune
+        assert point.nonzero_frac == reference.history[2]["nonzero_frac"]
+
+
+def test_a_proxy_choice_at_the_branch_point_gives_exact_branches():
+    choice = ProxyChoice(k=2, grid=tuple(threshold_grid(0.005, 0.1, n=6)), settings=dict(finetune_epochs=1))
+    results = run_branches(BASE, choice)
+    assert len(results) == 2 and len(choice.points) == 6
+    chosen = select_thresholds(choice.points, 2)
+    for threshold, result in zip(chosen, results):
+        reference = run_trial(dict(BASE, threshold=threshold, finetune_epochs=1))
+        assert comparable(result) == comparable(reference)
+
+
+# --- (e) the command line --------------------------------------------------------------------
+
+
+def test_cli_thresholds_prints_one_line_per_threshold(capsys):
+    from trainables.cli import main
+
+    args = ["--epochs", "2", "--finetune-epochs", "1", "--batch-size", "256", "--thresholds", "0.01,0.02,0.05"]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[:4] for line in lines] == [["threshold", t, "status", "ok"] for t in ("0.01", "0.02", "0.05")]
+    assert main([*args, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["threshold"] for row in rows] == [0.01, 0.02, 0.05] and all(row["status"] == "ok" for row in rows)
+    with pytest.raises(SystemExit):
+        main(["--thresholds", "0.1,x"])

@@ -1,0 +1,545 @@
+"""Threshold branching: one dense + regularized run serves many thresholds, exactly.
+
+Nothing before the prune reads ``BRANCH_SETTINGS`` (threshold, threshold mode, fine-tuning), so
+trials differing only in them share their dense + regularized phase bit for bit.
+``run_branches(config, branches)`` trains that shared phase once, keeps the *branch point* (the
+unpruned run at the end of regularized training), and for each branch restores it, applies the
+branch's settings, prunes, fine-tunes and returns an ordinary ``TrialResult`` — the one
+``run_trial({**config, **branch})`` returns, field for field, except the timings (``wall_time_s``
+and each epoch's ``time_s``) and ``resumed_from_epoch`` after a resume:
+
+- the pre-prune history of a trial holds *projected* sparsity at its own threshold, so the
+  shared phase records, each epoch, the projection at every branch's (threshold, mode) and each
+  branch's history gets its own (``track`` adds pairs for branches chosen later);
+- seeds, per-epoch shuffles (seeded from (seed, phase, epoch)), the global RNG state at the
+  branch point and the optimizer (fresh per phase) are those of an independent run;
+- ``wall_time_s`` of a branch = the shared phase's time + the branch's own, i.e. what an
+  independent trial would have taken.
+
+Reports and resume.  ``report(metrics, state)`` is called once per epoch, like ``run_trial``'s,
+with ``metrics["branch"]`` = ``"shared"`` (pretrain/regularized epochs, reported once for all
+branches, sparsity projected at ``config``'s own threshold plus ``branch_nonzero_frac`` /
+``branch_flops_frac`` lists per branch) or the branch's index in ``branches``.  ``state`` is a
+``BranchState`` (a ``TrialState``): ``state.save(path)`` writes a self-contained checkpoint
+(the branch point, the finished branches' results, the run in progress), and
+``run_branches(config, branches, resume_from=path)`` continues from it — inside the shared
+phase, or inside branch i with branches < i already finished; their stored results are
+returned again, so nothing is lost whatever the caller recorded.  ``skip`` names branch indices
+the caller already holds results for: they are neither run nor returned (None in their place).
+``branch_point=path`` saves the branch point there; a later call that finds it never retrains
+the shared phase.
+
+Choosing thresholds by proxy.  ``prune_now_proxy(run, thresholds)`` prunes a copy of the
+branch-point weights at each threshold and measures validation accuracy (one pass each) and
+sparsity; ``select_thresholds(points, k)`` picks K thresholds spanning the proxy Pareto front
+(an ε-net on log nonzero fraction); ``ProxyChoice`` puts both together as a ``branches``
+chooser, called once at the branch point.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainables.config import BRANCH_SETTINGS, ConfigError, TrialConfig, split_branch_settings
+from trainables.contract import FLOPS_FRAC, NONZERO_FRAC, Status, TrialResult
+from trainables.pipeline import (
+    Cursor,
+    ReportFn,
+    TrialRun,
+    TrialState,
+    _atomic_save,
+    dense,
+    finish,
+    load_checkpoint,
+    regularize,
+    start_run,
+)
+from trainables.pruning import compute_masks, prunable_weights, sparsity_report
+
+BRANCH_FORMAT = "branches-1"
+"""The ``format`` of the checkpoints and branch-point files written here (``TrialState`` writes 1)."""
+
+SHARED = "shared"
+"""``metrics["branch"]`` of an epoch of the shared (dense + regularized) phase."""
+
+BranchReport = ReportFn
+"""``report(metrics, state)``: ``metrics["branch"]`` is ``SHARED`` or a branch index; ``state`` a ``BranchState``."""
+
+Branches = Sequence[Mapping[str, Any]] | Callable[[TrialRun], Sequence[Mapping[str, Any]]]
+"""The branches: each one's ``BRANCH_SETTINGS``, or a chooser called once at the branch point with the run."""
+
+TrackKey = tuple[float, str]
+
+# Settings that may differ between the run that wrote a branch point and the one that reads it.
+_PLACEMENT = ("device", "num_threads", "data_dir", "pretrain_cache_dir", "eval_batch_size")
+
+
+# --- the branch point ------------------------------------------------------------------------
+
+
+def _key(threshold: float, mode: str) -> str:
+    return f"{mode}:{float(threshold)!r}"
+
+
+@dataclass
+class BranchPoint:
+    """The run at the end of regularized training, unpruned: what every branch starts from.
+
+    ``projections[i]`` holds, for history epoch i, the projected (nonzero_frac, flops_frac) at
+    each tracked (threshold, mode) (key ``"mode:threshold"``); ``rng`` is torch's global RNG
+    state there, so anything random in fine-tuning draws what an independent run would.
+    """
+
+    config: dict[str, Any]
+    model: dict[str, torch.Tensor]
+    history: list[dict[str, Any]]
+    projections: list[dict[str, list[float]]]
+    marks: dict[str, Any]
+    message: str
+    cursor: tuple[str, int]
+    elapsed_s: float
+    rng: torch.Tensor
+    diverged: bool = False
+
+    def payload(self) -> dict[str, Any]:
+        """Plain data and tensors (``torch.load(weights_only=True)`` reads it back)."""
+        return {
+            "format": BRANCH_FORMAT,
+            "kind": "branch_point",
+            "config": self.config,
+            "model": self.model,
+            "history": self.history,
+            "projections": self.projections,
+            "marks": self.marks,
+            "message": self.message,
+            "cursor": list(self.cursor),
+            "elapsed_s": self.elapsed_s,
+            "rng": self.rng,
+            "diverged": self.diverged,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> BranchPoint:
+        return cls(
+            config=dict(payload["config"]),
+            model=payload["model"],
+            history=list(payload["history"]),
+            projections=list(payload["projections"]),
+            marks=dict(payload["marks"]),
+            message=payload["message"],
+            cursor=(payload["cursor"][0], int(payload["cursor"][1])),
+            elapsed_s=float(payload["elapsed_s"]),
+            rng=payload["rng"],
+            diverged=bool(payload["diverged"]),
+        )
+
+    @property
+    def epoch(self) -> int:
+        return self.history[-1]["epoch"] if self.history else 0
+
+
+def load_branch_point(path: str | os.PathLike) -> BranchPoint:
+    """Read a branch-point file written by ``run_branches(..., branch_point=path)``."""
+    payload = load_checkpoint(path)
+    if payload.get("format") != BRANCH_FORMAT or payload.get("kind") != "branch_point":
+        raise ConfigError(f"{path} is not a branch-point file")
+    return BranchPoint.from_payload(payload)
+
+
+def _shared_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    shared, _ = split_branch_settings(config)
+    return {key: value for key, value in shared.items() if key not in _PLACEMENT}
+
+
+def _check_same_shared(stored: Mapping[str, Any], config: TrialConfig, what: str) -> None:
+    ours, theirs = _shared_settings(config.to_dict()), _shared_settings(stored)
+    differing = sorted(key for key in ours.keys() | theirs.keys() if ours.get(key) != theirs.get(key))
+    if differing:
+        raise ConfigError(f"{what} was trained with other shared settings: {', '.join(differing)}")
+
+
+# --- checkpoints of a branching run ----------------------------------------------------------
+
+
+class BranchState(TrialState):
+    """A branching run between two epochs: ``branch`` is ``SHARED`` or the index of the branch running.
+
+    ``save(path)`` writes everything ``run_branches(..., resume_from=path)`` needs: the run in
+    progress, the branch point (once reached), the finished branches' results and the branches.
+    """
+
+    def __init__(self, driver: _Driver, run: TrialRun, branch: str | int, base: TrialState) -> None:
+        super().__init__(run, base.phase, base.phase_epoch, base.epoch)
+        self.branch = branch
+        self._driver = driver
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the checkpoint atomically (temporary file, then rename)."""
+        _atomic_save(self._driver.payload(self), Path(path))
+
+
+class _Driver:
+    """One ``run_branches`` call: the shared run, the branch point, the branches and their results."""
+
+    def __init__(self, config: TrialConfig, report: BranchReport | None, track: Iterable[TrackKey]) -> None:
+        self.config = config
+        self.user_report = report
+        self.track = {_key(t, m): (float(t), m) for t, m in track}
+        self.branches: list[dict[str, Any]] | None = None
+        self.results: dict[int, TrialResult] = {}
+        self.projections: list[dict[str, list[float]]] = []
+        self.point: BranchPoint | None = None
+        self.base: TrialRun | None = None
+
+    # the shared phase
+
+    def project(self, run: TrialRun) -> dict[str, list[float]]:
+        """Projected (nonzero_frac, flops_frac) at every tracked (threshold, mode), as ``TrialRun.sparsity`` would."""
+        out = {}
+        for key, (threshold, mode) in self.track.items():
+            masks = compute_masks(run.model, threshold, mode, include_bias=run.config.include_bias)
+            report = sparsity_report(run.model, run.positions, masks, include_bias=run.config.include_bias)
+            out[key] = [report.nonzero_frac, report.flops_frac]
+        return out
+
+    def shared_report(self, metrics: dict[str, Any], state: TrialState) -> None:
+        run = state._run
+        projection = self.project(run)
+        self.projections.append(projection)
+        if self.user_report is None:
+            return
+        tagged = {**metrics, "branch": SHARED}
+        if self.branches is not None:
+            keys = [_key(c.threshold, c.threshold_mode) for c in map(self.branch_config, self.branches)]
+            tagged["branch_nonzero_frac"] = [projection[k][0] for k in keys]
+            tagged["branch_flops_frac"] = [projection[k][1] for k in keys]
+        self.user_report(tagged, BranchState(self, run, SHARED, state))
+
+    def branch_reporter(self, index: int) -> ReportFn:
+        def report(metrics: dict[str, Any], state: TrialState) -> None:
+            if self.user_report is not None:
+                self.user_report({**metrics, "branch": index}, BranchState(self, state._run, index, state))
+
+        return report
+
+    def snapshot(self, run: TrialRun, diverged: bool) -> BranchPoint:
+        return BranchPoint(
+            config=self.config.to_dict(),
+            model={name: tensor.detach().cpu().clone() for name, tensor in run.model.state_dict().items()},
+            history=[dict(epoch) for epoch in run.history],
+            projections=[dict(p) for p in self.projections],
+            marks=dict(run.marks),
+            message=run.message,
+            cursor=(run.cursor.phase, run.cursor.phase_epoch),
+            elapsed_s=run.elapsed(),
+            rng=torch.get_rng_state(),
+            diverged=diverged,
+        )
+
+    def adopt(self, point: BranchPoint) -> None:
+        """Put the base run at a branch point read from disk (a resume: ``resumed_from_epoch`` is its epoch)."""
+        base = self.base
+        base.model.load_state_dict(point.model)
+        base.history = list(point.history)
+        base.marks = {**point.marks, "resumed_from_epoch": point.epoch}
+        point.marks = dict(base.marks)
+        base.message = point.message
+        base.cursor = Cursor(*point.cursor)
+        base.elapsed_before, base.started = point.elapsed_s, time.perf_counter()
+        self.projections = list(point.projections)
+        self.point = point
+
+    # the branches
+
+    def branch_config(self, branch: Mapping[str, Any]) -> TrialConfig:
+        unknown = sorted(set(branch) - set(BRANCH_SETTINGS))
+        if unknown:
+            raise ConfigError(f"branches may only set {', '.join(BRANCH_SETTINGS)}; got {', '.join(unknown)}")
+        return TrialConfig.from_dict({**self.config.to_dict(), **branch})
+
+    def branch_history(self, config: TrialConfig) -> list[dict[str, Any]]:
+        """The shared history with the pre-prune sparsity projected at this branch's threshold."""
+        key = _key(config.threshold, config.threshold_mode)
+        point = self.point
+        history = []
+        for index, (epoch, projection) in enumerate(zip(point.history, point.projections)):
+            values = projection.get(key)
+            if values is None and index == len(point.history) - 1 and not point.diverged:
+                values = self.project_base(config)  # untracked: exact at the branch point, unknown before it
+            nonzero, flops = values if values is not None else (math.nan, math.nan)
+            history.append({**epoch, NONZERO_FRAC: nonzero, FLOPS_FRAC: flops})
+        return history
+
+    def project_base(self, config: TrialConfig) -> list[float]:
+        model, include_bias = self.base.model, config.include_bias
+        masks = compute_masks(model, config.threshold, config.threshold_mode, include_bias=include_bias)
+        report = sparsity_report(model, self.base.positions, masks, include_bias=include_bias)
+        return [report.nonzero_frac, report.flops_frac]
+
+    def start_branch(self, index: int, saved_run: Mapping[str, Any] | None = None) -> TrialRun:
+        """Branch ``index`` on a copy of the branch-point model: fresh there, or restored from ``saved_run``."""
+        config = self.branch_config(self.branches[index])
+        point = self.point
+        run = TrialRun(config, self.base.data, copy.deepcopy(self.base.model), self.branch_reporter(index))
+        if saved_run is not None:
+            run.restore(dict(saved_run))
+        else:
+            run.history = self.branch_history(config)
+            run.marks = dict(point.marks)
+            run.message = point.message
+            run.cursor = Cursor(*point.cursor)
+            run.elapsed_before, run.started = point.elapsed_s, time.perf_counter()
+        torch.set_rng_state(point.rng)
+        return run
+
+    def payload(self, state: BranchState) -> dict[str, Any]:
+        return {
+            "format": BRANCH_FORMAT,
+            "kind": "branches",
+            "config": self.config.to_dict(),
+            "branches": [dict(b) for b in self.branches] if self.branches is not None else None,
+            "stage": state.branch,
+            "run": state._run.checkpoint(state),
+            "projections": [dict(p) for p in self.projections] if state.branch == SHARED else None,
+            "branch_point": self.point.payload() if self.point is not None else None,
+            "results": {str(i): result.to_dict() for i, result in self.results.items()},
+        }
+
+
+# --- the entry point -------------------------------------------------------------------------
+
+
+def run_branches(
+    config: TrialConfig | Mapping[str, Any],
+    branches: Branches,
+    report: BranchReport | None = None,
+    resume_from: str | os.PathLike | None = None,
+    branch_point: str | os.PathLike | None = None,
+    skip: Collection[int] = (),
+    track: Iterable[TrackKey] = (),
+) -> list[TrialResult | None]:
+    """Train ``config``'s dense + regularized phase once, then prune + finetune once per branch.
+
+    ``branches``: each branch's settings (keys from ``BRANCH_SETTINGS`` only, over ``config``'s),
+    or a chooser ``f(run) -> branches`` called once at the branch point with the unpruned run
+    (e.g. ``ProxyChoice``; a chooser's ``track`` attribute, like ``track``, names the
+    (threshold, mode) pairs whose projected sparsity the shared epochs record — a branch
+    whose pair was not tracked gets NaN there, except at the branch point itself).
+
+    Returns one result per branch, in order, each equal to ``run_trial({**config, **branch})``
+    but for timings; None where the index is in ``skip`` (results the caller already holds).
+    A shared phase that diverges makes every branch DIVERGED (as each independent run would
+    be); a branch that diverges is DIVERGED alone.  ``report``/``resume_from``/``branch_point``:
+    see the module docstring; ``resume_from`` takes a ``BranchState`` checkpoint only.
+    """
+    config = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(dict(config))
+    config.validate()
+    track = list(track) + list(getattr(branches, "track", ()))
+    if not callable(branches):
+        branches = [dict(b) for b in branches]
+    driver = _Driver(config, report, track)
+    if not callable(branches):
+        driver.branches = branches
+        configs = [driver.branch_config(branch) for branch in branches]  # bad settings fail before any training
+        driver.track.update({_key(c.threshold, c.threshold_mode): (c.threshold, c.threshold_mode) for c in configs})
+
+    saved = _load_branching_checkpoint(resume_from, config) if resume_from else None
+    in_branch = saved is not None and saved["stage"] != SHARED
+    base = start_run(config, report=driver.shared_report)
+    driver.base = base
+    if saved is not None:
+        driver.results = {int(i): TrialResult.from_dict(r) for i, r in saved["results"].items()}
+    if in_branch:
+        driver.adopt(BranchPoint.from_payload(saved["branch_point"]))
+        stored = saved["branches"]
+        if driver.branches is not None and driver.branches != stored:
+            raise ConfigError("resume_from was written for other branches; pass the same list (and skip finished ones)")
+        driver.branches = [dict(b) for b in stored]
+    elif branch_point is not None and Path(branch_point).exists():
+        point = load_branch_point(branch_point)
+        _check_same_shared(point.config, config, f"branch point {branch_point}")
+        driver.adopt(point)
+    else:
+        if saved is not None:
+            base.restore(saved["run"])
+            driver.projections = list(saved["projections"])
+        diverged = not (dense(base) and regularize(base))
+        driver.point = driver.snapshot(base, diverged)
+        if branch_point is not None and not diverged:
+            _atomic_save(driver.point.payload(), Path(branch_point))
+    if driver.branches is None:
+        driver.branches = [dict(b) for b in branches(base)]
+
+    results: list[TrialResult | None] = []
+    for index in range(len(driver.branches)):
+        if index in skip:
+            results.append(None)
+        elif index in driver.results:
+            results.append(driver.results[index])
+        else:
+            resuming = in_branch and index == int(saved["stage"])
+            run = driver.start_branch(index, saved["run"] if resuming else None)
+            result = run.result(Status.DIVERGED) if driver.point.diverged else finish(run)
+            driver.results[index] = result
+            results.append(result)
+    return results
+
+
+def _load_branching_checkpoint(path: str | os.PathLike, config: TrialConfig) -> dict[str, Any]:
+    payload = load_checkpoint(path)
+    if payload.get("format") != BRANCH_FORMAT or payload.get("kind") != "branches":
+        raise ConfigError(f"{path} is not a branching checkpoint (BranchState.save writes those)")
+    _check_same_shared(payload["config"], config, f"checkpoint {path}")
+    return payload
+
+
+# --- the prune-now proxy and choosing thresholds ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProxyPoint:
+    """What pruning at ``threshold`` right now gives, before any fine-tuning (validation data only)."""
+
+    threshold: float
+    val_accuracy: float
+    nonzero_frac: float
+    flops_frac: float
+
+
+@torch.no_grad()
+def prune_now_proxy(run: TrialRun, thresholds: Sequence[float], threshold_mode: str = "abs") -> list[ProxyPoint]:
+    """Prune a copy of ``run``'s (unpruned) weights at each threshold; one validation pass each.
+
+    ``run`` is left as it is.  The accuracy at a threshold equals the ``val_accuracy_after_prune``
+    of a branch pruned there, and the sparsity its projected sparsity at the branch point.
+    """
+    if run.masks is not None:
+        raise ValueError("prune_now_proxy needs an unpruned run (e.g. at the branch point)")
+    include_bias = run.config.include_bias
+    model = copy.deepcopy(run.model)
+    tensors = {f"{m}.{n}": getattr(module, n) for m, module, n in prunable_weights(model, include_bias=include_bias)}
+    originals = {key: tensor.detach().clone() for key, tensor in tensors.items()}
+    points = []
+    for threshold in thresholds:
+        masks = compute_masks(run.model, threshold, threshold_mode, include_bias=include_bias)
+        for key, tensor in tensors.items():
+            tensor.copy_(originals[key] * masks[key])
+        accuracy, _ = run.evaluate(run.data.val_x, run.data.val_y, model=model)
+        sparsity = sparsity_report(run.model, run.positions, masks, include_bias=include_bias)
+        points.append(ProxyPoint(float(threshold), accuracy, sparsity.nonzero_frac, sparsity.flops_frac))
+    return points
+
+
+def threshold_grid(low: float, high: float, n: int = 32, log: bool = True) -> list[float]:
+    """``n`` thresholds from ``low`` to ``high`` inclusive, evenly spaced in log (default) or linearly."""
+    if n < 1 or high < low or (log and low <= 0):
+        need = "n ≥ 1, low ≤ high" + (" and low > 0 for a log grid" if log else "")
+        raise ValueError(f"threshold_grid needs {need}; got low={low}, high={high}, n={n}")
+    if n == 1:
+        return [float(low)]
+    if log:
+        a, b = math.log(low), math.log(high)
+        inner = [math.exp(a + (b - a) * i / (n - 1)) for i in range(1, n - 1)]
+    else:
+        inner = [low + (high - low) * i / (n - 1) for i in range(1, n - 1)]
+    return [float(low), *inner, float(high)]  # the ends exactly as given
+
+
+def _dominates(a: ProxyPoint, b: ProxyPoint) -> bool:
+    return (
+        a.val_accuracy >= b.val_accuracy
+        and a.nonzero_frac <= b.nonzero_frac
+        and (a.val_accuracy > b.val_accuracy or a.nonzero_frac < b.nonzero_frac)
+    )
+
+
+def pareto_layers(points: Iterable[ProxyPoint]) -> list[list[ProxyPoint]]:
+    """Non-dominated sorting (accuracy max, nonzero min): the front first, then the front of the rest, ...
+
+    Points with a non-finite accuracy or nonzero fraction form the last layer.
+    """
+    rest = [p for p in points if math.isfinite(p.val_accuracy) and math.isfinite(p.nonzero_frac)]
+    bad = [p for p in points if p not in rest]
+    layers = []
+    while rest:
+        front = [p for p in rest if not any(_dominates(q, p) for q in rest)]
+        layers.append(front)
+        rest = [p for p in rest if p not in front]
+    return layers + ([bad] if bad else [])
+
+
+def select_thresholds(
+    points: Sequence[ProxyPoint], k: int, low: float | None = None, high: float | None = None
+) -> list[float]:
+    """K thresholds spanning the proxy Pareto front, ascending; deterministic.
+
+    Among the points with ``low ≤ threshold ≤ high``: the most accurate front point first, then
+    greedily the front point farthest (in log nonzero fraction) from those chosen — an ε-net of
+    the front in log sparsity, so the picks spread evenly from dense-and-accurate to sparse.  With
+    fewer than ``k`` front points the next Pareto layers fill in the same way; with fewer than
+    ``k`` points in all, all of them.  Ties go to the more accurate point, then the smaller threshold.
+    """
+    if k < 1:
+        raise ValueError(f"k must be ≥ 1, got {k}")
+    seen: dict[float, ProxyPoint] = {}
+    for point in points:
+        if (low is None or point.threshold >= low) and (high is None or point.threshold <= high):
+            seen.setdefault(point.threshold, point)
+
+    def log_nonzero(p: ProxyPoint) -> float:
+        return math.log(max(p.nonzero_frac, 1e-12)) if math.isfinite(p.nonzero_frac) else math.inf
+
+    chosen: list[ProxyPoint] = []
+    for layer in pareto_layers(seen.values()):
+        candidates = sorted(layer, key=lambda p: (-_finite(p.val_accuracy), p.threshold))
+        while candidates and len(chosen) < k:
+            if not chosen:
+                pick = candidates[0]  # the most accurate point (ties: the smaller threshold)
+            else:
+
+                def distance(p: ProxyPoint) -> float:
+                    return min(abs(log_nonzero(p) - log_nonzero(c)) for c in chosen)
+
+                pick = max(candidates, key=lambda p: (distance(p), _finite(p.val_accuracy), -p.threshold))
+            chosen.append(pick)
+            candidates.remove(pick)
+    return sorted(p.threshold for p in chosen)
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else -math.inf
+
+
+@dataclass(frozen=True)
+class ProxyChoice:
+    """A ``branches`` chooser: at the branch point, K thresholds from ``grid`` by the prune-now proxy.
+
+    ``settings`` (other ``BRANCH_SETTINGS``, e.g. ``finetune_epochs``) go to every branch;
+    ``track`` makes the shared epochs record the projected sparsity of every grid threshold, so
+    the chosen branches' histories are exact.  ``points`` of the last call are kept for the record.
+    """
+
+    k: int
+    grid: tuple[float, ...]
+    threshold_mode: str = "abs"
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    points: list[ProxyPoint] = field(default_factory=list, compare=False)
+
+    @property
+    def track(self) -> list[TrackKey]:
+        return [(t, self.threshold_mode) for t in self.grid]
+
+    def __call__(self, run: TrialRun) -> list[dict[str, Any]]:
+        points = prune_now_proxy(run, self.grid, self.threshold_mode)
+        self.points[:] = points
+        chosen = select_thresholds(points, self.k)
+        return [{**self.settings, "threshold": t, "threshold_mode": self.threshold_mode} for t in chosen]
