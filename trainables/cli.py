@@ -1,4 +1,9 @@
-"""``hoyersweep train``: one DeepHoyer trial from the command line, without Ray."""
+"""``hoyersweep train``: one DeepHoyer trial from the command line, without Ray.
+
+``--thresholds 0.01,0.02,0.05`` trains one configuration with threshold branching
+(``trainables.branching.run_branches``): the regularized phase once, then one pruned and
+fine-tuned result per threshold, each the same as ``--threshold`` with that value.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +36,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reg", default=d.reg, choices=REG_NAMES)
     parser.add_argument("--strength", type=float, default=d.strength, help="regularization strength λ")
     parser.add_argument("--threshold", type=float, default=d.threshold)
+    parser.add_argument(
+        "--thresholds",
+        type=threshold_list,
+        default=None,
+        help="comma-separated thresholds, e.g. 0.01,0.02,0.05: regularize once, then prune + finetune once per "
+        "threshold (exactly as separate runs); one result line each (--json: a JSON list). Overrides --threshold",
+    )
     parser.add_argument("--threshold-mode", default=d.threshold_mode, choices=THRESHOLD_MODES)
     parser.add_argument("--pretrain-epochs", type=int, default=d.pretrain_epochs)
     parser.add_argument("--init-checkpoint", default=d.init_checkpoint, help="dense weights to start from")
@@ -54,6 +66,17 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print only one JSON object with the final metrics")
 
 
+def threshold_list(text: str) -> list[float]:
+    """``0.01,0.02,0.05`` → [0.01, 0.02, 0.05]: distinct non-negative numbers (an argparse type)."""
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+    if not values or any(not math.isfinite(v) or v < 0 for v in values) or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"need distinct finite numbers ≥ 0, got {text!r}")
+    return values
+
+
 def config_from_args(args: argparse.Namespace) -> TrialConfig:
     names = set(TrialConfig.__dataclass_fields__)
     return TrialConfig.from_dict({key: value for key, value in vars(args).items() if key in names})
@@ -71,8 +94,10 @@ def json_safe(value: Any) -> Any:
 
 
 def _print_progress(metrics: dict[str, Any], _state: object) -> None:
+    branch = metrics.get("branch")
+    tag = "" if branch is None else f"[{branch}] " if branch == "shared" else f"[branch {branch}] "
     print(
-        f"epoch {metrics['epoch']:3d} {metrics['phase']:<8} loss {metrics['loss']:.4f} "
+        f"{tag}epoch {metrics['epoch']:3d} {metrics['phase']:<8} loss {metrics['loss']:.4f} "
         f"val_acc {metrics[VAL_ACCURACY]:.4f} nonzero {metrics[NONZERO_FRAC]:.4f} flops {metrics[FLOPS_FRAC]:.4f}",
         file=sys.stderr,
         flush=True,
@@ -82,6 +107,8 @@ def _print_progress(metrics: dict[str, Any], _state: object) -> None:
 def train_command(args: argparse.Namespace) -> int:
     """Run one trial; the final ``TrialResult`` as JSON (``--json``, NaN as null) or a short table."""
     config = config_from_args(args)
+    if getattr(args, "thresholds", None):
+        return branches_command(config, args.thresholds, args.json)
     from trainables.pipeline import run_trial  # torch loads here, not when the parser is built
 
     result = run_trial(config, report=None if args.json else _print_progress)
@@ -98,6 +125,28 @@ def train_command(args: argparse.Namespace) -> int:
             f"{layer['rows_live']:>4}/{layer['rows_total']:<4} {layer['cols_live']:>4}/{layer['cols_total']:<4}"
         )
     return 0 if result.ok else 1
+
+
+BRANCH_LINE_METRICS: tuple[str, ...] = (VAL_ACCURACY, TEST_ACCURACY, NONZERO_FRAC, FLOPS_FRAC, "wall_time_s")
+
+
+def branches_command(config: TrialConfig, thresholds: list[float], as_json: bool) -> int:
+    """``--thresholds``: one regularized run branched per threshold; one line (or JSON object) per threshold.
+
+    Each result is that of ``train --threshold T`` with the same other flags (``run_branches``),
+    for the price of one regularized phase.
+    """
+    from trainables.branching import run_branches  # torch loads here
+
+    results = run_branches(config, [{"threshold": t} for t in thresholds], report=None if as_json else _print_progress)
+    if as_json:
+        rows = [{"threshold": t, **result.to_dict()} for t, result in zip(thresholds, results)]
+        print(json.dumps(json_safe(rows), allow_nan=False))
+    else:
+        for threshold, result in zip(thresholds, results):
+            metrics = " ".join(f"{key} {result.metric(key):.4f}" for key in BRANCH_LINE_METRICS)
+            print(f"threshold {threshold:g} status {result.status.value} {metrics}")
+    return 0 if all(result.ok for result in results) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
