@@ -11,6 +11,7 @@ from trainables.branching import (
     ProxyPoint,
     load_branch_point,
     pareto_layers,
+    projected_fractions,
     prune_now_proxy,
     run_branches,
     select_thresholds,
@@ -232,6 +233,18 @@ def test_select_thresholds_fills_from_the_next_layers_when_the_front_is_short():
     assert select_thresholds(points, 3) == [0.01, 0.02, 0.04]  # of the next layer, the one farther in log nonzero
     assert select_thresholds(points, 4) == [0.01, 0.02, 0.03, 0.04]
     assert select_thresholds(points, 10) == [0.01, 0.02, 0.03, 0.04, 0.05]
+
+
+def test_projected_fractions_are_those_of_a_sparsity_report():
+    from trainables.pruning import compute_masks, sparsity_report
+
+    run = start_run(TrialConfig(**dict(BASE, epochs=1)))
+    assert dense(run) and regularize(run)
+    pairs = {"a0": (0.0, "abs"), "a": (0.02, "abs"), "s": (0.7, "std")}
+    fractions = projected_fractions(run.model, run.positions, pairs)
+    for key, (threshold, mode) in pairs.items():
+        report = sparsity_report(run.model, run.positions, compute_masks(run.model, threshold, mode))
+        assert fractions[key] == [report.nonzero_frac, report.flops_frac], key
 
 
 def test_prune_now_proxy_is_what_pruning_there_gives():
