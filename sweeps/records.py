@@ -1,7 +1,13 @@
 """The sweep folder's own records: ``state.json`` (identity, MLflow parent) and ``results.jsonl``.
 
+``state.json`` holds no path of the folder itself (``sweeps.folder``): ``"tracking_uri": null``
+is the folder's own ``mlflow.db`` (in memory, ``SweepState.tracking_uri`` is always the absolute
+URI of the store in use, resolved against wherever the folder is now); ``spec`` is the spec as
+it was when the sweep started, so a resume can tell an edited ``spec.yaml``.
+
 ``results.jsonl`` is the sweep's result ledger: one JSON line per finished trial of this sweep,
-appended by the driver when Ray reports the trial finished and never rewritten, keyed by the
+appended by the driver when Ray reports the trial finished and never rewritten (only a torn last
+line a kill left is cut off when the ledger is reopened: the study still has that trial), keyed by the
 Optuna trial number so a resumed sweep cannot write a trial twice.  ``analysis/`` reads it.
 """
 
@@ -11,11 +17,12 @@ import json
 import math
 import os
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sweeps.folder import is_torn, read_state, resolve_tracking_uri, stored_tracking_uri
 from trainables.contract import STATE_FILE, read_ledger
 
 
@@ -37,9 +44,14 @@ class SweepState:
     status: str = "running"
     runs: list[dict[str, Any]] = field(default_factory=list)
     exhausted: str = ""  # why the search space ran out, once it has: nothing is left to propose
+    spec: dict[str, Any] | None = None  # the spec when the sweep started (None in states written before it)
+
+    def __post_init__(self) -> None:
+        self._run_notes: dict[str, Any] = {}
+        self._runs_before = len(self.runs)  # runs appended after this are this driver's
 
     @classmethod
-    def new(cls, name: str, problem_hash: str, tracking_uri: str) -> SweepState:
+    def new(cls, name: str, problem_hash: str, tracking_uri: str, spec: dict[str, Any] | None = None) -> SweepState:
         sweep_id = uuid.uuid4().hex[:8]
         return cls(
             name=name,
@@ -47,20 +59,35 @@ class SweepState:
             study_name=f"{name}-{sweep_id}",
             problem_hash=problem_hash,
             tracking_uri=tracking_uri,
+            spec=spec,
         )
 
     @classmethod
     def load(cls, sweep_dir: Path) -> SweepState:
-        path = sweep_dir / STATE_FILE
-        try:
-            return cls(**json.loads(path.read_text()))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no sweep here (state file missing)") from None
-        except (json.JSONDecodeError, TypeError) as error:
-            raise ValueError(f"{path}: unreadable sweep state: {error}") from None
+        """The state of the folder, its tracking URI resolved against where the folder is now.
+
+        A one-line ``SpecError`` (a ValueError) when ``state.json`` is missing or unreadable.
+        """
+        values = read_state(sweep_dir)
+        known = {f.name for f in fields(cls)}
+        if unknown := sorted(set(values) - known):
+            from sweeps.spec import SpecError
+
+            raise SpecError(f"{sweep_dir / STATE_FILE}: unreadable sweep state (unknown field {unknown[0]!r})")
+        values["tracking_uri"] = resolve_tracking_uri(values.get("tracking_uri"), sweep_dir)
+        return cls(**values)
+
+    def note_run(self, **notes: Any) -> None:
+        """Facts about this driver's run (say a ``data_dir`` override), written into the run it appends."""
+        self._run_notes.update(notes)
 
     def save(self, sweep_dir: Path) -> None:
-        write_atomic(sweep_dir / STATE_FILE, json.dumps(asdict(self), indent=2))
+        """Write ``state.json``; the folder's own MLflow store is recorded as ``null`` (no path of the folder)."""
+        for run in self.runs[self._runs_before :]:
+            run.update(self._run_notes)
+        values = asdict(self)
+        values["tracking_uri"] = stored_tracking_uri(self.tracking_uri, sweep_dir)
+        write_atomic(sweep_dir / STATE_FILE, json.dumps(values, indent=2))
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -82,8 +109,13 @@ class ResultsLedger:
         self.path = path
         self.rows: dict[int, dict[str, Any]] = {int(row["trial_number"]): row for row in read_ledger(path)}
         if path.exists() and (text := path.read_text()) and not text.endswith("\n"):
-            with path.open("a") as handle:  # end a line cut short by a kill, so appends stay separate
-                handle.write("\n")
+            if is_torn(text):  # a line a kill cut short: drop it (the study has that trial; it is re-recorded)
+                data = path.read_bytes()
+                with path.open("r+b") as handle:
+                    handle.truncate(data.rfind(b"\n") + 1)
+            else:  # a whole record without its newline: end it, so appends stay separate
+                with path.open("a") as handle:
+                    handle.write("\n")
 
     def __contains__(self, trial_number: int) -> bool:
         return trial_number in self.rows

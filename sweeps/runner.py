@@ -29,6 +29,14 @@ from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
 from sweeps import processes
+from sweeps.folder import (
+    absolute_tracking_uri,
+    optuna_url,
+    own_tracking_uri,
+    relocate_tracking_store,
+    resolve_sweep_dir,
+    verify_records,
+)
 from sweeps.interrupt import Interrupt
 from sweeps.progress import Progress, SweepOutcome, failure_counts, print_summary
 from sweeps.recorder import ProcessRecorder, RecorderCallback, SweepRecorder, current_front, repair_records
@@ -41,16 +49,14 @@ from sweeps.searcher import (
     distributions,
     own_trials,
 )
-from sweeps.spec import SpecError, SweepSpec, parse_spec
+from sweeps.spec import SpecError, SweepSpec, load_spec
 from sweeps.tracking import SweepTracker
 from sweeps.trainable import CHECKPOINT_FILE, IDENTITY_FILE, deephoyer_trainable
 from trainables.contract import (
     FLOPS_FRAC,
     LOGS_DIR,
     MLFLOW_ARTIFACTS_DIR,
-    MLFLOW_FILE,
     NONZERO_FRAC,
-    OPTUNA_FILE,
     PARETO_FILE,
     PRETRAIN_CACHE_DIR,
     RAY_DIR,
@@ -91,12 +97,13 @@ def configure_tune_environment() -> None:
 
 
 def optuna_storage(sweep_dir: Path) -> optuna.storages.RDBStorage:
-    url = f"sqlite:///{(sweep_dir / OPTUNA_FILE).resolve()}"
-    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    """The folder's own ``optuna.db`` (absolute: wherever the folder is now)."""
+    return optuna.storages.RDBStorage(optuna_url(sweep_dir), engine_kwargs={"connect_args": {"timeout": 60}})
 
 
 def default_tracking_uri(sweep_dir: Path) -> str:
-    return f"sqlite:///{(sweep_dir / MLFLOW_FILE).resolve()}"
+    """The folder's own ``mlflow.db`` (``state.json`` records it as ``null``: see ``sweeps.folder``)."""
+    return own_tracking_uri(sweep_dir)
 
 
 def new_sweep_dir(storage: Path, name: str) -> Path:
@@ -109,10 +116,14 @@ def new_sweep_dir(storage: Path, name: str) -> Path:
 
 
 def find_sweep_dir(name_or_path: str, storage: str = "results") -> Path:
-    """A sweep folder from a path, or a sweep name under ``storage``."""
+    """A sweep folder from a path, or a sweep name under ``storage``; always absolute.
+
+    Absolute before anything uses it: Ray workers do not share the driver's working directory,
+    so a relative path would hide every checkpoint from them.
+    """
     for candidate in (Path(name_or_path), Path(storage) / name_or_path):
         if (candidate / STATE_FILE).exists():
-            return candidate
+            return resolve_sweep_dir(candidate)
     looked = f"{name_or_path} and {Path(storage) / name_or_path}"
     raise SpecError(f"{name_or_path}: no sweep found (looked for {STATE_FILE} in {looked})")
 
@@ -235,18 +246,25 @@ def _init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None) -
 def prepare_sweep(
     spec: SweepSpec, storage: str | None = None, tracking_uri: str | None = None
 ) -> tuple[Path, SweepState]:
-    """Create a new sweep folder with its spec copy and state."""
-    sweep_dir = new_sweep_dir(Path(storage or spec.storage), spec.name)
+    """Create a new sweep folder (absolute path) with its spec copy and state.
+
+    ``state.json`` keeps the spec as it starts (a resume refuses an edited ``spec.yaml``) and no
+    path of the folder: its own ``mlflow.db`` is ``null``; a ``tracking_uri`` given here is kept
+    (a relative sqlite path made absolute).
+    """
+    sweep_dir = resolve_sweep_dir(new_sweep_dir(Path(storage or spec.storage), spec.name))
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-    state = SweepState.new(sweep_dir.name, spec.problem_hash(), tracking_uri or default_tracking_uri(sweep_dir))
+    dumped = spec.model_dump(mode="json")
+    (sweep_dir / SPEC_FILE).write_text(yaml.safe_dump(dumped, sort_keys=False))
+    uri = absolute_tracking_uri(tracking_uri) or default_tracking_uri(sweep_dir)
+    state = SweepState.new(sweep_dir.name, spec.problem_hash(), uri, spec=dumped)
     state.save(sweep_dir)
     return sweep_dir, state
 
 
 def load_sweep(sweep_dir: Path) -> tuple[SweepSpec, SweepState]:
-    spec_path = sweep_dir / SPEC_FILE
-    spec = parse_spec(yaml.safe_load(spec_path.read_text()), str(spec_path))
+    """The spec and state of a sweep folder (read-only; ``resume_sweep`` verifies the records first)."""
+    spec, _ = load_spec(sweep_dir / SPEC_FILE)
     return spec, SweepState.load(sweep_dir)
 
 
@@ -435,7 +453,24 @@ def run_sweep(
     return execute_sweep(spec, sweep_dir, state, **kwargs)
 
 
-def resume_sweep(sweep_dir: Path, **kwargs: Any) -> SweepOutcome:
-    """Continue an interrupted sweep from its folder."""
+def resume_sweep(sweep_dir: str | Path, *, data_dir: str | Path | None = None, **kwargs: Any) -> SweepOutcome:
+    """Continue an interrupted sweep from its folder, wherever the folder is now.
+
+    First, before anything is written: the folder is made absolute and its records verified
+    (``sweeps.folder.verify_records``: damaged or missing records are a one-line ``SpecError``
+    and nothing changes).  Then a copied or moved folder's MLflow store is pointed at the
+    folder's own ``mlartifacts`` (``relocate_tracking_store``).  ``data_dir`` points this
+    resume (and later ones, until another is given) at the data, for a sweep moved away from
+    it; ``spec.yaml`` is not rewritten, the override is recorded in its run in ``state.json``.
+    """
+    sweep_dir = resolve_sweep_dir(sweep_dir)
+    verify_records(sweep_dir)
     spec, state = load_sweep(sweep_dir)
+    if data_dir is None:  # an earlier resume's override still holds
+        data_dir = next((run["data_dir"] for run in reversed(state.runs) if run.get("data_dir")), None)
+    if data_dir is not None:
+        resolved = str(resolve_sweep_dir(data_dir))
+        spec = spec.model_copy(update={"data_dir": resolved})
+        state.note_run(data_dir=resolved)
+    relocate_tracking_store(sweep_dir, state.name, state.tracking_uri)
     return execute_sweep(spec, sweep_dir, state, **kwargs)
