@@ -31,6 +31,7 @@ from trainables.contract import (
     VAL_ACCURACY,
     Status,
     is_sweep_dir,
+    tracking_uri_of,
 )
 
 FRONT_COLUMNS = ("sweep", TRIAL_NUMBER_KEY, "reg", "strength", "threshold", "threshold_mode")
@@ -163,7 +164,7 @@ def ui_command(args: argparse.Namespace) -> int:
     """Start the MLflow UI on the sweep's tracking store, bound to 127.0.0.1 unless told otherwise."""
     sweep = _sweep_folder(Path(args.sweep))
     state = json.loads((sweep / STATE_FILE).read_text())
-    tracking_uri = state["tracking_uri"]
+    tracking_uri = tracking_uri_of(sweep)
     command = [
         sys.executable,
         "-m",

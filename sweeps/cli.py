@@ -157,29 +157,18 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def resume_command(args: argparse.Namespace) -> int:
-    import json
-
     from sweeps.check import check_spec
-    from sweeps.runner import find_sweep_dir, resume_sweep
-    from sweeps.spec import load_spec
+    from sweeps.runner import find_sweep_dir, load_resumable, resume_sweep
     from trainables.contract import SPEC_FILE, STATE_FILE
 
     sweep_dir = find_sweep_dir(args.sweep, args.storage or "results")
     if not args.quiet:
         print(f"checking {sweep_dir}…", flush=True)
-    try:
-        state = json.loads((sweep_dir / STATE_FILE).read_text())
-        tracking_uri = state.get("tracking_uri")  # null: the folder's own mlflow.db
-        runs = [run for run in state.get("runs") or [] if isinstance(run, dict)]
-    except (OSError, ValueError, AttributeError) as error:
-        raise ValueError(f"{sweep_dir / STATE_FILE}: cannot read: {error}") from None
-    # As resume_sweep: --data-dir, else the latest earlier resume's override, else the spec's own.
-    data_dir = args.data_dir or next((run["data_dir"] for run in reversed(runs) if run.get("data_dir")), None)
-    spec, resolved = load_spec(sweep_dir / SPEC_FILE, {"data_dir": str(data_dir)} if data_dir else None)
+    sweep_dir, spec, state = load_resumable(sweep_dir, args.data_dir)  # damaged records: one line, nothing changed
     summary = check_spec(
         spec,
-        str(resolved),
-        tracking_uri=tracking_uri,
+        str(sweep_dir / SPEC_FILE),
+        tracking_uri=state.tracking_uri,
         tracking_field=f"{STATE_FILE} tracking_uri",
         sweep_dir=sweep_dir,
         address=args.address,

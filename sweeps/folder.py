@@ -42,6 +42,8 @@ from trainables.contract import (
     STATE_FILE,
     TRIAL_NUMBER_KEY,
     parse_status,
+    resolve_tracking_uri,
+    sqlite_path,
 )
 
 OWN_STORE = None
@@ -73,11 +75,6 @@ def resolve_sweep_dir(path: str | os.PathLike) -> Path:
     return Path(path).expanduser().resolve()
 
 
-def own_tracking_uri(sweep_dir: str | os.PathLike) -> str:
-    """The absolute sqlite URI of the folder's own MLflow store."""
-    return f"sqlite:///{resolve_sweep_dir(sweep_dir) / MLFLOW_FILE}"
-
-
 def optuna_url(sweep_dir: str | os.PathLike) -> str:
     """The absolute sqlite URL of the folder's Optuna storage (always the folder's own ``optuna.db``)."""
     return f"sqlite:///{resolve_sweep_dir(sweep_dir) / OPTUNA_FILE}"
@@ -88,17 +85,9 @@ def artifact_root_uri(sweep_dir: str | os.PathLike) -> str:
     return (resolve_sweep_dir(sweep_dir) / MLFLOW_ARTIFACTS_DIR).as_uri()
 
 
-def _sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI (None for any other URI or an in-memory database)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
-    return Path(path) if path and path != ":memory:" else None
-
-
 def absolute_tracking_uri(uri: str | None) -> str | None:
     """A user's tracking URI with a relative sqlite path made absolute (MLflow reads it relative to the cwd)."""
-    path = _sqlite_path(uri) if uri else None
+    path = sqlite_path(uri) if uri else None
     if path is None or path.is_absolute():
         return uri
     query = uri.partition("?")[2]
@@ -109,30 +98,10 @@ def stored_tracking_uri(tracking_uri: str | None, sweep_dir: str | os.PathLike) 
     """What ``state.json`` records: ``OWN_STORE`` (null) for the folder's own ``mlflow.db``, else the URI."""
     if tracking_uri is None:
         return OWN_STORE
-    path = _sqlite_path(tracking_uri)
+    path = sqlite_path(tracking_uri)
     if path is not None and path.expanduser().resolve() == resolve_sweep_dir(sweep_dir) / MLFLOW_FILE:
         return OWN_STORE
     return tracking_uri
-
-
-def resolve_tracking_uri(stored: str | None, sweep_dir: str | os.PathLike) -> str:
-    """The tracking URI to use now, from what ``state.json`` records.
-
-    ``null`` (or empty): the folder's own ``mlflow.db``.  A legacy absolute sqlite URI whose
-    database lies outside this folder while the folder has its own ``mlflow.db``: the folder was
-    copied or moved, so its own store (never the original's).  Anything else: as recorded.
-    """
-    folder = resolve_sweep_dir(sweep_dir)
-    if not stored:
-        return own_tracking_uri(folder)
-    path = _sqlite_path(stored)
-    if path is not None:
-        resolved = path.expanduser().resolve()
-        if resolved == folder / MLFLOW_FILE:
-            return own_tracking_uri(folder)
-        if not resolved.is_relative_to(folder) and resolved.name == MLFLOW_FILE and (folder / MLFLOW_FILE).exists():
-            return own_tracking_uri(folder)
-    return stored
 
 
 def is_own_store(tracking_uri: str, sweep_dir: str | os.PathLike) -> bool:
@@ -159,11 +128,6 @@ def read_state(sweep_dir: str | os.PathLike) -> dict[str, Any]:
     if missing:
         raise _error(f"{path}: unreadable sweep state (no {', '.join(missing)})")
     return state
-
-
-def tracking_uri_of(sweep_dir: str | os.PathLike) -> str:
-    """The MLflow tracking URI of a sweep folder, wherever the folder is now (for readers of stored sweeps)."""
-    return resolve_tracking_uri(read_state(sweep_dir).get("tracking_uri"), sweep_dir)
 
 
 # --- the spec ------------------------------------------------------------------------------

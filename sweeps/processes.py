@@ -70,13 +70,18 @@ def record(path: Path, processes: list[ProcessId]) -> None:
     known = set(read(path)) | set(processes)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps([asdict(p) for p in sorted(known, key=lambda p: p.pid)]))
+    body = {"record": str(path.resolve()), "processes": [asdict(p) for p in sorted(known, key=lambda p: p.pid)]}
+    temporary.write_text(json.dumps(body))
     os.replace(temporary, path)
 
 
 def read(path: Path) -> list[ProcessId]:
+    """The processes recorded at ``path``; none when the record was written elsewhere (a copied sweep folder)."""
     try:
-        return [ProcessId(int(item["pid"]), int(item["started"])) for item in json.loads(path.read_text())]
+        body = json.loads(path.read_text())
+        if body["record"] != str(path.resolve()):
+            return []  # the original's processes, not this copy's: never stop them from here
+        return [ProcessId(int(item["pid"]), int(item["started"])) for item in body["processes"]]
     except (OSError, ValueError, KeyError, TypeError):
         return []
 

@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sweeps.folder import is_torn, read_state, resolve_tracking_uri, stored_tracking_uri
-from trainables.contract import STATE_FILE, read_ledger
+from sweeps.folder import is_torn, read_state, stored_tracking_uri
+from trainables.contract import STATE_FILE, read_ledger, resolve_tracking_uri
 
 
 def now_iso() -> str:

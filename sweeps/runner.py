@@ -32,7 +32,6 @@ from sweeps import processes
 from sweeps.folder import (
     absolute_tracking_uri,
     optuna_url,
-    own_tracking_uri,
     relocate_tracking_store,
     resolve_sweep_dir,
     verify_records,
@@ -69,6 +68,7 @@ from trainables.contract import (
     VAL_ACCURACY,
     WARM_START_ATTR,
     Status,
+    own_tracking_uri,
 )
 
 logger = logging.getLogger(__name__)
@@ -453,15 +453,12 @@ def run_sweep(
     return execute_sweep(spec, sweep_dir, state, **kwargs)
 
 
-def resume_sweep(sweep_dir: str | Path, *, data_dir: str | Path | None = None, **kwargs: Any) -> SweepOutcome:
-    """Continue an interrupted sweep from its folder, wherever the folder is now.
+def load_resumable(sweep_dir: str | Path, data_dir: str | Path | None = None) -> tuple[Path, SweepSpec, SweepState]:
+    """A sweep folder ready to resume, read-only: (absolute folder, spec as it will run, state).
 
-    First, before anything is written: the folder is made absolute and its records verified
-    (``sweeps.folder.verify_records``: damaged or missing records are a one-line ``SpecError``
-    and nothing changes).  Then a copied or moved folder's MLflow store is pointed at the
-    folder's own ``mlartifacts`` (``relocate_tracking_store``).  ``data_dir`` points this
-    resume (and later ones, until another is given) at the data, for a sweep moved away from
-    it; ``spec.yaml`` is not rewritten, the override is recorded in its run in ``state.json``.
+    The folder's records are verified first (``sweeps.folder.verify_records``: damaged or missing
+    records are a one-line ``SpecError``).  ``data_dir`` (else an earlier resume's override,
+    recorded in ``state.json``) replaces the spec's data folder; ``spec.yaml`` is never rewritten.
     """
     sweep_dir = resolve_sweep_dir(sweep_dir)
     verify_records(sweep_dir)
@@ -472,5 +469,16 @@ def resume_sweep(sweep_dir: str | Path, *, data_dir: str | Path | None = None, *
         resolved = str(resolve_sweep_dir(data_dir))
         spec = spec.model_copy(update={"data_dir": resolved})
         state.note_run(data_dir=resolved)
+    return sweep_dir, spec, state
+
+
+def resume_sweep(sweep_dir: str | Path, *, data_dir: str | Path | None = None, **kwargs: Any) -> SweepOutcome:
+    """Continue an interrupted sweep from its folder, wherever the folder is now.
+
+    Nothing is written before ``load_resumable`` has verified the records.  Then a copied or
+    moved folder's MLflow store is pointed at the folder's own ``mlartifacts``
+    (``relocate_tracking_store``), and the sweep runs what it still owes.
+    """
+    sweep_dir, spec, state = load_resumable(sweep_dir, data_dir)
     relocate_tracking_store(sweep_dir, state.name, state.tracking_uri)
     return execute_sweep(spec, sweep_dir, state, **kwargs)

@@ -19,8 +19,17 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainables.config import DATASETS, ConfigError, TrialConfig
-from trainables.contract import METRICS, NONZERO_FRAC, SELECTABLE_METRICS, TEST_ACCURACY, VAL_ACCURACY, Constraint
+from trainables.config import DATASETS, ConfigError, TrialConfig, check_branchable
+from trainables.contract import (
+    METRICS,
+    NONZERO_FRAC,
+    SELECTABLE_METRICS,
+    TEST_ACCURACY,
+    VAL_ACCURACY,
+    Axis,
+    Constraint,
+    default_axis,
+)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_SPEC = "sweeps/digits_quick.yaml"
@@ -182,9 +191,38 @@ class SamplerSpec(_Strict):
 
 
 class BudgetSpec(_Strict):
+    """What a sweep may spend.
+
+    ``num_samples`` counts results (trials that end ok, failed, diverged or pruned), however many
+    of them one Ray trial trains; ``max_concurrent_trials`` counts Ray trials running at once.
+    ``thresholds_per_run`` K > 1: one regularized run serves K trials that differ only in the
+    branch settings (threshold, threshold_mode, finetune_epochs, finetune_lr) — K results per
+    run; ``branch_mode`` says how the K are chosen (``proxy``: by the run, spanning the front of
+    prune-now accuracy and sparsity over a grid of thresholds; ``optuna``: by the sampler, with
+    the shared settings fixed).
+    """
+
     num_samples: int = Field(default=12, ge=1)
     max_concurrent_trials: int = Field(default=2, ge=1)
     time_budget_s: float | None = Field(default=None, gt=0)
+    thresholds_per_run: int = Field(default=1, ge=1)
+    branch_mode: Literal["proxy", "optuna"] = "proxy"
+
+
+class AxisSpec(_Strict):
+    """One objective's range for the region hypervolume (``trainables.contract.Axis``)."""
+
+    worst: float
+    best: float
+    log: bool = False
+
+    def to_axis(self) -> Axis:
+        return Axis(self.worst, self.best, self.log)
+
+    @model_validator(mode="after")
+    def _valid(self) -> AxisSpec:
+        self.to_axis()
+        return self
 
 
 class ResourcesSpec(_Strict):
@@ -216,6 +254,7 @@ class SweepSpec(_Strict):
     max_failures: int = Field(default=1, ge=0)
     checkpoint_interval_s: float = Field(default=30.0, ge=0)
     warm_start: bool = True
+    hypervolume: dict[str, AxisSpec] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -270,7 +309,39 @@ class SweepSpec(_Strict):
         metrics = [objective.metric for objective in self.objectives]
         if len(set(metrics)) != len(metrics):
             raise ValueError("objectives: a metric is listed twice")
+        if self.budget.thresholds_per_run > 1:
+            try:
+                check_branchable(self.search)
+            except ConfigError as error:
+                raise ValueError(f"budget.thresholds_per_run: {error}") from None
+            if self.budget.branch_mode == "proxy" and not isinstance(self.search.get("threshold"), FloatParam):
+                raise ValueError(
+                    "budget.branch_mode: proxy chooses thresholds from a grid inside a searched float range "
+                    "(search.threshold: {type: float, ...}); use branch_mode: optuna for other branch settings"
+                )
+        unknown = sorted(set(self.hypervolume) - set(metrics))
+        if unknown:
+            raise ValueError(f"hypervolume: {', '.join(unknown)} is not an objective ({', '.join(metrics)})")
         return self
+
+    def region(self) -> dict[str, Axis] | None:
+        """The region of the region hypervolume: ``hypervolume:`` axes, else the contract's defaults.
+
+        Defaults: accuracies from the spec's floor (a ``min`` constraint) to 1, nonzero and FLOPs
+        fractions from 1 down to 1e-3 on a log scale.  None when an objective has neither (e.g.
+        ``loss``): such a sweep reports no region hypervolume until ``hypervolume:`` names its range.
+        """
+        constraints, region = self.constraint_rules, {}
+        for metric in self.metric_names:
+            try:
+                region[metric] = (
+                    self.hypervolume[metric].to_axis()
+                    if metric in self.hypervolume
+                    else default_axis(metric, constraints)
+                )
+            except ValueError:
+                return None
+        return region
 
     def _setting_location(self, message: str) -> str:
         """The field a trial-settings error is about: ``trial.epochs``, or ``search.lr.low`` for a searched one."""

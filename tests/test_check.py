@@ -7,6 +7,7 @@ the file and the field (or flag), with no traceback.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -318,7 +319,8 @@ def test_run_checks_before_ray(env, capsys):
 def test_resume_checks_the_folders_spec(env, capsys):
     sweep = env / "old"
     sweep.mkdir()
-    (sweep / "state.json").write_text('{"name": "old", "tracking_uri": "", "study_name": "old"}')
+    state = {"name": "old", "sweep_id": "1", "study_name": "old-1", "problem_hash": "x", "tracking_uri": None}
+    (sweep / "state.json").write_text(json.dumps(state))
     (sweep / "spec.yaml").write_text(yaml.safe_dump(with_({"dataset": "mnist", "data_dir": "moved"})))
     with pytest.raises(SystemExit) as raised:
         main(["resume", str(sweep), "--quiet"])
@@ -328,10 +330,13 @@ def test_resume_checks_the_folders_spec(env, capsys):
         main(["resume", str(sweep), "--quiet", "--data-dir", str(env / "gone")])
     assert "gone" in capsys.readouterr().err
     # an earlier resume's --data-dir (recorded in state.json) holds, as in resume_sweep
-    (sweep / "state.json").write_text('{"name": "old", "study_name": "old", "runs": [{"data_dir": "elsewhere"}]}')
+    (sweep / "state.json").write_text(json.dumps({**state, "runs": [{"data_dir": "elsewhere"}]}))
+    import optuna  # a sweep that has run holds its study
+
+    optuna.create_study(storage=f"sqlite:///{sweep / 'optuna.db'}", study_name="old-1")
     with pytest.raises(SystemExit):
         main(["resume", str(sweep), "--quiet"])
-    assert "data_dir elsewhere for dataset 'mnist' does not exist" in capsys.readouterr().err
+    assert "elsewhere for dataset 'mnist' does not exist" in capsys.readouterr().err
 
 
 # --- accepted inputs ------------------------------------------------------------------------------

@@ -37,11 +37,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from trainables.contract import tracking_uri_of
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"cluster.yaml": "aws", "cluster.local.yaml": "local"}
 SHARED = "/mnt/shared"
 RAY_CLI = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
-
 
 # ---------------------------------------------------------------------------------------------
 # The cluster-launcher configs
@@ -515,7 +516,7 @@ def check_records(driver: Driver, num_samples: int) -> None:
     states = [trial.state for trial in study.get_trials(deepcopy=False)]
     assert states == [optuna.trial.TrialState.COMPLETE] * num_samples
 
-    client = MlflowClient(state["tracking_uri"])
+    client = MlflowClient(tracking_uri_of(driver.sweep_dir))
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(experiments, max_results=1000)
     children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]

@@ -13,16 +13,11 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweeps.folder import (
-    artifact_root_uri,
-    own_tracking_uri,
-    resolve_tracking_uri,
-    spec_difference,
-    stored_tracking_uri,
-)
+from sweeps.folder import artifact_root_uri, spec_difference, stored_tracking_uri
 from sweeps.records import ResultsLedger
 from sweeps.runner import execute_sweep, find_sweep_dir, prepare_sweep, resume_sweep
 from sweeps.spec import SpecError, load_spec
+from trainables.contract import own_tracking_uri, resolve_tracking_uri
 
 RECORDS = ("results.jsonl", "optuna.db", "mlflow.db", "state.json", "spec.yaml")
 

@@ -22,6 +22,11 @@ def test_recorded_processes_are_stopped_and_a_reused_pid_is_spared(tmp_path):
         impostor = processes.ProcessId(me.pid, me.started + 1)  # same PID, another start: not ours
         processes.record(record, [*recorded, impostor])
         assert set(processes.read(record)) == {*recorded, impostor}
+        copy = tmp_path / "copy" / "ray" / "processes.json"  # a copied sweep folder must not stop the original's
+        copy.parent.mkdir(parents=True)
+        copy.write_text(record.read_text())
+        assert processes.read(copy) == [] and processes.stop_recorded(copy) == 0
+        assert processes.alive(recorded) == recorded
 
         assert processes.stop_recorded(record) == len(recorded)
         assert processes.alive(recorded) == [] and not record.exists()

@@ -40,14 +40,15 @@ from trainables.contract import (
     Constraint,
     Status,
     feasible,
+    tracking_uri_of,
 )
 
 
 def test_same_table_from_sweep_folder_and_mlflow(digits_sweep):
     folder = from_sweep_dir(digits_sweep.sweep_dir)
     state = json.loads((digits_sweep.sweep_dir / "state.json").read_text())
-    by_parent = from_mlflow(state["tracking_uri"], parent_run_id=state["parent_run_id"])
-    by_experiment = from_mlflow(state["tracking_uri"], experiment=state["name"])
+    by_parent = from_mlflow(tracking_uri_of(digits_sweep.sweep_dir), parent_run_id=state["parent_run_id"])
+    by_experiment = from_mlflow(tracking_uri_of(digits_sweep.sweep_dir), experiment=state["name"])
     assert list(folder.columns) == list(COLUMNS) and dict(folder.dtypes.astype(str)) == {
         k: str(pd.Series(dtype=v).dtype) for k, v in COLUMNS.items()
     }

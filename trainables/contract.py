@@ -334,6 +334,53 @@ def read_ledger(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def own_tracking_uri(sweep_dir: str | Path) -> str:
+    """The absolute sqlite URI of the folder's own MLflow store."""
+    return f"sqlite:///{Path(sweep_dir).expanduser().resolve() / MLFLOW_FILE}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for any other URI or an in-memory database)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def resolve_tracking_uri(stored: str | None, sweep_dir: str | Path) -> str:
+    """The tracking URI to use now, from what ``state.json`` records.
+
+    ``null`` (or empty): the folder's own ``mlflow.db``.  A legacy absolute sqlite URI whose
+    database lies outside this folder while the folder has its own ``mlflow.db``: the folder was
+    copied or moved, so its own store (never the original's).  Anything else: as recorded.
+    """
+    folder = Path(sweep_dir).expanduser().resolve()
+    if not stored:
+        return own_tracking_uri(folder)
+    path = sqlite_path(stored)
+    if path is not None:
+        resolved = path.expanduser().resolve()
+        if resolved == folder / MLFLOW_FILE:
+            return own_tracking_uri(folder)
+        if not resolved.is_relative_to(folder) and resolved.name == MLFLOW_FILE and (folder / MLFLOW_FILE).exists():
+            return own_tracking_uri(folder)
+    return stored
+
+
+def tracking_uri_of(sweep_dir: str | Path) -> str:
+    """The MLflow tracking URI of a sweep folder, wherever the folder is now (for readers of stored sweeps).
+
+    ``state.json`` records ``tracking_uri: null`` for the folder's own ``mlflow.db``; a ValueError
+    naming the file when the state cannot be read.
+    """
+    path = Path(sweep_dir) / STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: unreadable sweep state ({error})") from None
+    return resolve_tracking_uri(state.get("tracking_uri") if isinstance(state, dict) else None, sweep_dir)
+
+
 # --- MLflow tags and Optuna attributes -----------------------------------------------------
 
 TRIAL_TAG = "hoyersweep.trial_number"
