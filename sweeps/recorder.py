@@ -17,9 +17,9 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import optuna
 import pandas as pd
@@ -77,6 +77,7 @@ class SweepRecorder:
         self.logs_dir = logs_dir  # logs/trial-NNNN.log: the full error of each failed trial
         self.running: set[int] = set()
         self.members: dict[int, Member] = {}
+        self.ray_trial: dict[int, str] = {}  # member number → the Ray trial training it
         self._queue: queue.Queue = queue.Queue()
         self._writer: threading.Thread | None = None
 
@@ -87,10 +88,11 @@ class SweepRecorder:
 
     # --- events (called on the writer thread, or directly when repairing) -----------------
 
-    def started(self, member: Member) -> None:
+    def started(self, member: Member, ray_trial_id: str = "") -> None:
         self.tracker.child(member.number, self.name, self.trial_params(member.params))
         self.running.add(member.number)
         self.members[member.number] = member
+        self.ray_trial[member.number] = ray_trial_id
 
     def epoch(self, number: int, metrics: dict[str, Any]) -> None:
         run_id = self.tracker.find_child(number)
@@ -147,11 +149,11 @@ class SweepRecorder:
         for number in sorted(self.running):
             self.finished(self.members[number], interrupted)
 
-    def ended(self, members: list[Member], result: TrialResult, ray_trial_id: str) -> None:
+    def ended(self, ray_trial_id: str, result: TrialResult) -> None:
         """A Ray trial ended: its members still running end with ``result`` (interrupted or failed)."""
-        for member in members:
-            if member.number in self.running:
-                self.finished(member, result, ray_trial_id)
+        for number in sorted(self.running):
+            if self.ray_trial.get(number) == ray_trial_id:
+                self.finished(self.members[number], result, ray_trial_id)
 
     # --- the writer thread -----------------------------------------------------------------
 
@@ -190,42 +192,70 @@ class SweepRecorder:
         self.tracker.flush()
 
 
+class MemberDirectory(Protocol):
+    """Who a Ray trial's reports are about (the searcher knows the branches a trial chose itself)."""
+
+    def members(self, trial_id: str) -> list[Member]: ...
+
+    def member_number(self, trial_id: str, result: Mapping[str, Any]) -> int | None: ...
+
+
 class RecorderCallback(tune.Callback):
     """Ray Tune callback that queues member events for a ``SweepRecorder``'s writer thread.
 
     Tune pickles its callbacks with the experiment; the recorder (threads, database clients)
-    is left out of that, since a sweep resumes from its own records, not from Tune's pickle.
+    and the directory are left out of that, since a sweep resumes from its own records, not
+    from Tune's pickle.  Tune tells the searcher of a result before its callbacks, so the
+    directory already knows a branch its trial has just chosen.
     """
 
-    def __init__(self, recorder: SweepRecorder) -> None:
+    def __init__(self, recorder: SweepRecorder, directory: MemberDirectory | None = None) -> None:
         self.recorder = recorder
+        self.directory = directory
+        self._seen: set[int] = set()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"recorder": None}
+        return {"recorder": None, "directory": None, "_seen": set()}
+
+    def _member(self, trial: Any, result: Mapping[str, Any]) -> Member | None:
+        if self.directory is None:
+            number, members = result.get(TRIAL_NUMBER_KEY), members_of(trial.config)
+        else:
+            number, members = (
+                self.directory.member_number(trial.trial_id, result),
+                self.directory.members(trial.trial_id),
+            )
+        return next((m for m in members if m.number == number), None) if number is not None else None
+
+    def _start(self, member: Member, trial: Any) -> None:
+        if member.number not in self._seen:
+            self._seen.add(member.number)
+            self.recorder.submit(self.recorder.started, member, trial.trial_id)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         for member in members_of(trial.config):
-            self.recorder.submit(self.recorder.started, member)
+            self._start(member, trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        number = result.get(TRIAL_NUMBER_KEY)
-        if number is None:
+        member = self._member(trial, result)
+        if member is None:
             return
+        self._start(member, trial)  # a branch the trial chose itself starts with its first report
         if result.get("final"):
-            member = next(m for m in members_of(trial.config) if m.number == number)
             self.recorder.submit(self.recorder.finished, member, TrialResult.from_dict(result), trial.trial_id)
         elif "epoch" in result:
-            self.recorder.submit(self.recorder.epoch, number, dict(result))
+            self.recorder.submit(self.recorder.epoch, member.number, dict(result))
             if result.get("phase") == "pretrain" and result.get("phase_epoch") == 1:
-                self.recorder.submit(self.recorder.progress.say, f"trial {number}: pretraining the shared dense model")
+                message = f"trial {member.number}: pretraining the shared dense model"
+                self.recorder.submit(self.recorder.progress.say, message)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         interrupted = TrialResult(Status.INTERRUPTED, "stopped before it finished; `hoyersweep resume` continues it")
-        self.recorder.submit(self.recorder.ended, members_of(trial.config), interrupted, trial.trial_id)
+        self.recorder.submit(self.recorder.ended, trial.trial_id, interrupted)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         failed = TrialResult(Status.FAILED, error_summary(trial), extra={"traceback": error_text(trial)})
-        self.recorder.submit(self.recorder.ended, members_of(trial.config), failed, trial.trial_id)
+        self.recorder.submit(self.recorder.ended, trial.trial_id, failed)
 
 
 def error_text(trial: Any) -> str:

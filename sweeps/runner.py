@@ -42,16 +42,20 @@ from sweeps.recorder import ProcessRecorder, RecorderCallback, SweepRecorder, cu
 from sweeps.records import ResultsLedger, SweepState, now_iso
 from sweeps.searcher import (
     FINISHED_STATES,
+    Branching,
     OptunaSearcher,
     build_sampler,
     derive_seed,
     distributions,
     own_trials,
 )
-from sweeps.spec import SpecError, SweepSpec, load_spec
+from sweeps.spec import FloatParam, SpecError, SweepSpec, load_spec
 from sweeps.tracking import SweepTracker
-from sweeps.trainable import CHECKPOINT_FILE, IDENTITY_FILE, deephoyer_trainable
+from sweeps.trainable import CHECKPOINT_FILE, IDENTITY_FILE, BranchSettings, deephoyer_trainable
+from trainables.branching import threshold_grid
+from trainables.config import split_branch_settings
 from trainables.contract import (
+    BRANCH_POINTS_DIR,
     FLOPS_FRAC,
     LOGS_DIR,
     MLFLOW_ARTIFACTS_DIR,
@@ -72,6 +76,7 @@ from trainables.contract import (
 )
 
 logger = logging.getLogger(__name__)
+PROXY_GRID_SIZE = 32  # thresholds a proxy-branching run evaluates at its branch point (one validation pass each)
 PARETO_COLUMNS: tuple[str, ...] = (VAL_ACCURACY, TEST_ACCURACY, NONZERO_FRAC, FLOPS_FRAC, "mlflow_run_id")
 
 TUNE_ENVIRONMENT: dict[str, str] = {
@@ -204,11 +209,13 @@ def resume_checkpoints(sweep_dir: Path) -> dict[int, str]:
         state = identity.with_name(CHECKPOINT_FILE)
         try:
             marker = json.loads(identity.read_text())
-            number, epoch = int(marker[TRIAL_NUMBER_KEY]), int(marker["epoch"])
+            numbers = [int(n) for n in marker.get("trial_numbers") or [marker[TRIAL_NUMBER_KEY]]]
+            epoch = int(marker["epoch"])
         except (ValueError, KeyError, TypeError, json.JSONDecodeError, OSError):
             continue
-        if state.exists() and (number not in best or epoch > best[number][0]):
-            best[number] = (epoch, str(state))
+        for number in numbers if state.exists() else []:  # a branching run's checkpoint serves all its branches
+            if number not in best or epoch > best[number][0]:
+                best[number] = (epoch, str(state))
     return {number: path for number, (_, path) in best.items()}
 
 
@@ -288,6 +295,17 @@ def start_tracking(spec: SweepSpec, sweep_dir: Path, state: SweepState) -> Sweep
     return tracker
 
 
+def branch_settings(spec: SweepSpec, sweep_dir: Path) -> BranchSettings | None:
+    """What a branching run needs (None when runs do not branch): where branch points live, the proxy grid."""
+    if spec.budget.thresholds_per_run <= 1:
+        return None
+    grid: tuple[float, ...] = ()
+    threshold = spec.search.get("threshold")
+    if spec.budget.branch_mode == "proxy" and isinstance(threshold, FloatParam):
+        grid = tuple(threshold_grid(threshold.low, threshold.high, PROXY_GRID_SIZE, log=threshold.log))
+    return BranchSettings(str(sweep_dir / BRANCH_POINTS_DIR), grid, keep=spec.keep_branch_points)
+
+
 def build_tuner(
     spec: SweepSpec,
     sweep_dir: Path,
@@ -303,11 +321,16 @@ def build_tuner(
     ``interrupt`` stops the experiment on Ctrl-C; with ``own_ray`` (a local Ray this driver
     started) the Ray processes are recorded as trials start, so a resume after a SIGKILL can stop them.
     """
-    callbacks: list[tune.Callback] = [JsonLoggerCallback(), RecorderCallback(recorder)]
+    callbacks: list[tune.Callback] = [JsonLoggerCallback(), RecorderCallback(recorder, directory=searcher)]
     if own_ray:
         callbacks.append(ProcessRecorder(sweep_dir / RAY_PROCESSES_FILE))
     trainable = tune.with_resources(
-        tune.with_parameters(deephoyer_trainable, fixed=fixed, checkpoint_interval_s=spec.checkpoint_interval_s),
+        tune.with_parameters(
+            deephoyer_trainable,
+            fixed=fixed,
+            checkpoint_interval_s=spec.checkpoint_interval_s,
+            branching=branch_settings(spec, sweep_dir),
+        ),
         {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus},
     )
     return tune.Tuner(
@@ -374,6 +397,7 @@ def execute_sweep(
         spec.constraint_rules,
         budget=spec.budget.num_samples,
         members_per_trial=members_per_trial,
+        branching=Branching(spec.budget.thresholds_per_run, spec.budget.branch_mode, split_branch_settings),
         resume_checkpoints=resume_checkpoints(sweep_dir),
     )
     interrupt = Interrupt()

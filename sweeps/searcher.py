@@ -220,6 +220,7 @@ class OptunaSearcher(Searcher):
         self._members_per_trial = members_per_trial
         self._branching = branching if branching is not None and branching.per_run > 1 else None
         self._slots: dict[str, int] = {}  # Ray trial id → budget reserved for branches it will choose
+        self._branch_numbers: dict[str, list[int | None]] = {}  # Ray trial id → trial number of each branch index
         self._resume = dict(resume_checkpoints or {})
         self._max_duplicate_asks = max_duplicate_asks
 
@@ -286,16 +287,18 @@ class OptunaSearcher(Searcher):
         """The Optuna trial number a report belongs to: named outright, or by its branch index."""
         if result.get(TRIAL_NUMBER_KEY) is not None:
             return int(result[TRIAL_NUMBER_KEY])
-        index, members = result.get(BRANCH_INDEX_KEY), self._live.get(trial_id, [])
-        if index is None or not 0 <= int(index) < len(members):
+        index = result.get(BRANCH_INDEX_KEY)
+        numbers = self._branch_numbers.get(trial_id) or [m.number for m in self._live.get(trial_id, [])]
+        if index is None or not 0 <= int(index) < len(numbers):
             return None
-        return members[int(index)].number
+        return numbers[int(index)]
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         """A Ray trial ended: members it did not report are failed (on error) or left to resume."""
         if result and result.get("final") and result.get(TRIAL_NUMBER_KEY) is not None:
             self.tell_result(int(result[TRIAL_NUMBER_KEY]), TrialResult.from_dict(result))
         self._issued -= self._slots.pop(trial_id, 0)  # branches it never chose return to the budget
+        self._branch_numbers.pop(trial_id, None)
         for member in self._live.pop(trial_id, []):
             if member.number not in self._pending:
                 continue
@@ -364,15 +367,19 @@ class OptunaSearcher(Searcher):
         """
         members, slots = self._live.get(trial_id, []), self._slots.pop(trial_id, 0)
         added: list[Member] = []
+        numbers: list[int | None] = [m.number for m in members]
         for branch in plan[:slots]:
             params = {**members[0].params, **branch}
             if config_key(params) in self._known:
+                numbers.append(None)  # its result is not recorded: the configuration is known already
                 continue
             self.study.enqueue_trial(params)
             trial = self.study.ask(self._space)
             self._known[config_key(trial.params)] = trial
             self._pending[trial.number] = trial
             added.append(Member(trial.number, dict(trial.params)))
+            numbers.append(trial.number)
+        self._branch_numbers[trial_id] = numbers
         self._issued -= slots - len(added)
         self._live[trial_id] = [*members, *added]
         return added

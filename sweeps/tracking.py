@@ -31,6 +31,8 @@ from trainables.contract import (
     MESSAGE_TAG,
     METRICS,
     PARETO_TAG,
+    SHARED_RUN_KEY,
+    SHARED_RUN_TAG,
     STATUS_TAG,
     SWEEP_TAG,
     TRIAL_TAG,
@@ -66,7 +68,7 @@ class SweepTracker:
             self.experiment_id = experiment.experiment_id
         self.parent_run_id: str | None = None
         self._children: dict[int, str] = {}
-        self._last_step: dict[str, int] = {}
+        self._logged_steps: dict[str, set[int]] = {}
         self._pending: dict[str, list[dict[str, Any]]] = {}
 
     def start_parent(
@@ -126,11 +128,11 @@ class SweepTracker:
         self._children[trial_number] = run_id
         return run_id
 
-    def _logged_up_to(self, run_id: str) -> int:
-        if run_id not in self._last_step:
-            history = self.client.get_metric_history(run_id, VAL_ACCURACY)
-            self._last_step[run_id] = max((m.step for m in history), default=0)
-        return self._last_step[run_id]
+    def _logged(self, run_id: str) -> set[int]:
+        """The epochs a run already holds (read once from MLflow, e.g. after a resume)."""
+        if run_id not in self._logged_steps:
+            self._logged_steps[run_id] = {m.step for m in self.client.get_metric_history(run_id, VAL_ACCURACY)}
+        return self._logged_steps[run_id]
 
     def buffer_epoch(self, run_id: str, metrics: dict[str, Any]) -> None:
         """Queue one epoch's curves (step = epoch) for the next ``flush``."""
@@ -144,9 +146,14 @@ class SweepTracker:
                 self.log_epochs(run_id, epochs)
 
     def log_epochs(self, run_id: str, epochs: Iterable[dict[str, Any]]) -> None:
-        """Log epochs not logged yet, in batches of at most 900 values."""
-        done = self._logged_up_to(run_id)
-        fresh = sorted((e for e in epochs if int(e.get("epoch") or 0) > done), key=lambda e: int(e["epoch"]))
+        """Log epochs not logged yet, in batches of at most 900 values.
+
+        By epoch number, not "after the last one": a branch's live fine-tune epochs can arrive
+        before the shared epochs its history carries.
+        """
+        done = self._logged(run_id)
+        fresh = {int(e["epoch"]): e for e in epochs if int(e.get("epoch") or 0) > 0 and int(e["epoch"]) not in done}
+        fresh = [fresh[epoch] for epoch in sorted(fresh)]
         if not fresh:
             return
         timestamp = _now()
@@ -158,8 +165,9 @@ class SweepTracker:
         ]
         for start in range(0, len(batch), 900):
             self.client.log_batch(run_id, metrics=batch[start : start + 900])
-        self.client.set_tag(run_id, "phase", str(fresh[-1].get("phase", "")))
-        self._last_step[run_id] = int(fresh[-1]["epoch"])
+        if int(fresh[-1]["epoch"]) >= max(done, default=0):
+            self.client.set_tag(run_id, "phase", str(fresh[-1].get("phase", "")))
+        done.update(int(e["epoch"]) for e in fresh)
 
     def finish(self, run_id: str, result: TrialResult, error_text: str | None = None) -> None:
         """Log final metrics, missing epochs and the per-layer table, tag the status, terminate the run."""
@@ -173,6 +181,8 @@ class SweepTracker:
         values = {name: result.metric(name) for name in METRICS} | {"epochs": result.epochs}
         metrics = [Metric(f"{FINAL_PREFIX}{k}", float(v), timestamp, 0) for k, v in values.items() if _finite(v)]
         tags = [RunTag(STATUS_TAG, result.status.value)]
+        if result.extra.get(SHARED_RUN_KEY) is not None:  # a branch: the regularized run it shares
+            tags.append(RunTag(SHARED_RUN_TAG, str(result.extra[SHARED_RUN_KEY])))
         if result.message:
             tags.append(RunTag(MESSAGE_TAG, result.message[:5000]))
         self.client.log_batch(run_id, metrics=metrics, tags=tags)

@@ -11,11 +11,14 @@ checkpoint a resumed sweep hands it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +26,11 @@ import ray
 import torch
 from ray import tune
 
-from sweeps.searcher import Member, members_of
+from sweeps.searcher import BRANCH_INDEX_KEY, BRANCH_PLAN_KEY, BRANCH_SLOTS_KEY, Member, members_of
 from trainables import ConfigError, TrialConfig, run_trial
-from trainables.contract import TRIAL_NUMBER_KEY, Status, TrialResult
+from trainables.branching import prune_now_proxy, run_branches, select_thresholds
+from trainables.config import split_branch_settings
+from trainables.contract import SHARED_RUN_KEY, TRIAL_NUMBER_KEY, Status, TrialResult
 from trainables.data import DataError
 
 DETERMINISTIC_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, torch.OutOfMemoryError)
@@ -43,34 +48,78 @@ def failed_result(error: BaseException) -> TrialResult:
 
 CHECKPOINT_FILE = "state.pt"
 IDENTITY_FILE = "trial.json"  # beside the state: whose checkpoint this is, for a resumed sweep
+SHARED_STAGE = "shared"
 
 
-def _local_copy_of_checkpoint(workdir: Path, member: Member) -> Path | None:
-    """A local copy of the member's checkpoint: Ray's own (a retry) first, else the sweep's hand-over."""
+def _flat(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The scalars of a report (Ray results stay flat; per-branch lists stay in the trial)."""
+    return {k: v for k, v in metrics.items() if v is None or isinstance(v, (int, float, str, bool))}
+
+
+class Reporter:
+    """Forwards a trial's epoch reports to ``tune.report``, with a checkpoint at most every ``interval_s``.
+
+    ``identity(state)`` says whose checkpoint it is (written beside it, read by a resumed sweep);
+    the time spent inside ``tune.report`` is Ray's share of the trial's time (``waited``).
+    """
+
+    def __init__(self, interval_s: float, identity: Callable[[Any], dict[str, Any]]) -> None:
+        self.interval_s = interval_s
+        self.identity = identity
+        self.last_checkpoint = time.monotonic()
+        self.waited = 0.0
+
+    def __call__(self, metrics: dict[str, Any], state: Any) -> None:
+        began = time.perf_counter()
+        if self.interval_s and time.monotonic() - self.last_checkpoint >= self.interval_s:
+            with tempfile.TemporaryDirectory() as directory:
+                state.save(Path(directory) / CHECKPOINT_FILE)
+                (Path(directory) / IDENTITY_FILE).write_text(json.dumps(self.identity(state)))
+                tune.report(_flat(metrics), checkpoint=tune.Checkpoint.from_directory(directory))
+            self.last_checkpoint = time.monotonic()
+        else:
+            tune.report(_flat(metrics))
+        self.waited += time.perf_counter() - began
+
+    def extra(self) -> dict[str, Any]:
+        return {"report_wait_s": self.waited, "node_id": ray.get_runtime_context().get_node_id()}
+
+
+def _checkpoint_to_resume(workdir: Path, number: int, handed_over: str | None, stage: str | None = None) -> Path | None:
+    """A local copy of the checkpoint to continue ``number`` from: Ray's own (a retry) first, else the sweep's.
+
+    With ``stage``, only a checkpoint taken in that stage counts (a branching run resumes inside
+    its shared phase from a checkpoint, and after it from its branch point).
+    """
+
+    def usable(identity: Path, source: Path) -> bool:
+        if not (identity.exists() and source.exists()):
+            return False
+        marker = json.loads(identity.read_text())
+        numbers = marker.get("trial_numbers") or [marker.get(TRIAL_NUMBER_KEY)]
+        return number in numbers and (stage is None or marker.get("stage") == stage)
+
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            identity, source = Path(directory) / IDENTITY_FILE, Path(directory) / CHECKPOINT_FILE
-            mine = identity.exists() and json.loads(identity.read_text()).get(TRIAL_NUMBER_KEY) == member.number
-            if mine and source.exists():
+            source = Path(directory) / CHECKPOINT_FILE
+            if usable(Path(directory) / IDENTITY_FILE, source):
                 return Path(shutil.copy(source, workdir / CHECKPOINT_FILE))
-    if member.resume_checkpoint and Path(member.resume_checkpoint).exists():
-        return Path(shutil.copy(member.resume_checkpoint, workdir / CHECKPOINT_FILE))
+    if handed_over and usable(Path(handed_over).with_name(IDENTITY_FILE), Path(handed_over)):
+        return Path(shutil.copy(handed_over, workdir / CHECKPOINT_FILE))
     return None
 
 
-def final_report(member: Member, result: TrialResult, extra: dict[str, Any]) -> dict[str, Any]:
+def final_report(member: Member | None, result: TrialResult, extra: dict[str, Any]) -> dict[str, Any]:
     """The flat final report of one member (Ray results stay flat: the lists travel as JSON)."""
     return {
         **{k: v for k, v in result.extra.items() if isinstance(v, (int, float, str, bool))},
         **result.scalars(),
         **extra,
-        TRIAL_NUMBER_KEY: member.number,
+        TRIAL_NUMBER_KEY: member.number if member is not None else None,
         "final": True,
         "layers": json.dumps(result.layers),
-        "history": json.dumps(
-            [{k: v for k, v in epoch.items() if isinstance(v, (int, float, str))} for epoch in result.history]
-        ),
+        "history": json.dumps([_flat(epoch) for epoch in result.history]),
     }
 
 
@@ -81,35 +130,121 @@ def train_member(member: Member, fixed: dict[str, Any], checkpoint_interval_s: f
     except DETERMINISTIC_ERRORS as error:
         tune.report(final_report(member, failed_result(error), {}))
         return
-    last_checkpoint = time.monotonic()
-    waited = 0.0  # seconds this member spent inside tune.report: Ray's share of its time
+    reporter = Reporter(checkpoint_interval_s, lambda state: {TRIAL_NUMBER_KEY: member.number, "epoch": state.epoch})
 
     def report(metrics: dict[str, Any], state: Any) -> None:
-        nonlocal last_checkpoint, waited
-        began = time.perf_counter()
-        metrics = {**metrics, TRIAL_NUMBER_KEY: member.number}
-        if checkpoint_interval_s and time.monotonic() - last_checkpoint >= checkpoint_interval_s:
-            with tempfile.TemporaryDirectory() as directory:
-                state.save(Path(directory) / CHECKPOINT_FILE)
-                identity = {TRIAL_NUMBER_KEY: member.number, "epoch": state.epoch}
-                (Path(directory) / IDENTITY_FILE).write_text(json.dumps(identity))
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
-            last_checkpoint = time.monotonic()
-        else:
-            tune.report(metrics)
-        waited += time.perf_counter() - began
+        reporter({**metrics, TRIAL_NUMBER_KEY: member.number}, state)
 
     with tempfile.TemporaryDirectory() as workdir:
-        resume_from = _local_copy_of_checkpoint(Path(workdir), member)
+        resume_from = _checkpoint_to_resume(Path(workdir), member.number, member.resume_checkpoint)
         try:
             result = run_trial(config, report, resume_from=resume_from)
         except DETERMINISTIC_ERRORS as error:
             result = failed_result(error)
-    node_id = ray.get_runtime_context().get_node_id()
-    tune.report(final_report(member, result, {"report_wait_s": waited, "node_id": node_id}))
+    tune.report(final_report(member, result, reporter.extra()))
 
 
-def deephoyer_trainable(config: dict[str, Any], fixed: dict[str, Any], checkpoint_interval_s: float = 30.0) -> None:
-    """Run the members of one Ray trial: ``fixed`` settings plus each member's sampled params."""
-    for member in members_of(config):
+@dataclass(frozen=True)
+class BranchSettings:
+    """How a Ray trial branches: the proxy grid (proxy mode) and where branch points are kept."""
+
+    branch_dir: str  # <sweep>/branch_points: one file per regularized run, until all its branches finished
+    grid: tuple[float, ...] = ()  # proxy mode: thresholds to evaluate at the branch point (inside the search range)
+    keep: bool = False  # keep branch points after every branch finished
+
+
+def branch_point_path(settings: BranchSettings, shared: dict[str, Any]) -> Path:
+    key = hashlib.sha256(json.dumps(shared, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(settings.branch_dir) / f"{key}.pt"
+
+
+def train_branches(
+    members: list[Member], slots: int, fixed: dict[str, Any], checkpoint_interval_s: float, settings: BranchSettings
+) -> None:
+    """Train one regularized run and its branches: the members, plus ``slots`` more chosen by the proxy.
+
+    Every branch ends with its own final report (``branch_index`` = its place: members first, then
+    the chosen ones in the order of the ``branch_plan`` report).  The branch point is kept in
+    ``settings.branch_dir`` until every branch finished, so an interrupted run never retrains its
+    shared phase.
+    """
+    first = members[0]
+    try:
+        config = TrialConfig.from_dict({**fixed, **first.params})
+        branch_configs = [TrialConfig.from_dict({**fixed, **m.params}) for m in members]
+    except DETERMINISTIC_ERRORS as error:
+        for index, member in enumerate(members):
+            tune.report({**final_report(member, failed_result(error), {}), BRANCH_INDEX_KEY: index})
+        return
+    shared, _ = split_branch_settings(config.to_dict())
+    branches = [split_branch_settings(c.to_dict())[1] for c in branch_configs]
+    numbers = [m.number for m in members]
+    reporter = Reporter(
+        checkpoint_interval_s,
+        lambda state: {
+            "trial_numbers": numbers,
+            TRIAL_NUMBER_KEY: first.number,
+            "epoch": state.epoch,
+            "stage": str(getattr(state, "branch", SHARED_STAGE)),
+        },
+    )
+
+    def report(metrics: dict[str, Any], state: Any) -> None:
+        branch = metrics.get("branch", SHARED_STAGE)
+        index = None if branch == SHARED_STAGE else int(branch)
+        number = first.number if index is None else (numbers[index] if index < len(numbers) else None)
+        reporter({**metrics, TRIAL_NUMBER_KEY: number, BRANCH_INDEX_KEY: index}, state)
+
+    chooser: Any = branches
+    if slots:
+
+        def chooser(run: Any) -> list[dict[str, Any]]:
+            """At the branch point: ``slots`` more thresholds spanning the prune-now front, reported as the plan."""
+            points = prune_now_proxy(run, settings.grid, config.threshold_mode)
+            chosen = [t for t in select_thresholds(points, slots + 1) if t != config.threshold][:slots]
+            plan = [{"threshold": t} for t in chosen]
+            tune.report({TRIAL_NUMBER_KEY: first.number, BRANCH_PLAN_KEY: json.dumps(plan)})
+            return [*branches, *({**branches[0], **entry} for entry in plan)]
+
+        chooser.track = [(t, config.threshold_mode) for t in settings.grid]  # type: ignore[attr-defined]
+
+    point = branch_point_path(settings, shared)
+    with tempfile.TemporaryDirectory() as workdir:
+        resume_from = _checkpoint_to_resume(Path(workdir), first.number, first.resume_checkpoint, SHARED_STAGE)
+        try:
+            results = run_branches(
+                config,
+                chooser,
+                report,
+                resume_from=resume_from,
+                branch_point=point,
+                track=[(config.threshold, config.threshold_mode)],
+            )
+        except DETERMINISTIC_ERRORS as error:
+            results = [failed_result(error)] * max(len(members), 1)
+    for index, result in enumerate(results):
+        number = numbers[index] if index < len(numbers) else None
+        member = Member(number, {}) if number is not None else None
+        extra = {**reporter.extra(), SHARED_RUN_KEY: first.number, BRANCH_INDEX_KEY: index}
+        tune.report(final_report(member, result, extra))
+    if not settings.keep:
+        point.unlink(missing_ok=True)
+
+
+def deephoyer_trainable(
+    config: dict[str, Any],
+    fixed: dict[str, Any],
+    checkpoint_interval_s: float = 30.0,
+    branching: BranchSettings | None = None,
+) -> None:
+    """Run the members of one Ray trial: ``fixed`` settings plus each member's sampled params.
+
+    With ``branching``, the members are branches of one regularized run (``train_branches``);
+    otherwise each member trains on its own, one after the other.
+    """
+    members = members_of(config)
+    if branching is not None:
+        train_branches(members, int(config.get(BRANCH_SLOTS_KEY, 0)), fixed, checkpoint_interval_s, branching)
+        return
+    for member in members:
         train_member(member, fixed, checkpoint_interval_s)

@@ -1,0 +1,113 @@
+"""Threshold branching in real sweeps: every branch is its own trial; an interrupted run keeps its shared phase."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sweeps.records import ResultsLedger
+from sweeps.runner import run_sweep
+from sweeps.searcher import config_key, own_trials
+from sweeps.spec import load_spec
+from trainables.config import split_branch_settings
+from trainables.contract import SHARED_RUN_TAG, tracking_uri_of
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"trial.epochs": 3, "trial.finetune_epochs": 1, "trial.batch_size": 256, "budget.thresholds_per_run": 4}
+
+
+def study_of(sweep_dir: Path) -> optuna.Study:
+    state = json.loads((sweep_dir / "state.json").read_text())
+    return optuna.load_study(study_name=state["study_name"], storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+
+
+def configs(rows: dict[int, dict]) -> list[str]:
+    return [config_key({k[6:]: v for k, v in row.items() if k.startswith("param.")}) for row in rows.values()]
+
+
+@pytest.mark.parametrize("mode", ["proxy", "optuna"])
+def test_every_branch_is_a_trial_of_its_own(local_ray, tmp_path, mode):
+    spec, _ = load_spec("sweeps/digits_quick.yaml", {**SMALL, "budget.num_samples": 8, "budget.branch_mode": mode})
+    outcome = run_sweep(spec, storage=str(tmp_path), quiet=True)
+    sweep_dir = outcome.sweep_dir
+    rows = ResultsLedger(sweep_dir / "results.jsonl").rows
+    assert outcome.total == 8 and len(set(configs(rows))) == 8
+    runs_of = {}
+    for row in rows.values():
+        shared, _ = split_branch_settings({k[6:]: v for k, v in row.items() if k.startswith("param.")})
+        runs_of.setdefault(row["ray_trial_id"], set()).add(config_key(shared))
+    assert len(runs_of) == 2 and all(len(keys) == 1 for keys in runs_of.values())  # 2 regularized runs × 4 branches
+    study = study_of(sweep_dir)
+    assert sorted(t.number for t in own_trials(study, [optuna.trial.TrialState.COMPLETE])) == sorted(rows)
+    client = MlflowClient(tracking_uri_of(sweep_dir))
+    experiment = client.get_experiment_by_name(json.loads((sweep_dir / "state.json").read_text())["name"])
+    children = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(int(r.data.tags["hoyersweep.trial_number"]) for r in children) == sorted(rows)
+    for run in children:  # each branch: the shared phase's curves and its own fine-tuning, and whose run it shares
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy"))
+        assert steps == [1, 2, 3, 4] and run.info.status == "FINISHED"
+        assert run.data.tags[SHARED_RUN_TAG] in {str(n) for n in rows}
+    assert not list((sweep_dir / "branch_points").glob("*.pt"))  # removed once every branch finished
+
+
+def test_an_interrupted_branching_sweep_resumes_without_retraining_a_shared_phase(tmp_path):
+    args = ["run", "sweeps/digits_quick.yaml", "--storage", str(tmp_path), "--num-samples", "8", "--num-cpus", "2"]
+    args += ["--set", "trial.epochs=8", "--set", "trial.finetune_epochs=4", "--set", "trial.batch_size=128"]
+    args += ["--set", "budget.thresholds_per_run=4", "--set", "checkpoint_interval_s=0.2"]
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "sweeps.cli", *args],
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=open(tmp_path / "driver.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
+    sweep_dir = tmp_path / "digits_quick"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and driver.poll() is None:
+            if (sweep_dir / "results.jsonl").exists() and (sweep_dir / "results.jsonl").read_text().strip():
+                break  # a branch finished: its run's shared phase is done, its other branches are not all
+            time.sleep(0.1)
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()
+        driver.send_signal(signal.SIGINT)
+        driver.wait(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    before = ResultsLedger(sweep_dir / "results.jsonl").rows
+    points = list((sweep_dir / "branch_points").glob("*.pt"))
+    assert points, "the interrupted run's branch point is kept for the resume"
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", "resume", str(sweep_dir), "--num-cpus", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    rows = ResultsLedger(sweep_dir / "results.jsonl").rows
+    assert len(rows) == 8 and len(set(configs(rows))) == 8  # nothing lost, no branch trained twice
+    assert {n: r["driver_run"] for n, r in rows.items() if n in before} == {n: 1 for n in before}
+    shared_done = {
+        config_key(split_branch_settings({k[6:]: v for k, v in r.items() if k.startswith("param.")})[0])
+        for r in before.values()
+    }
+    # The resumed Ray trials of a run whose shared phase was done report no regularized epoch again.
+    for result_file in (sweep_dir / "ray" / "run-2").glob("*/result.json"):
+        members = json.loads(result_file.with_name("params.json").read_text())["members"]
+        shared = config_key(split_branch_settings(members[0]["params"])[0])
+        reports = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+        if shared in shared_done:
+            assert not [r for r in reports if r.get("phase") == "train"], result_file
+    assert not list((sweep_dir / "branch_points").glob("*.pt"))
