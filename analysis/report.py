@@ -39,6 +39,7 @@ from analysis.pareto import (
     most_accurate_with_sparsity,
     pareto_front,
     parse_objectives,
+    region_hypervolume_history,
     sparsest_with_accuracy,
 )
 from analysis.results import (
@@ -49,6 +50,7 @@ from analysis.results import (
     load_results,
     sweep_constraints,
     sweep_dirs,
+    sweep_region,
 )
 from trainables.contract import (
     FLOPS_FRAC,
@@ -57,6 +59,7 @@ from trainables.contract import (
     TEST_ACCURACY,
     TRIAL_NUMBER_KEY,
     VAL_ACCURACY,
+    Axis,
     Status,
 )
 
@@ -129,6 +132,7 @@ class ReportData:
     layers: pd.DataFrame | None
     constraints: list[SweepConstraint] = field(default_factory=list)  # from the sweep folders' specs
     notes: dict[str, list[str]] = field(default_factory=dict)  # section -> messages
+    region: dict[str, Axis] | None = None  # the region hypervolume's axes, when the history measures that
 
     def note(self, section: str, message: str) -> None:
         self.notes.setdefault(section, []).append(message)
@@ -202,11 +206,15 @@ def _choices(
     ]
 
 
-def _history(table: pd.DataFrame, objectives: list[Objective], reference: np.ndarray) -> pd.DataFrame:
-    """Hypervolume after each eligible trial, per sweep, in trial_number order, against one reference."""
+def _history(
+    table: pd.DataFrame, objectives: list[Objective], reference: np.ndarray, region: dict[str, Axis] | None = None
+) -> pd.DataFrame:
+    """Hypervolume after each eligible trial, per sweep, in trial_number order: in ``region``, else at ``reference``."""
     frames = []
     for sweep, rows in table.groupby("sweep", sort=True, dropna=False):
-        history = hypervolume_history(rows, objectives, reference)
+        history = (
+            region_hypervolume_history(rows, region) if region else hypervolume_history(rows, objectives, reference)
+        )
         frames.append(history.assign(sweep=sweep))
     return (
         pd.concat(frames, ignore_index=True)
@@ -280,9 +288,12 @@ def collect(
             f"{infeasible} trial(s) violate their sweep's constraints: plotted, but kept off the fronts, "
             "the knee and the hypervolume.",
         )
+    region = sweep_region(sources) if sources else None
+    if region is not None and sorted(region) == sorted(o.name for o in objectives):
+        data.region = region
     try:
         data.reference = default_reference(table, objectives)
-        data.history = _history(feasible, objectives, data.reference)
+        data.history = _history(feasible, objectives, data.reference, data.region)
     except ValueError as error:  # an objective without a known worst value and no ok trial
         data.note("hypervolume", f"no reference point: {error}")
     data.layers = _layers(sources, data) if sources else None
@@ -491,10 +502,13 @@ def hypervolume_figure(data: ReportData) -> Figure | None:
         trials = rows["trial_number"].to_numpy(dtype=float) + 1
         ax.step(trials, rows["hypervolume"], where="post", color=colors[sweep], linewidth=1.6, label=str(sweep))
         ax.scatter(trials, rows["hypervolume"], s=10, color=colors[sweep])
-    reference = ", ".join(f"{o.name}={r:g}" for o, r in zip(data.objectives, data.reference))
-    _style(
-        ax, f"Hypervolume of the front so far (reference {reference})", "trials run (trial_number + 1)", "hypervolume"
-    )
+    if data.region:
+        axes = ", ".join(f"{name} {a.worst:g}→{a.best:g}{' (log)' if a.log else ''}" for name, a in data.region.items())
+        title = f"Region hypervolume of the front so far ({axes})"
+    else:
+        reference = ", ".join(f"{o.name}={r:g}" for o, r in zip(data.objectives, data.reference))
+        title = f"Hypervolume of the front so far (reference {reference})"
+    _style(ax, title, "trials run (trial_number + 1)", "hypervolume")
     return fig
 
 
@@ -791,8 +805,9 @@ def render_html(data: ReportData, images: dict[str, bytes], sources: Sequence[st
                 "hypervolume of the front against trials run",
                 "No ok trial with finite objectives: no hypervolume to show.",
             )
-            + '<p class="muted">One reference point for every sweep, so the curves compare: '
-            "a curve that flattens early found its front early.</p>",
+            + '<p class="muted">One region (or reference point) for every sweep, so the curves compare: '
+            "a curve that flattens early found its front early. The region hypervolume counts accuracy "
+            "from the sweep's floor up and sparsity on a log scale, as a fraction of that box.</p>",
         ),
         _section(
             "layers",

@@ -48,10 +48,12 @@ from trainables.contract import (
     SWEEP_TAG,
     TRIAL_NUMBER_KEY,
     TRIAL_TAG,
+    Axis,
     Constraint,
     is_sweep_dir,
     parse_status,
     read_ledger,
+    region_of,
 )
 
 METRIC_COLUMNS: tuple[str, ...] = tuple(METRICS)
@@ -211,6 +213,20 @@ class SweepConstraint:
     def describe(self) -> str:
         text = self.constraint.describe()
         return text if self.sweep is None else f"{self.sweep}: {text}"
+
+
+def sweep_region(sources: Sequence[str]) -> dict[str, Axis] | None:
+    """The hypervolume region of the first sweep folder among ``sources`` (``contract.region_of`` of its spec).
+
+    None without a sweep folder or when its objectives have no known range.
+    """
+    for source in sources:
+        for sweep in sweep_dirs(str(source)):
+            spec = _read_spec(sweep)
+            objectives = [o["metric"] for o in spec.get("objectives") or [] if isinstance(o, dict) and "metric" in o]
+            constraints = [Constraint.from_dict(c) for c in spec.get("constraints") or [] if isinstance(c, dict)]
+            return region_of(objectives, constraints, spec.get("hypervolume") or {})
+    return None
 
 
 def sweep_constraints(sources: Sequence[str]) -> list[SweepConstraint]:

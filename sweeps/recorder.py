@@ -25,7 +25,7 @@ import optuna
 import pandas as pd
 from ray import tune
 
-from analysis.pareto import nondominated_mask
+from analysis.pareto import nondominated_mask, region_hypervolume
 from sweeps import processes
 from sweeps.progress import Progress
 from sweeps.records import ResultsLedger, now_iso
@@ -51,6 +51,15 @@ def current_front(spec: SweepSpec, rows: Iterable[dict[str, Any]]) -> pd.DataFra
     mask = nondominated_mask(table[spec.metric_names].to_numpy(dtype=float), spec.modes)
     front = table[mask].sort_values(spec.metric_names[0], ascending=spec.modes[0] == "min")
     return front.reset_index(drop=True)
+
+
+def sweep_progress(spec: SweepSpec, front: pd.DataFrame) -> dict[str, float]:
+    """What the parent run records after each result: the front's size and its region hypervolume."""
+    region = spec.region()
+    metrics = {"front_size": float(len(front))}
+    if region is not None:
+        metrics["region_hypervolume"] = region_hypervolume(front, region, status_col=None) if len(front) else 0.0
+    return metrics
 
 
 class SweepRecorder:
@@ -131,6 +140,7 @@ class SweepRecorder:
         self.ledger.append(row)
         rows = list(self.ledger.rows.values())
         front = current_front(self.spec, rows)
+        self.tracker.log_parent(sweep_progress(self.spec, front), step=len(rows))
         self.progress.trial_finished([row["status"] for row in rows], len(self.running), len(front))
 
     def error_log(self, number: int, result: TrialResult) -> Path | None:

@@ -38,7 +38,14 @@ from sweeps.folder import (
 )
 from sweeps.interrupt import Interrupt
 from sweeps.progress import Progress, SweepOutcome, failure_counts, print_summary
-from sweeps.recorder import ProcessRecorder, RecorderCallback, SweepRecorder, current_front, repair_records
+from sweeps.recorder import (
+    ProcessRecorder,
+    RecorderCallback,
+    SweepRecorder,
+    current_front,
+    repair_records,
+    sweep_progress,
+)
 from sweeps.records import ResultsLedger, SweepState, now_iso
 from sweeps.searcher import (
     FINISHED_STATES,
@@ -445,9 +452,8 @@ def finalize_sweep(
     (front[columns] if not front.empty else pd.DataFrame(columns=columns)).to_csv(sweep_dir / PARETO_FILE, index=False)
     ok = sum(row["status"] == Status.OK for row in rows)
     complete = bool(state.exhausted) or len(own_trials(study, FINISHED_STATES)) >= spec.budget.num_samples
-    tracker.end_parent(
-        "FINISHED" if complete else "KILLED", {"trials": len(rows), "trials_ok": ok, "front_size": len(front_numbers)}
-    )
+    tracker.log_parent(sweep_progress(spec, front), step=len(rows))
+    tracker.end_parent("FINISHED" if complete else "KILLED", {"trials": len(rows), "trials_ok": ok})
     state.status = "finished" if complete else "incomplete"
     state.save(sweep_dir)
     outcome = SweepOutcome(

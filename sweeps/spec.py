@@ -28,7 +28,7 @@ from trainables.contract import (
     VAL_ACCURACY,
     Axis,
     Constraint,
-    default_axis,
+    region_of,
 )
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -326,23 +326,14 @@ class SweepSpec(_Strict):
         return self
 
     def region(self) -> dict[str, Axis] | None:
-        """The region of the region hypervolume: ``hypervolume:`` axes, else the contract's defaults.
+        """The region of the region hypervolume (``contract.region_of``): ``hypervolume:`` axes, else defaults.
 
         Defaults: accuracies from the spec's floor (a ``min`` constraint) to 1, nonzero and FLOPs
         fractions from 1 down to 1e-3 on a log scale.  None when an objective has neither (e.g.
         ``loss``): such a sweep reports no region hypervolume until ``hypervolume:`` names its range.
         """
-        constraints, region = self.constraint_rules, {}
-        for metric in self.metric_names:
-            try:
-                region[metric] = (
-                    self.hypervolume[metric].to_axis()
-                    if metric in self.hypervolume
-                    else default_axis(metric, constraints)
-                )
-            except ValueError:
-                return None
-        return region
+        explicit = {metric: axis.model_dump() for metric, axis in self.hypervolume.items()}
+        return region_of(self.metric_names, self.constraint_rules, explicit)
 
     def _setting_location(self, message: str) -> str:
         """The field a trial-settings error is about: ``trial.epochs``, or ``search.lr.low`` for a searched one."""

@@ -85,6 +85,12 @@ class SweepTracker:
         self.client.log_text(self.parent_run_id, spec_text, "spec.yaml")
         return self.parent_run_id
 
+    def log_parent(self, metrics: dict[str, float], step: int) -> None:
+        """The sweep's progress on its parent run (e.g. region hypervolume, front size; step = results so far)."""
+        batch = [Metric(k, float(v), _now(), step) for k, v in metrics.items() if _finite(v)]
+        if batch:
+            self.client.log_batch(self.parent_run_id, metrics=batch)
+
     def end_parent(self, status: str = "FINISHED", metrics: dict[str, float] | None = None) -> None:
         if metrics:
             self.client.log_batch(

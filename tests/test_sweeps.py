@@ -43,6 +43,9 @@ def test_digits_sweep_records_every_trial_once(digits_sweep, tmp_path):
     client, runs = children(sweep_dir, state["parent_run_id"])
     assert len(runs) == 6
     assert client.get_run(state["parent_run_id"]).info.status == "FINISHED"
+    region = client.get_metric_history(state["parent_run_id"], "region_hypervolume")
+    assert [m.step for m in region][:6] == [1, 2, 3, 4, 5, 6] and all(0 <= m.value <= 1 for m in region)
+    assert [m.value for m in region][:6] == sorted(m.value for m in region[:6])  # a front only grows
     param_keys = {frozenset(run.data.params) for run in runs}
     assert param_keys == {frozenset([*TrialConfig.__dataclass_fields__, "trial_number"])}
     for run in runs:

@@ -296,6 +296,25 @@ def default_axis(metric: str, constraints: Iterable[Constraint] = ()) -> Axis:
     raise ValueError(f"no default hypervolume range for {metric!r}: give hypervolume.{metric}: {{worst, best}}")
 
 
+def region_of(
+    objectives: Sequence[str],
+    constraints: Iterable[Constraint] = (),
+    explicit: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Axis] | None:
+    """A sweep's hypervolume region: the spec's ``hypervolume:`` axes, else ``default_axis`` for each objective.
+
+    None when an objective has neither (e.g. ``loss`` without an explicit range).
+    """
+    constraints, explicit = list(constraints), dict(explicit or {})
+    region = {}
+    for metric in objectives:
+        try:
+            region[metric] = Axis(**explicit[metric]) if metric in explicit else default_axis(metric, constraints)
+        except ValueError:
+            return None
+    return region
+
+
 # --- a sweep folder ------------------------------------------------------------------------
 
 STATE_FILE = "state.json"
@@ -306,8 +325,8 @@ OPTUNA_FILE = "optuna.db"
 MLFLOW_FILE = "mlflow.db"
 MLFLOW_ARTIFACTS_DIR = "mlartifacts"
 RAY_DIR = "ray"
-RAY_PROCESSES_FILE = "ray/processes.json"
-BRANCH_POINTS_DIR = "branch_points"  # the end of each branching run's regularized phase, until its branches finish  # the local Ray processes a running driver started (see sweeps.processes)
+RAY_PROCESSES_FILE = "ray/processes.json"  # the local Ray processes a running driver started (see sweeps.processes)
+BRANCH_POINTS_DIR = "branch_points"  # the end of each branching run's regularized phase, until its branches finish
 LOGS_DIR = "logs"  # logs/trial-0007.log: the full error of a failed trial
 PRETRAIN_CACHE_DIR = "pretrain_cache"  # beside the sweep folders, in the storage folder
 
@@ -393,8 +412,8 @@ PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag
 FINAL_PREFIX = "final_"  # a trial run's final metrics are logged as final_<metric>
 SEARCH_PARAM_PREFIX = "search."  # the parent run's params describing the search space
 
-TRIAL_NUMBER_KEY = "trial_number"
+TRIAL_NUMBER_KEY = "trial_number"  # a member's Optuna trial number in Ray results and ledger rows
 SHARED_RUN_KEY = "shared_run"  # a branch's result: the trial number of the first branch of its regularized run
-SHARED_RUN_TAG = "hoyersweep.shared_run"  # MLflow tag of a branch's run: the same  # a member's Optuna trial number in Ray results and ledger rows
+SHARED_RUN_TAG = "hoyersweep.shared_run"  # MLflow tag of a branch's run: the same
 WARM_START_ATTR = "warm_start_from"  # Optuna user attr: a finished trial copied from an earlier sweep
 DUPLICATE_ATTR = "duplicate_of"  # Optuna user attr: a proposal that repeated a known configuration
