@@ -33,12 +33,20 @@ from sweeps.searcher import FINISHED_STATES, Member, members_of, own_trials, res
 from sweeps.spec import SweepSpec
 from sweeps.tracking import SweepTracker
 from trainables.config import TrialConfig
-from trainables.contract import METRICS, RESULT_STATUSES, TRIAL_NUMBER_KEY, Status, TrialResult, feasible
+from trainables.contract import (
+    METRICS,
+    RESULT_STATUSES,
+    SHARED_RUN_KEY,
+    TRIAL_NUMBER_KEY,
+    Status,
+    TrialResult,
+    feasible,
+)
 
 logger = logging.getLogger(__name__)
 EPOCH_FLUSH_S = 2.0  # live epoch curves reach MLflow at most this late; fewer sqlite commits on the driver
 LEDGER_METRICS: tuple[str, ...] = (*METRICS, "epochs", "resumed_from_epoch")
-LEDGER_EXTRAS: tuple[str, ...] = ("report_wait_s", "node_id")
+LEDGER_EXTRAS: tuple[str, ...] = ("report_wait_s", "node_id", SHARED_RUN_KEY)  # shared_run: a branch's regularized run
 
 
 def current_front(spec: SweepSpec, rows: Iterable[dict[str, Any]]) -> pd.DataFrame:

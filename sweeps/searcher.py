@@ -19,6 +19,11 @@
   point and do not count toward the budget.  A finite space (categorical and integer parameters
   only) ends the sweep once every configuration is known; any space ends it after
   ``max_duplicate_asks`` duplicates in a row (``exhausted``).
+- **Branching.** With ``Branching`` (``budget.thresholds_per_run`` K > 1), the members of one Ray
+  trial are K branches of one regularized run: equal in everything but the branch settings
+  (threshold, threshold_mode, finetune_epochs, finetune_lr).  ``optuna`` mode asks them all up
+  front (the others with the shared part fixed); ``proxy`` mode asks one and reserves K − 1
+  budget slots that the run fills itself after its regularized phase (``branch_plan``).
 - **Stopped early.** ``tell_pruned(number, proxies)`` records a member that a scheduler stopped:
   PRUNED, with its last proxy values as user attributes (Optuna keeps no intermediate values for
   multi-objective studies).
