@@ -35,6 +35,8 @@ from sweeps.tracking import SweepTracker
 from trainables.config import TrialConfig
 from trainables.contract import (
     METRICS,
+    MLFLOW_RUN_ATTR,
+    MODEL_FILE_KEY,
     RESULT_STATUSES,
     SHARED_RUN_KEY,
     TRIAL_NUMBER_KEY,
@@ -46,7 +48,12 @@ from trainables.contract import (
 logger = logging.getLogger(__name__)
 EPOCH_FLUSH_S = 2.0  # live epoch curves reach MLflow at most this late; fewer sqlite commits on the driver
 LEDGER_METRICS: tuple[str, ...] = (*METRICS, "epochs", "resumed_from_epoch")
-LEDGER_EXTRAS: tuple[str, ...] = ("report_wait_s", "node_id", SHARED_RUN_KEY)  # shared_run: a branch's regularized run
+LEDGER_EXTRAS: tuple[str, ...] = (
+    "report_wait_s",
+    "node_id",
+    SHARED_RUN_KEY,
+    MODEL_FILE_KEY,
+)  # shared_run: a branch's regularized run
 
 
 def current_front(spec: SweepSpec, rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -111,6 +118,14 @@ class SweepRecorder:
         self.members[member.number] = member
         self.ray_trial[member.number] = ray_trial_id
 
+    def open_run(self, member: Member) -> dict[str, Any]:
+        """Create (or find) a member's MLflow run as it is handed out; the Optuna user attrs that link to it.
+
+        Called by the searcher on the driver loop, while the Optuna trial is still running (Optuna
+        refuses attributes on finished trials).
+        """
+        return {MLFLOW_RUN_ATTR: self.tracker.child(member.number, self.name, self.trial_params(member.params))}
+
     def epoch(self, number: int, metrics: dict[str, Any]) -> None:
         run_id = self.tracker.find_child(number)
         if run_id is not None:
@@ -130,6 +145,8 @@ class SweepRecorder:
             return
         if result.status in (Status.FAILED, Status.DIVERGED):
             self.progress.trial_failed(member.number, result.status, result.message, error)
+        if self.spec.models == "all" and result.extra.get(MODEL_FILE_KEY):
+            self.tracker.log_model(run_id, result.extra[MODEL_FILE_KEY])
         values = result.to_dict()
         row = {
             "sweep": self.name,

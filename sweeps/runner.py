@@ -28,6 +28,7 @@ import yaml
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
+from analysis.pareto import Objective, knee_point
 from sweeps import processes
 from sweeps.folder import (
     absolute_tracking_uri,
@@ -64,8 +65,11 @@ from trainables.config import split_branch_settings
 from trainables.contract import (
     BRANCH_POINTS_DIR,
     FLOPS_FRAC,
+    KNEE_ALIAS,
     LOGS_DIR,
     MLFLOW_ARTIFACTS_DIR,
+    MODEL_FILE_KEY,
+    MODELS_DIR,
     NONZERO_FRAC,
     PARETO_FILE,
     PRETRAIN_CACHE_DIR,
@@ -310,7 +314,14 @@ def branch_settings(spec: SweepSpec, sweep_dir: Path) -> BranchSettings | None:
     threshold = spec.search.get("threshold")
     if spec.budget.branch_mode == "proxy" and isinstance(threshold, FloatParam):
         grid = tuple(threshold_grid(threshold.low, threshold.high, PROXY_GRID_SIZE, log=threshold.log))
-    return BranchSettings(str(sweep_dir / BRANCH_POINTS_DIR), grid, keep=spec.keep_branch_points)
+    return BranchSettings(
+        str(sweep_dir / BRANCH_POINTS_DIR), grid, keep=spec.keep_branch_points, models_dir=models_dir(spec, sweep_dir)
+    )
+
+
+def models_dir(spec: SweepSpec, sweep_dir: Path) -> str | None:
+    """Where trials save their final models (``<sweep>/models``), or None with ``models: none``."""
+    return None if spec.models == "none" else str(sweep_dir / MODELS_DIR)
 
 
 def build_tuner(
@@ -337,6 +348,7 @@ def build_tuner(
             fixed=fixed,
             checkpoint_interval_s=spec.checkpoint_interval_s,
             branching=branch_settings(spec, sweep_dir),
+            models_dir=models_dir(spec, sweep_dir),
         ),
         {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus},
     )
@@ -391,7 +403,14 @@ def execute_sweep(
     fixed = fixed_settings(spec, sweep_dir)
     ledger = ResultsLedger(sweep_dir / RESULTS_FILE)
     recorder = SweepRecorder(
-        spec, state.name, fixed, tracker, ledger, progress, driver_run=len(state.runs), logs_dir=sweep_dir / LOGS_DIR
+        spec,
+        state.name,
+        fixed,
+        tracker,
+        ledger,
+        progress,
+        driver_run=len(state.runs),
+        logs_dir=sweep_dir / LOGS_DIR,
     )
     if repaired := repair_records(study, recorder):
         progress.say(f"repaired the records of {repaired} trial(s) finished before the interruption")
@@ -406,6 +425,7 @@ def execute_sweep(
         members_per_trial=members_per_trial,
         branching=Branching(spec.budget.thresholds_per_run, spec.budget.branch_mode, split_branch_settings),
         resume_checkpoints=resume_checkpoints(sweep_dir),
+        on_member=recorder.open_run,
     )
     interrupt = Interrupt()
     if searcher.remaining > 0 and not state.exhausted:
@@ -431,6 +451,24 @@ def execute_sweep(
     return finalize_sweep(spec, sweep_dir, state, study, recorder, started, quiet, interrupted=interrupt.requested)
 
 
+def publish_models(spec: SweepSpec, state: SweepState, tracker: SweepTracker, front: pd.DataFrame) -> str | None:
+    """Log the front's models (``models: front``; ``all`` logged them as trials finished) and register the knee.
+
+    Called when the sweep completes, when the front is final, so no model of a trial that left
+    the front is ever in MLflow.  Returns ``models:/<sweep>@knee``, or None without models.
+    """
+    if spec.models == "none" or front.empty or MODEL_FILE_KEY not in front.columns:
+        return None
+    for row in front.itertuples():
+        model_file = getattr(row, MODEL_FILE_KEY)
+        if isinstance(model_file, str) and Path(model_file).exists() and not tracker.has_model(row.mlflow_run_id):
+            tracker.log_model(row.mlflow_run_id, model_file)
+    knee = knee_point(front, [Objective(m, mode) for m, mode in zip(spec.metric_names, spec.modes)])
+    if knee is None or not tracker.has_model(knee["mlflow_run_id"]):
+        return None
+    return tracker.register(state.name, knee["mlflow_run_id"], KNEE_ALIAS)
+
+
 def finalize_sweep(
     spec: SweepSpec,
     sweep_dir: Path,
@@ -453,6 +491,9 @@ def finalize_sweep(
     ok = sum(row["status"] == Status.OK for row in rows)
     complete = bool(state.exhausted) or len(own_trials(study, FINISHED_STATES)) >= spec.budget.num_samples
     tracker.log_parent(sweep_progress(spec, front), step=len(rows))
+    knee_uri = publish_models(spec, state, tracker, front) if complete else None
+    if knee_uri and not quiet:
+        print(f"[{state.name}] knee model registered: {knee_uri}", flush=True)
     tracker.end_parent("FINISHED" if complete else "KILLED", {"trials": len(rows), "trials_ok": ok})
     state.status = "finished" if complete else "incomplete"
     state.save(sweep_dir)

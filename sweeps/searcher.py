@@ -211,6 +211,7 @@ class OptunaSearcher(Searcher):
         branching: Branching | None = None,
         resume_checkpoints: Mapping[int, str] | None = None,
         max_duplicate_asks: int = MAX_DUPLICATE_ASKS,
+        on_member: Callable[[Member], Mapping[str, Any]] | None = None,
     ) -> None:
         super().__init__(metric=None, mode=None)  # multi-objective: Tune's single metric is unused
         if members_per_trial < 1:
@@ -228,6 +229,7 @@ class OptunaSearcher(Searcher):
         self._branch_numbers: dict[str, list[int | None]] = {}  # Ray trial id → trial number of each branch index
         self._resume = dict(resume_checkpoints or {})
         self._max_duplicate_asks = max_duplicate_asks
+        self._on_member = on_member  # called as each member is handed out; returns user attrs for its trial
 
         trials = study.get_trials(deepcopy=False)
         self._known: dict[str, FrozenTrial | optuna.Trial] = {}  # config key → the trial that holds it
@@ -244,6 +246,10 @@ class OptunaSearcher(Searcher):
         self.duplicates = 0  # proposals rejected as repeats in this run
         self.exhausted = False
         self.exhausted_reason = ""
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its searcher with the experiment; the ``on_member`` hook (the driver's recorder) stays out."""
+        return {**self.__dict__, "_on_member": None}
 
     # --- budget ----------------------------------------------------------------------------
 
@@ -269,6 +275,7 @@ class OptunaSearcher(Searcher):
             return Searcher.FINISHED
         self._issued += len(members) + slots
         self._live[trial_id] = members
+        self._handed_out(members)
         config: dict[str, Any] = {MEMBERS_KEY: [member.to_config() for member in members]}
         if slots:
             self._slots[trial_id] = slots
@@ -320,6 +327,16 @@ class OptunaSearcher(Searcher):
         """Nothing to restore: a new searcher reads everything from the Optuna storage."""
 
     # --- proposing -------------------------------------------------------------------------
+
+    def _handed_out(self, members: Sequence[Member]) -> None:
+        """Let ``on_member`` see each member while its trial runs, and keep the attributes it returns."""
+        if self._on_member is None:
+            return
+        for member in members:
+            trial = self._pending.get(member.number)
+            for key, value in (self._on_member(member) or {}).items():
+                if trial is not None and trial.user_attrs.get(key) != value:
+                    trial.set_user_attr(key, value)
 
     def propose(self, count: int) -> list[Member]:
         """Up to ``count`` members for one Ray trial: interrupted trials first, then new asks.
@@ -387,6 +404,7 @@ class OptunaSearcher(Searcher):
         self._branch_numbers[trial_id] = numbers
         self._issued -= slots - len(added)
         self._live[trial_id] = [*members, *added]
+        self._handed_out(added)
         return added
 
     def _adopt(self, frozen: FrozenTrial) -> Member:

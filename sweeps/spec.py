@@ -254,6 +254,7 @@ class SweepSpec(_Strict):
     max_failures: int = Field(default=1, ge=0)
     checkpoint_interval_s: float = Field(default=30.0, ge=0)
     warm_start: bool = True
+    models: Literal["all", "front", "none"] = "front"  # which trials' models reach MLflow (all are kept on disk)
     keep_branch_points: bool = False  # keep each branching run's regularized checkpoint after its branches finish
     hypervolume: dict[str, AxisSpec] = Field(default_factory=dict)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import math
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -30,6 +31,7 @@ from trainables.contract import (
     FINAL_PREFIX,
     MESSAGE_TAG,
     METRICS,
+    MODEL_ARTIFACT,
     PARETO_TAG,
     SHARED_RUN_KEY,
     SHARED_RUN_TAG,
@@ -41,6 +43,8 @@ from trainables.contract import (
     TrialResult,
 )
 
+RESOURCE_TAGS: tuple[str, ...] = ("device", "device_name")  # what a trial actually ran on (``auto`` resolved)
+RESOURCE_METRICS: tuple[str, ...] = ("peak_memory_mb", "epoch_time_s")  # per trial, not the driver's machine
 MLFLOW_STATUS: dict[Status, str] = {
     Status.OK: "FINISHED",
     Status.PRUNED: "FINISHED",  # a result: stopped early on purpose, with its own status tag
@@ -187,6 +191,10 @@ class SweepTracker:
         values = {name: result.metric(name) for name in METRICS} | {"epochs": result.epochs}
         metrics = [Metric(f"{FINAL_PREFIX}{k}", float(v), timestamp, 0) for k, v in values.items() if _finite(v)]
         tags = [RunTag(STATUS_TAG, result.status.value)]
+        tags += [RunTag(f"hoyersweep.{k}", str(result.extra[k])) for k in RESOURCE_TAGS if result.extra.get(k)]
+        metrics += [
+            Metric(k, float(result.extra[k]), timestamp, 0) for k in RESOURCE_METRICS if _finite(result.extra.get(k))
+        ]
         if result.extra.get(SHARED_RUN_KEY) is not None:  # a branch: the regularized run it shares
             tags.append(RunTag(SHARED_RUN_TAG, str(result.extra[SHARED_RUN_KEY])))
         if result.message:
@@ -199,6 +207,54 @@ class SweepTracker:
         if error_text:
             self.client.log_text(run_id, error_text, "error.txt")
         self.client.set_terminated(run_id, status=MLFLOW_STATUS[result.status])
+
+    def log_model(self, run_id: str, model_file: str | Path) -> str:
+        """Log a trial's saved model to its run as ``model`` (MLflow's pt2 format); returns ``runs:/<id>/model``.
+
+        pt2 (``torch.export``) rather than pickle: loading runs no pickled code and needs no
+        hoyersweep, and the batch dimension stays dynamic.  ``mlflow.pytorch.load_model`` gives a
+        ``GraphModule`` holding the pruned weights (zeros included).  ``pip_requirements`` are
+        given explicitly: inferring them took 7–10 s per model.  Saved locally, then uploaded with
+        the client, so no global MLflow state (tracking URI, active run) is touched.
+        """
+        import numpy as np
+        import torch
+        from mlflow.models import infer_signature
+        from mlflow.pytorch import save_model
+
+        from trainables.pipeline import load_model
+
+        model, payload = load_model(model_file)
+        example = np.zeros((2, *payload["input_shape"]), dtype=np.float32)
+        with torch.no_grad():
+            signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
+        with tempfile.TemporaryDirectory() as directory:
+            local = Path(directory) / MODEL_ARTIFACT
+            save_model(
+                model,
+                str(local),
+                signature=signature,
+                input_example=example,
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                serialization_format="pt2",
+            )
+            self.client.log_artifacts(run_id, str(local), MODEL_ARTIFACT)
+        return f"runs:/{run_id}/{MODEL_ARTIFACT}"
+
+    def has_model(self, run_id: str) -> bool:
+        return any(f.path == MODEL_ARTIFACT for f in self.client.list_artifacts(run_id))
+
+    def register(self, name: str, run_id: str, alias: str) -> str:
+        """Register a run's model under ``name`` and point ``alias`` at it (``models:/<name>@<alias>``)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException:  # registered already (a resumed or re-run sweep)
+            pass
+        version = self.client.create_model_version(name, f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id=run_id)
+        self.client.set_registered_model_alias(name, alias, version.version)
+        return f"models:/{name}@{alias}"
 
     def tag_pareto(self, front: set[int], trial_numbers: Iterable[int]) -> None:
         """Tag every trial's run ``pareto=true`` or ``pareto=false``."""

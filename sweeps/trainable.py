@@ -30,7 +30,7 @@ from sweeps.searcher import BRANCH_INDEX_KEY, BRANCH_PLAN_KEY, BRANCH_SLOTS_KEY,
 from trainables import ConfigError, TrialConfig, run_trial
 from trainables.branching import prune_now_proxy, run_branches, select_thresholds
 from trainables.config import split_branch_settings
-from trainables.contract import SHARED_RUN_KEY, TRIAL_NUMBER_KEY, Status, TrialResult
+from trainables.contract import MODEL_FILE_KEY, SHARED_RUN_KEY, TRIAL_NUMBER_KEY, Status, TrialResult
 from trainables.data import DataError
 
 DETERMINISTIC_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, torch.OutOfMemoryError)
@@ -123,7 +123,21 @@ def final_report(member: Member | None, result: TrialResult, extra: dict[str, An
     }
 
 
-def train_member(member: Member, fixed: dict[str, Any], checkpoint_interval_s: float) -> None:
+def model_file(models_dir: str | None, name: str) -> str | None:
+    """Where a trial's final model goes (``<sweep>/models/<name>.pt``), or None when models are not kept.
+
+    Written by the worker into the sweep folder (shared storage on a cluster); the driver logs it
+    to MLflow and ``hoyersweep export`` reads it.
+    """
+    if not models_dir:
+        return None
+    Path(models_dir).mkdir(parents=True, exist_ok=True)
+    return str(Path(models_dir) / f"{name}.pt")
+
+
+def train_member(
+    member: Member, fixed: dict[str, Any], checkpoint_interval_s: float, models_dir: str | None = None
+) -> None:
     """Train one member to its final report; a bad configuration or bad data is a ``failed`` result."""
     try:
         config = TrialConfig.from_dict({**fixed, **member.params})
@@ -138,7 +152,10 @@ def train_member(member: Member, fixed: dict[str, Any], checkpoint_interval_s: f
     with tempfile.TemporaryDirectory() as workdir:
         resume_from = _checkpoint_to_resume(Path(workdir), member.number, member.resume_checkpoint)
         try:
-            result = run_trial(config, report, resume_from=resume_from)
+            path = model_file(models_dir, f"trial-{member.number:04d}")
+            result = run_trial(config, report, resume_from=resume_from, model_path=path)
+            if path and result.ok:
+                result.extra[MODEL_FILE_KEY] = path
         except DETERMINISTIC_ERRORS as error:
             result = failed_result(error)
     tune.report(final_report(member, result, reporter.extra()))
@@ -151,6 +168,7 @@ class BranchSettings:
     branch_dir: str  # <sweep>/branch_points: one file per regularized run, until all its branches finished
     grid: tuple[float, ...] = ()  # proxy mode: thresholds to evaluate at the branch point (inside the search range)
     keep: bool = False  # keep branch points after every branch finished
+    models_dir: str | None = None  # <sweep>/models, when trials keep their models
 
 
 def branch_point_path(settings: BranchSettings, shared: dict[str, Any]) -> Path:
@@ -219,6 +237,7 @@ def train_branches(
                 resume_from=resume_from,
                 branch_point=point,
                 track=[(config.threshold, config.threshold_mode)],
+                model_path=lambda index: model_file(settings.models_dir, f"run-{first.number:04d}-branch-{index}"),
             )
         except DETERMINISTIC_ERRORS as error:
             results = [failed_result(error)] * max(len(members), 1)
@@ -226,6 +245,8 @@ def train_branches(
         number = numbers[index] if index < len(numbers) else None
         member = Member(number, {}) if number is not None else None
         extra = {**reporter.extra(), SHARED_RUN_KEY: first.number, BRANCH_INDEX_KEY: index}
+        if settings.models_dir and result.ok:
+            extra[MODEL_FILE_KEY] = model_file(settings.models_dir, f"run-{first.number:04d}-branch-{index}")
         tune.report(final_report(member, result, extra))
     if not settings.keep:
         point.unlink(missing_ok=True)
@@ -236,6 +257,7 @@ def deephoyer_trainable(
     fixed: dict[str, Any],
     checkpoint_interval_s: float = 30.0,
     branching: BranchSettings | None = None,
+    models_dir: str | None = None,
 ) -> None:
     """Run the members of one Ray trial: ``fixed`` settings plus each member's sampled params.
 
@@ -247,4 +269,4 @@ def deephoyer_trainable(
         train_branches(members, int(config.get(BRANCH_SLOTS_KEY, 0)), fixed, checkpoint_interval_s, branching)
         return
     for member in members:
-        train_member(member, fixed, checkpoint_interval_s)
+        train_member(member, fixed, checkpoint_interval_s, models_dir)

@@ -294,3 +294,38 @@ def test_reading_a_stored_sweep_imports_neither_torch_nor_ray(digits_sweep, tmp_
     )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "r.html").exists()
+
+
+def test_front_models_are_logged_and_the_knee_is_registered(digits_sweep):
+    import mlflow.pytorch
+    import torch
+
+    from trainables.contract import tracking_uri_of
+
+    sweep_dir = digits_sweep.sweep_dir
+    uri = tracking_uri_of(sweep_dir)
+    client = MlflowClient(uri)
+    state = json.loads((sweep_dir / "state.json").read_text())
+    rows = ResultsLedger(sweep_dir / "results.jsonl").rows
+    front = set(digits_sweep.front["trial_number"])
+    _, runs = children(sweep_dir, state["parent_run_id"])
+    mlflow.set_tracking_uri(uri)
+    try:
+        for run in runs:
+            number = int(run.data.tags["hoyersweep.trial_number"])
+            has_model = any(f.path == "model" for f in client.list_artifacts(run.info.run_id))
+            assert has_model == (number in front), number  # models: front — only the front's, once it is final
+            assert (sweep_dir / "models" / f"trial-{number:04d}.pt").exists()  # every ok trial's kept on disk
+            if not has_model:
+                continue
+            model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+            weights = [p for name, p in model.state_dict().items() if name.endswith("weight") and p.dim() > 1]
+            nonzero = sum(int(torch.count_nonzero(p)) for p in weights) / sum(p.numel() for p in weights)
+            assert nonzero == pytest.approx(rows[number]["nonzero_frac"], abs=1e-9)
+            assert model(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
+            study = study_of(sweep_dir)
+            assert study.trials[number].user_attrs["mlflow_run_id"] == run.info.run_id
+        knee = mlflow.pytorch.load_model(f"models:/{state['name']}@knee")
+        assert knee(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+    finally:
+        mlflow.set_tracking_uri(None)

@@ -349,6 +349,7 @@ def run_branches(
     branch_point: str | os.PathLike | None = None,
     skip: Collection[int] = (),
     track: Iterable[TrackKey] = (),
+    model_path: Callable[[int], str | os.PathLike | None] | None = None,
 ) -> list[TrialResult | None]:
     """Train ``config``'s dense + regularized phase once, then prune + finetune once per branch.
 
@@ -361,7 +362,8 @@ def run_branches(
     Returns one result per branch, in order, each equal to ``run_trial({**config, **branch})``
     but for timings; None where the index is in ``skip`` (results the caller already holds).
     A shared phase that diverges makes every branch DIVERGED (as each independent run would
-    be); a branch that diverges is DIVERGED alone.  ``report``/``resume_from``/``branch_point``:
+    be); a branch that diverges is DIVERGED alone.  ``model_path(i)``: where branch ``i``'s final
+    model is saved (``pipeline.save_model``), or None.  ``report``/``resume_from``/``branch_point``:
     see the module docstring; ``resume_from`` takes a ``BranchState`` checkpoint only.
     """
     config = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(dict(config))
@@ -411,7 +413,8 @@ def run_branches(
         else:
             resuming = in_branch and index == int(saved["stage"])
             run = driver.start_branch(index, saved["run"] if resuming else None)
-            result = run.result(Status.DIVERGED) if driver.point.diverged else finish(run)
+            path = model_path(index) if model_path is not None else None
+            result = run.result(Status.DIVERGED) if driver.point.diverged else finish(run, path)
             driver.results[index] = result
             results.append(result)
     return results

@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 from trainables.config import (
@@ -64,6 +65,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--json", action="store_true", help="print only one JSON object with the final metrics")
+    parser.add_argument(
+        "--save",
+        metavar="PATH",
+        help="save the final pruned model there (with --thresholds: PATH-0.pt, PATH-1.pt, … in threshold order); "
+        "load it with trainables.pipeline.load_model, export it with hoyersweep export",
+    )
 
 
 def threshold_list(text: str) -> list[float]:
@@ -108,10 +115,10 @@ def train_command(args: argparse.Namespace) -> int:
     """Run one trial; the final ``TrialResult`` as JSON (``--json``, NaN as null) or a short table."""
     config = config_from_args(args)
     if getattr(args, "thresholds", None):
-        return branches_command(config, args.thresholds, args.json)
+        return branches_command(config, args.thresholds, args.json, getattr(args, "save", None))
     from trainables.pipeline import run_trial  # torch loads here, not when the parser is built
 
-    result = run_trial(config, report=None if args.json else _print_progress)
+    result = run_trial(config, report=None if args.json else _print_progress, model_path=getattr(args, "save", None))
     if args.json:
         print(json.dumps(json_safe(result.to_dict()), allow_nan=False))
         return 0 if result.ok else 1
@@ -130,7 +137,15 @@ def train_command(args: argparse.Namespace) -> int:
 BRANCH_LINE_METRICS: tuple[str, ...] = (VAL_ACCURACY, TEST_ACCURACY, NONZERO_FRAC, FLOPS_FRAC, "wall_time_s")
 
 
-def branches_command(config: TrialConfig, thresholds: list[float], as_json: bool) -> int:
+def branch_model_path(save: str | None, index: int) -> str | None:
+    """``--save m.pt`` with several thresholds: ``m-0.pt``, ``m-1.pt``, … in threshold order."""
+    if not save:
+        return None
+    path = Path(save)
+    return str(path.with_name(f"{path.stem}-{index}{path.suffix or '.pt'}"))
+
+
+def branches_command(config: TrialConfig, thresholds: list[float], as_json: bool, save: str | None = None) -> int:
     """``--thresholds``: one regularized run branched per threshold; one line (or JSON object) per threshold.
 
     Each result is that of ``train --threshold T`` with the same other flags (``run_branches``),
@@ -138,7 +153,12 @@ def branches_command(config: TrialConfig, thresholds: list[float], as_json: bool
     """
     from trainables.branching import run_branches  # torch loads here
 
-    results = run_branches(config, [{"threshold": t} for t in thresholds], report=None if as_json else _print_progress)
+    results = run_branches(
+        config,
+        [{"threshold": t} for t in thresholds],
+        report=None if as_json else _print_progress,
+        model_path=lambda index: branch_model_path(save, index),
+    )
     if as_json:
         rows = [{"threshold": t, **result.to_dict()} for t, result in zip(thresholds, results)]
         print(json.dumps(json_safe(rows), allow_nan=False))

@@ -327,6 +327,7 @@ MLFLOW_ARTIFACTS_DIR = "mlartifacts"
 RAY_DIR = "ray"
 RAY_PROCESSES_FILE = "ray/processes.json"  # the local Ray processes a running driver started (see sweeps.processes)
 BRANCH_POINTS_DIR = "branch_points"  # the end of each branching run's regularized phase, until its branches finish
+MODELS_DIR = "models"  # models/trial-0007.pt: each ok trial's final pruned model (trainables.pipeline.save_model)
 LOGS_DIR = "logs"  # logs/trial-0007.log: the full error of a failed trial
 PRETRAIN_CACHE_DIR = "pretrain_cache"  # beside the sweep folders, in the storage folder
 
@@ -408,12 +409,16 @@ SWEEP_TAG = "hoyersweep.sweep"
 STATUS_TAG = "hoyersweep.status"
 MESSAGE_TAG = "hoyersweep.message"
 PARETO_TAG = "pareto"
+MODEL_ARTIFACT = "model"  # a trial run's logged model (MLflow pt2 format)
+KNEE_ALIAS = "knee"  # Model Registry alias of the sweep's knee model: models:/<sweep>@knee
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag
 FINAL_PREFIX = "final_"  # a trial run's final metrics are logged as final_<metric>
 SEARCH_PARAM_PREFIX = "search."  # the parent run's params describing the search space
 
 TRIAL_NUMBER_KEY = "trial_number"  # a member's Optuna trial number in Ray results and ledger rows
+MODEL_FILE_KEY = "model_file"  # a result: where the trial's final model was saved (sweep folder's models/)
 SHARED_RUN_KEY = "shared_run"  # a branch's result: the trial number of the first branch of its regularized run
 SHARED_RUN_TAG = "hoyersweep.shared_run"  # MLflow tag of a branch's run: the same
 WARM_START_ATTR = "warm_start_from"  # Optuna user attr: a finished trial copied from an earlier sweep
+MLFLOW_RUN_ATTR = "mlflow_run_id"  # Optuna user attr: the trial's MLflow run (optuna-dashboard shows it)
 DUPLICATE_ATTR = "duplicate_of"  # Optuna user attr: a proposal that repeated a known configuration

@@ -31,11 +31,14 @@ never used to choose.
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import hashlib
 import json
 import math
 import os
+import platform
+import resource
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -50,7 +53,15 @@ from trainables.config import BRANCH_SETTINGS, ConfigError, TrialConfig
 from trainables.contract import FLOPS_FRAC, NONZERO_FRAC, VAL_ACCURACY, Status, TrialResult
 from trainables.data import DatasetSplits, iterate_batches, load_dataset, random_crop_flip, random_shift
 from trainables.models import build_model
-from trainables.pruning import Masks, SparsityReport, apply_masks, compute_masks, output_positions, sparsity_report
+from trainables.pruning import (
+    Masks,
+    SparsityReport,
+    apply_masks,
+    compute_masks,
+    make_pruning_permanent,
+    output_positions,
+    sparsity_report,
+)
 from trainables.regularizers import model_regularization
 
 PRETRAIN = "pretrain"
@@ -373,8 +384,25 @@ class TrialRun:
             **{k: v for k, v in self.marks.items() if k in known},
             layers=[layer.as_dict() for layer in sparsity.layers],
             history=[dict(epoch) for epoch in self.history],
-            extra={k: v for k, v in self.marks.items() if k not in known},
+            extra={**{k: v for k, v in self.marks.items() if k not in known}, **self.resources()},
         )
+
+    def resources(self) -> dict[str, Any]:
+        """What the trial ran on: the device it actually used (``auto`` resolved), its name, peak memory
+        (the GPU's allocator peak on CUDA, the process's peak resident size on CPU) and time per epoch."""
+        device = self.data.train_x.device
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+        if device.type == "cuda":
+            peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
+        else:
+            peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        epochs = max(len(self.history), 1)
+        return {
+            "device": str(device),
+            "device_name": name,
+            "peak_memory_mb": peak_mb,
+            "epoch_time_s": self.elapsed() / epochs,
+        }
 
 
 def start_run(
@@ -491,22 +519,65 @@ def finetune(run: TrialRun) -> bool:
     return train_phase(run, FINETUNE)
 
 
-def finish(run: TrialRun) -> TrialResult:
+def finish(run: TrialRun, model_path: str | os.PathLike | None = None) -> TrialResult:
     """Prune + finetune from wherever ``run`` stands after regularizing, then the final result.
 
     The part a threshold branch repeats: a run restored from a branch-point checkpoint with a
-    config that differs only in ``BRANCH_FIELDS`` continues here.
+    config that differs only in ``BRANCH_FIELDS`` continues here.  ``model_path``: where the
+    final pruned, fine-tuned model of an ok run is saved (``save_model``).
     """
     prune(run)
     if not finetune(run):
         return run.result(Status.DIVERGED)
-    return run.result(Status.OK)
+    result = run.result(Status.OK)
+    if model_path is not None:
+        save_model(run, model_path)
+    return result
+
+
+MODEL_FORMAT = "hoyersweep-model-1"
+
+
+def save_model(run: TrialRun, path: str | os.PathLike) -> None:
+    """Save the run's model as a trial keeps it: weights (pruned ones exactly zero), masks, and how to rebuild it.
+
+    ``load_model(path)`` rebuilds the module; ``torch.load(path, weights_only=True)`` reads it
+    without running code (tensors and plain data only).
+    """
+    payload = {
+        "format": MODEL_FORMAT,
+        "model": run.config.model,
+        "input_shape": list(run.data.input_shape),
+        "num_classes": int(run.data.num_classes),
+        "state_dict": {k: v.detach().cpu() for k, v in permanent(run.model).state_dict().items()},
+        "masks": {k: v.detach().cpu() for k, v in (run.masks or {}).items()},
+        "config": run.config.to_dict(),
+    }
+    _atomic_save(payload, Path(path))
+
+
+def permanent(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with its pruning masks folded into plain weights (pruned entries exactly zero)."""
+    copy_ = copy.deepcopy(model)
+    make_pruning_permanent(copy_)
+    return copy_
+
+
+def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """The module ``save_model`` wrote (on CPU, eval mode) and the file's payload."""
+    payload = load_checkpoint(path)
+    if payload.get("format") != MODEL_FORMAT:
+        raise ConfigError(f"{path}: not a hoyersweep model file (save_model writes those)")
+    model = build_model(payload["model"], tuple(payload["input_shape"]), payload["num_classes"])
+    model.load_state_dict(payload["state_dict"])
+    return model.eval(), payload
 
 
 def run_trial(
     config: TrialConfig | dict[str, Any],
     report: ReportFn | None = None,
     resume_from: str | os.PathLike | None = None,
+    model_path: str | os.PathLike | None = None,
 ) -> TrialResult:
     """Run one DeepHoyer trial (or continue one from a checkpoint) and return its ``TrialResult``.
 
@@ -517,7 +588,7 @@ def run_trial(
     run = start_run(config, report, resume_from)
     if not (dense(run) and regularize(run)):
         return run.result(Status.DIVERGED)
-    return finish(run)
+    return finish(run, model_path)
 
 
 # --- the pretrain cache ----------------------------------------------------------------------
