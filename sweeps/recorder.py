@@ -12,12 +12,14 @@ several members, each recorded exactly as if it had been trained alone.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -68,6 +70,20 @@ def current_front(spec: SweepSpec, rows: Iterable[dict[str, Any]]) -> pd.DataFra
     return front.reset_index(drop=True)
 
 
+SPLITS: dict[str, str] = {"train": "train", "validation": "val", "test": "test"}  # MLflow context → result key
+
+
+def data_identity(data_dir: str | None) -> tuple[str, str]:
+    """Where the data comes from and a digest of it (MD5 over the files of ``data_dir``, in name order)."""
+    if not data_dir:
+        return "sklearn.datasets.load_digits", f"scikit-learn-{package_version('scikit-learn')}"
+    digest = hashlib.md5(usedforsecurity=False)
+    for path in sorted(p for p in Path(data_dir).iterdir() if p.is_file()):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return str(data_dir), digest.hexdigest()[:16]
+
+
 def sweep_progress(spec: SweepSpec, front: pd.DataFrame) -> dict[str, float]:
     """What the parent run records after each result: the front's size and its region hypervolume."""
     region = spec.region()
@@ -101,6 +117,7 @@ class SweepRecorder:
         self.logs_dir = logs_dir  # logs/trial-NNNN.log: the full error of each failed trial
         self.running: set[int] = set()
         self.members: dict[int, Member] = {}
+        self._data_identity: tuple[str, str] | None = None
         self.ray_trial: dict[int, str] = {}  # member number → the Ray trial training it
         self._queue: queue.Queue = queue.Queue()
         self._writer: threading.Thread | None = None
@@ -145,6 +162,13 @@ class SweepRecorder:
             return
         if result.status in (Status.FAILED, Status.DIVERGED):
             self.progress.trial_failed(member.number, result.status, result.message, error)
+        if result.extra.get("train_size") is not None:
+            sizes = {
+                c: int(result.extra[f"{k}_size"])
+                for c, k in SPLITS.items()
+                if result.extra.get(f"{k}_size") is not None
+            }
+            self.tracker.log_dataset(run_id, self.spec.dataset, *self.data_identity(), sizes)
         if self.spec.models == "all" and result.extra.get(MODEL_FILE_KEY):
             self.tracker.log_model(run_id, result.extra[MODEL_FILE_KEY])
         values = result.to_dict()
@@ -167,6 +191,13 @@ class SweepRecorder:
         front = current_front(self.spec, rows)
         self.tracker.log_parent(sweep_progress(self.spec, front), step=len(rows))
         self.progress.trial_finished([row["status"] for row in rows], len(self.running), len(front))
+
+    def data_identity(self) -> tuple[str, str]:
+        """(source, digest) of the sweep's data, computed once: the files' MD5 for a data folder, the
+        scikit-learn version for the embedded digits."""
+        if self._data_identity is None:
+            self._data_identity = data_identity(self.fixed.get("data_dir"))
+        return self._data_identity
 
     def error_log(self, number: int, result: TrialResult) -> Path | None:
         """Write a failed member's full error (traceback) to ``logs/trial-NNNN.log``; its path, or None."""

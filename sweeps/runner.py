@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -25,6 +27,7 @@ import optuna
 import pandas as pd
 import ray
 import yaml
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
@@ -295,11 +298,16 @@ def start_tracking(spec: SweepSpec, sweep_dir: Path, state: SweepState) -> Sweep
         "num_samples": spec.budget.num_samples,
         **{f"search.{k}": v.model_dump_json() for k, v in spec.search.items()},
     }
+    commit = git_commit()
+    tracker.source_tags = {MLFLOW_SOURCE_NAME: "hoyersweep", MLFLOW_SOURCE_TYPE: "LOCAL"}
+    if commit:
+        tracker.source_tags[MLFLOW_GIT_COMMIT] = commit
     tags = {
         "spec_hash": spec.problem_hash(),
-        "git_commit": git_commit() or "unknown",
+        "git_commit": commit or "unknown",
         "sweep_dir": str(sweep_dir.resolve()),
         **package_versions(),
+        **tracker.source_tags,
     }
     spec_text = (sweep_dir / SPEC_FILE).read_text()
     state.parent_run_id = tracker.start_parent(state.parent_run_id, state.name, params, tags, spec_text)
@@ -469,6 +477,19 @@ def publish_models(spec: SweepSpec, state: SweepState, tracker: SweepTracker, fr
     return tracker.register(state.name, knee["mlflow_run_id"], KNEE_ALIAS)
 
 
+def attach_report(sweep_dir: Path, tracker: SweepTracker) -> None:
+    """The front table and the HTML report (with its figures) as artifacts of the parent run."""
+    from analysis.report import build_report
+
+    with tempfile.TemporaryDirectory() as directory:
+        shutil.copy(sweep_dir / PARETO_FILE, Path(directory) / PARETO_FILE)
+        try:
+            build_report([str(sweep_dir)], Path(directory) / "report.html")
+        except (ValueError, OSError) as error:  # a sweep with nothing to show: the table still goes
+            logger.warning("report not attached to the parent run: %s", error)
+        tracker.log_parent_artifacts(directory)
+
+
 def finalize_sweep(
     spec: SweepSpec,
     sweep_dir: Path,
@@ -492,6 +513,7 @@ def finalize_sweep(
     complete = bool(state.exhausted) or len(own_trials(study, FINISHED_STATES)) >= spec.budget.num_samples
     tracker.log_parent(sweep_progress(spec, front), step=len(rows))
     knee_uri = publish_models(spec, state, tracker, front) if complete else None
+    attach_report(sweep_dir, tracker)
     if knee_uri and not quiet:
         print(f"[{state.name}] knee model registered: {knee_uri}", flush=True)
     tracker.end_parent("FINISHED" if complete else "KILLED", {"trials": len(rows), "trials_ok": ok})

@@ -14,6 +14,7 @@ sparsity table is the artifact ``layers.csv``; Pareto-optimal trials carry the t
 from __future__ import annotations
 
 import io
+import json
 import math
 import tempfile
 import time
@@ -22,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from trainables.contract import (
     EPOCH_METRICS,
@@ -74,6 +75,7 @@ class SweepTracker:
         self._children: dict[int, str] = {}
         self._logged_steps: dict[str, set[int]] = {}
         self._pending: dict[str, list[dict[str, Any]]] = {}
+        self.source_tags: dict[str, str] = {}  # MLflow's standard source tags (git commit, entry point), every run
 
     def start_parent(
         self, run_id: str | None, name: str, params: dict[str, Any], tags: dict[str, str], spec_text: str
@@ -94,6 +96,10 @@ class SweepTracker:
         batch = [Metric(k, float(v), _now(), step) for k, v in metrics.items() if _finite(v)]
         if batch:
             self.client.log_batch(self.parent_run_id, metrics=batch)
+
+    def log_parent_artifacts(self, directory: str | Path) -> None:
+        """Attach files (the front table, the HTML report) to the sweep's parent run."""
+        self.client.log_artifacts(self.parent_run_id, str(directory))
 
     def end_parent(self, status: str = "FINISHED", metrics: dict[str, float] | None = None) -> None:
         if metrics:
@@ -129,6 +135,7 @@ class SweepTracker:
             TRIAL_TAG: str(trial_number),
             SWEEP_TAG: sweep,
             MLFLOW_RUN_NAME: f"{sweep}-trial-{trial_number:04d}",
+            **self.source_tags,
         }
         run = self.client.create_run(self.experiment_id, tags=tags)
         run_id = run.info.run_id
@@ -240,6 +247,19 @@ class SweepTracker:
             )
             self.client.log_artifacts(run_id, str(local), MODEL_ARTIFACT)
         return f"runs:/{run_id}/{MODEL_ARTIFACT}"
+
+    def log_dataset(self, run_id: str, name: str, source: str, digest: str, sizes: dict[str, int]) -> None:
+        """Log the trial's data as MLflow inputs: one per split (context train / validation / test), once."""
+        if self.client.get_run(run_id).inputs.dataset_inputs:
+            return
+        inputs = []
+        for context, size in sizes.items():
+            profile = json.dumps({"num_rows": size, "split": context})
+            dataset = Dataset(
+                name=f"{name}-{context}", digest=digest, source_type="local", source=source, profile=profile
+            )
+            inputs.append(DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
+        self.client.log_inputs(run_id, datasets=inputs)
 
     def has_model(self, run_id: str) -> bool:
         return any(f.path == MODEL_ARTIFACT for f in self.client.list_artifacts(run_id))

@@ -325,6 +325,11 @@ def test_front_models_are_logged_and_the_knee_is_registered(digits_sweep):
             assert model(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
             study = study_of(sweep_dir)
             assert study.trials[number].user_attrs["mlflow_run_id"] == run.info.run_id
+        contexts = {i.tags[0].value: json.loads(i.dataset.profile)["num_rows"] for i in run.inputs.dataset_inputs}
+        assert set(contexts) == {"train", "validation", "test"} and min(contexts.values()) > 0
+        assert run.data.tags["hoyersweep.device"] == "cpu" and run.data.metrics["epoch_time_s"] > 0
+        parent_files = {f.path for f in client.list_artifacts(state["parent_run_id"])}
+        assert {"report.html", "pareto.csv", "spec.yaml"} <= parent_files
         knee = mlflow.pytorch.load_model(f"models:/{state['name']}@knee")
         assert knee(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
     finally:

@@ -402,6 +402,9 @@ class TrialRun:
             "device_name": name,
             "peak_memory_mb": peak_mb,
             "epoch_time_s": self.elapsed() / epochs,
+            "train_size": len(self.data.train_y),
+            "val_size": len(self.data.val_y),
+            "test_size": len(self.data.test_y),
         }
 
 
