@@ -44,6 +44,8 @@ from trainables.contract import (
     TrialResult,
 )
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI opens an experiment in the view its kind names
+EXPERIMENT_KIND = "custom_model_development"  # the ML (runs, metrics, models) view, not the GenAI one
 RESOURCE_TAGS: tuple[str, ...] = ("device", "device_name")  # what a trial actually ran on (``auto`` resolved)
 RESOURCE_METRICS: tuple[str, ...] = ("peak_memory_mb", "epoch_time_s")  # per trial, not the driver's machine
 MLFLOW_STATUS: dict[Status, str] = {
@@ -68,9 +70,12 @@ class SweepTracker:
         experiment = self.client.get_experiment_by_name(experiment_name)
         if experiment is None:
             location = artifact_root.resolve().as_uri() if artifact_root else None
-            self.experiment_id = self.client.create_experiment(experiment_name, artifact_location=location)
+            tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            self.experiment_id = self.client.create_experiment(experiment_name, artifact_location=location, tags=tags)
         else:
             self.experiment_id = experiment.experiment_id
+            if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # sweeps made before this tag existed
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         self.parent_run_id: str | None = None
         self._children: dict[int, str] = {}
         self._logged_steps: dict[str, set[int]] = {}

@@ -123,7 +123,11 @@ def test_config_installs_the_project_and_mounts_shared_storage(name: str) -> Non
     config = load_config(name)
     assert Path(config["file_mounts"]["~/hoyersweep"]) == Path("."), "the project is copied from the repository root"
     setup = config["setup_commands"]
-    assert any(f"mountpoint -q {SHARED} ||" in c and f" {SHARED}" in c for c in setup), "no shared storage mounted"
+    host = config.get("initialization_commands", []) + setup  # with docker the host mounts, the container sees it
+    assert any(f"mountpoint -q {SHARED} ||" in c and f" {SHARED}" in c for c in host), "no shared storage mounted"
+    if "docker" in config:
+        assert f"-v {SHARED}:{SHARED}" in config["docker"]["run_options"], "the container does not see the storage"
+        assert f"rayproject/ray:{ray.__version__}-" in config["docker"]["image"], "the image must pin this Ray"
     assert any("pip install" in c and "-e ~/hoyersweep" in c for c in setup), "the project is not installed"
     assert any("pip install" in c and "torch" in c for c in setup), "torch is not installed"
     assert any(f'"ray[default,tune]=={ray.__version__}"' in c for c in setup), (
@@ -138,7 +142,7 @@ def test_configs_share_their_setup() -> None:
     """The on-prem config differs from the AWS one in where storage comes from, not in the install."""
 
     def install(name: str) -> list[str]:
-        return [c for c in load_config(name)["setup_commands"] if "mount" not in c]
+        return [c for c in load_config(name)["setup_commands"] if "pip install" in c]
 
     assert install("cluster.yaml") == install("cluster.local.yaml")
 
