@@ -155,8 +155,10 @@ def _axis_columns(objectives: Sequence[Objective]) -> tuple[str, str]:
 
 
 def default_by(table: pd.DataFrame) -> str:
-    """``reg`` when the table holds more than one regulariser, else ``sweep``."""
-    return "reg" if "reg" in table.columns and table["reg"].nunique(dropna=True) > 1 else "sweep"
+    """``sweep``: the report's main front is each sweep's own front — the trials of its ``pareto.csv``
+    and its MLflow ``pareto=true`` tags.  Fronts per another column (``--by reg``) are asked for, and
+    labelled as such."""
+    return "sweep"
 
 
 def _finite(table: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:

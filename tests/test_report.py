@@ -121,6 +121,10 @@ def test_report_of_a_real_sweep(report, sweep_dir):
     front = pareto_front(feasible, DEFAULT_OBJECTIVES, by=default_by(table))
     assert not front.empty
     assert table_column(page, "front-table", "trial_number") == [str(n) for n in front["trial_number"]]
+    pareto_csv = (sweep_dir / "pareto.csv").read_text().splitlines()[1:]  # one front per sweep everywhere
+    assert sorted(table_column(page, "front-table", "trial_number")) == sorted(
+        line.split(",")[0] for line in pareto_csv
+    )
     assert set(table_column(page, "chosen-table", "trial_number")) <= {str(n) for n in table["trial_number"]}
     assert "never used to select" in page and "val_accuracy" in page
     assert "6 trial(s) in 1 sweep(s)" in page
