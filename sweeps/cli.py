@@ -221,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     from analysis.cli import add_analysis_commands
 
     add_analysis_commands(commands)
+
+    from sweeps.export import add_export_arguments, export_command
+
+    export = commands.add_parser("export", help="a sweep's chosen model, compacted and self-checked (pt2 or ONNX)")
+    add_export_arguments(export)
+    export.set_defaults(handler=export_command)
     return parser
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -334,3 +335,33 @@ def test_front_models_are_logged_and_the_knee_is_registered(digits_sweep):
         assert knee(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
     finally:
         mlflow.set_tracking_uri(None)
+
+
+def test_export_of_a_sweeps_knee_and_one_line_errors(digits_sweep, tmp_path, capsys):
+    import torch
+
+    from sweeps.cli import main
+
+    sweep_dir = str(digits_sweep.sweep_dir)
+    out = tmp_path / "knee.pt2"
+    assert main(["export", sweep_dir, "--knee", "-o", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["check"]["same_predictions"] == 1.0 and report["check"]["max_abs_logit_diff"] < 1e-4
+    assert report["trial"] in set(digits_sweep.front["trial_number"])
+    loaded = torch.export.load(str(out)).module()
+    assert loaded(torch.zeros(5, 1, 8, 8)).shape == (5, 10)  # a dynamic batch
+    for argv, must in (
+        (["--trial", "999"], "--trial 999: no such trial"),
+        (["--min-accuracy", "1.01"], "no ok trial reaches"),
+    ):
+        with pytest.raises(SystemExit) as raised:
+            main(["export", sweep_dir, *argv, "-o", str(tmp_path / "x")])
+        err = capsys.readouterr().err
+        assert raised.value.code == 2 and must in err and len(err.strip().splitlines()) == 1, err
+    copy = tmp_path / "copy"  # a sweep whose models are gone
+    shutil.copytree(sweep_dir, copy, ignore=shutil.ignore_patterns("models", "ray"))
+    for argv, must in ((["--knee"], "is missing"),):
+        with pytest.raises(SystemExit) as raised:
+            main(["export", str(copy), *argv, "-o", str(tmp_path / "x")])
+        err = capsys.readouterr().err
+        assert raised.value.code == 2 and must in err and len(err.strip().splitlines()) == 1, err
