@@ -262,18 +262,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one command; a user error is one line on stderr and exit status 2 (as ``hoyersweep``)."""
-    parser = build_parser()
+def run_command_line(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse and run one command: a user error (ValueError, OSError) is one line on stderr and exit 2,
+    Ctrl-C exit 130, output piped into ``head`` ends quietly.  ``HOYERSWEEP_DEBUG=1`` re-raises.
+
+    Shared by ``hoyersweep`` and ``python -m analysis.cli``.
+    """
     args = parser.parse_args(argv)
     try:
         with quiet_broken_pipe():
             return args.handler(args)
-    except (ValueError, OSError) as error:
+    except (ValueError, argparse.ArgumentTypeError, OSError) as error:
         if os.environ.get("HOYERSWEEP_DEBUG"):
             raise
         message = " ".join(str(error).split()) or type(error).__name__
         parser.exit(2, f"{parser.prog} {args.command}: error: {message}\n")
+    except KeyboardInterrupt:  # records are append-only or transactional: a later command finds them usable
+        parser.exit(130, f"\n{parser.prog} {args.command}: interrupted\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m analysis.cli``: the analysis commands alone."""
+    return run_command_line(build_parser(), argv)
 
 
 if __name__ == "__main__":

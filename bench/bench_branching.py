@@ -119,9 +119,7 @@ def main() -> None:
         ray.shutdown()
     common = min(int(run["frame"]["epochs"].iloc[-1]) for run in runs)
     print(f"\n{args.spec}, {args.num_samples} results per sweep; equal-epoch budget = {common} epochs\n")
-    print(
-        "| K | mode | seed | results | epochs | wall s | results / 100 epochs | final region HV | region HV at equal epochs |"
-    )
+    print("| K | mode | seed | results | epochs | wall s | results / 100 epochs | final HV | HV at equal epochs |")
     print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     summary = {}
     for run in runs:

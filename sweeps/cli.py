@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import warnings
 from typing import Any
@@ -240,20 +239,9 @@ def exit_code(outcome: Any) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from analysis.cli import quiet_broken_pipe
+    from analysis.cli import run_command_line
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        with quiet_broken_pipe():
-            return args.handler(args)
-    except (ValueError, argparse.ArgumentTypeError, OSError) as error:  # user errors: one line
-        if os.environ.get("HOYERSWEEP_DEBUG"):
-            raise
-        message = " ".join(str(error).split()) or type(error).__name__
-        parser.exit(2, f"hoyersweep {args.command}: error: {message}\n")
-    except KeyboardInterrupt:  # Ctrl-C outside a running sweep (while checking, starting Ray): records stay usable
-        parser.exit(130, f"\nhoyersweep {args.command}: interrupted\n")
+    return run_command_line(build_parser(), argv)
 
 
 if __name__ == "__main__":
