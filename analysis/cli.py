@@ -196,7 +196,11 @@ def ui_command(args: argparse.Namespace) -> int:
         return 0
     sys.stdout.flush()
     # Become the MLflow server, so Ctrl-C or a kill by PID reaches it and its workers directly.
-    os.execve(sys.executable, command, {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri})
+    # MLflow 3's server also starts job-runner processes (huey consumers, for GenAI scorers) that a sweep never
+    # uses: they took most of an 11 s start and outlived a killed server.  Off unless the user turned them on.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    os.execve(sys.executable, command, env)
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
