@@ -223,12 +223,15 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="cap of 'most accurate with nonzero_frac <= Y' (default: half that of the most accurate trial)",
     )
+    parser.add_argument(
+        "--mlflow-url", help="link each run id to its page in the MLflow UI at this URL (e.g. http://127.0.0.1:5000)"
+    )
 
 
 def report_command(args: argparse.Namespace) -> int:
     """Write the HTML report and its PNG figures; print where they are."""
     from analysis.pareto import parse_objectives
-    from analysis.report import collect, write_report  # pandas and matplotlib load here, not with the parser
+    from analysis.report import collect, mlflow_run_links, write_report  # pandas, matplotlib load here
     from analysis.results import load_results
 
     # build_report's steps, with the columns checked first: an unknown name lists the valid ones.
@@ -239,6 +242,8 @@ def report_command(args: argparse.Namespace) -> int:
     data = collect(
         table, objectives, by=args.by, min_accuracy=args.min_accuracy, max_nonzero=args.max_nonzero, sources=sources
     )
+    if args.mlflow_url:
+        data.run_links = mlflow_run_links(sources, args.mlflow_url)
     written = write_report(data, args.output, sources)
     print(f"report: {written.pop('html')}")
     for name, path in written.items():

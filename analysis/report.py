@@ -21,7 +21,7 @@ import html
 import io
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +50,7 @@ from analysis.results import (
     load_results,
     sweep_constraints,
     sweep_dirs,
+    sweep_meta,
     sweep_region,
 )
 from trainables.contract import (
@@ -61,6 +62,7 @@ from trainables.contract import (
     VAL_ACCURACY,
     Axis,
     Status,
+    tracking_uri_of,
 )
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn, so ``hoyersweep train`` starts fast
@@ -68,6 +70,7 @@ if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn, so ``ho
     from matplotlib.figure import Figure
 
 FIGURES: tuple[str, ...] = ("scatter", "hypervolume", "layers", "coverage")
+RUN_ID_COLUMN = "mlflow_run_id"
 TABLE_COLUMNS: tuple[str, ...] = (
     "sweep",
     TRIAL_NUMBER_KEY,
@@ -79,7 +82,7 @@ TABLE_COLUMNS: tuple[str, ...] = (
     TEST_ACCURACY,
     NONZERO_FRAC,
     FLOPS_FRAC,
-    "mlflow_run_id",
+    RUN_ID_COLUMN,
 )
 STATUS_ORDER: tuple[str, ...] = (*(status.value for status in Status), RUNNING)
 OK = Status.OK.value
@@ -133,6 +136,7 @@ class ReportData:
     constraints: list[SweepConstraint] = field(default_factory=list)  # from the sweep folders' specs
     notes: dict[str, list[str]] = field(default_factory=dict)  # section -> messages
     region: dict[str, Axis] | None = None  # the region hypervolume's axes, when the history measures that
+    run_links: dict[str, str] = field(default_factory=dict)  # MLflow run id -> its page in the MLflow UI
 
     def note(self, section: str, message: str) -> None:
         self.notes.setdefault(section, []).append(message)
@@ -636,8 +640,10 @@ def _esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _cell(column: str, value: object) -> str:
-    """One table cell, escaped and formatted (NaN/NA as an en dash)."""
+def _cell(column: str, value: object, links: Mapping[str, str] | None = None) -> str:
+    """One table cell, escaped and formatted (NaN/NA as an en dash); a run id links to its MLflow page."""
+    if column == RUN_ID_COLUMN and links and isinstance(value, str) and value in links:
+        return f'<td class="text"><a href="{_esc(links[value])}">{_esc(value)}</a></td>'
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         text = "–"
     elif isinstance(value, (float, np.floating)):
@@ -647,12 +653,14 @@ def _cell(column: str, value: object) -> str:
     return f'<td class="text">{_esc(text)}</td>' if column in TEXT_COLUMNS else f"<td>{_esc(text)}</td>"
 
 
-def table_html(frame: pd.DataFrame, columns: Sequence[str], css_id: str | None = None) -> str:
-    """An escaped HTML table of ``columns`` (those present) of ``frame``."""
+def table_html(
+    frame: pd.DataFrame, columns: Sequence[str], css_id: str | None = None, links: Mapping[str, str] | None = None
+) -> str:
+    """An escaped HTML table of ``columns`` (those present) of ``frame``; ``links``: run id -> MLflow page."""
     columns = [c for c in dict.fromkeys(columns) if c in frame.columns]
     head = "".join(f'<th class="{"text" if c in TEXT_COLUMNS else ""}">{_esc(c)}</th>' for c in columns)
     body = "".join(
-        "<tr>" + "".join(_cell(c, v) for c, v in zip(columns, row)) + "</tr>"
+        "<tr>" + "".join(_cell(c, v, links) for c, v in zip(columns, row)) + "</tr>"
         for row in frame[columns].itertuples(index=False, name=None)
     )
     ident = f' id="{_esc(css_id)}"' if css_id else ""
@@ -720,7 +728,7 @@ def _front_section(data: ReportData) -> str:
     columns = [data.by, *TABLE_COLUMNS, *(o.name for o in data.objectives)]
     parts = [
         f"<p>{len(data.front)} trial(s) on the front(s) per <code>{_esc(data.by)}</code>.</p>",
-        table_html(data.front, columns, "front-table")
+        table_html(data.front, columns, "front-table", data.run_links)
         if len(data.front)
         else '<p class="note">The front is empty: no ok trial with finite objectives.</p>',
     ]
@@ -859,6 +867,24 @@ def write_report(data: ReportData, output: str | Path, sources: Sequence[str] = 
     output.write_text(render_html(data, images, sources), encoding="utf-8")
     written["html"] = output
     return written
+
+
+def mlflow_run_links(sources: Sequence[str], mlflow_url: str) -> dict[str, str]:
+    """Run id -> ``<mlflow_url>/#/experiments/<id>/runs/<run id>`` for every trial run of the sweep folders."""
+    from mlflow.tracking import MlflowClient
+
+    links = {}
+    for source in sources:
+        for sweep in sweep_dirs(str(source)):
+            name = sweep_meta(sweep)[0]
+            client = MlflowClient(tracking_uri_of(sweep))
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                continue
+            for run in client.search_runs([experiment.experiment_id], max_results=50000):
+                page = f"#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}"
+                links[run.info.run_id] = f"{mlflow_url.rstrip('/')}/{page}"
+    return links
 
 
 def build_report(

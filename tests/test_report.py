@@ -314,3 +314,11 @@ def test_report_counts_legacy_statuses_under_current_names(tmp_path):
     assert parser.rows[1] == ["old", "2", "1", "1", "1", "5"]
     assert STATUS_ORDER == ("ok", "failed", "diverged", "pruned", "interrupted", "running")
     assert "error" not in table_column(page, "excluded-table", "status")
+
+
+def test_run_ids_link_to_the_mlflow_ui(sweep_dir, tmp_path):
+    out = tmp_path / "linked.html"
+    assert main(["report", str(sweep_dir), "-o", str(out), "--mlflow-url", "http://127.0.0.1:5000/"]) == 0
+    links = re.findall(r'<a href="http://127\.0\.0\.1:5000/#/experiments/(\d+)/runs/([0-9a-f]{32})">', out.read_text())
+    front = table_column(out.read_text(), "front-table", "trial_number")
+    assert links and len(links) >= len(front)
