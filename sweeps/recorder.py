@@ -73,14 +73,21 @@ def current_front(spec: SweepSpec, rows: Iterable[dict[str, Any]]) -> pd.DataFra
 SPLITS: dict[str, str] = {"train": "train", "validation": "val", "test": "test"}  # MLflow context → result key
 
 
-def data_identity(data_dir: str | None) -> tuple[str, str]:
-    """Where the data comes from and a digest of it (MD5 over the files of ``data_dir``, in name order)."""
-    if not data_dir:
+def data_identity(dataset: str, data_dir: str | None) -> tuple[str, str]:
+    """Where the data comes from and a digest of it (MD5 over the files of ``data_dir``, in name order).
+
+    The embedded digits: scikit-learn's loader and version.  A folder that cannot be read has the
+    digest ``unreadable`` (the trial that used it succeeded, so this is only a record).
+    """
+    if dataset == "digits" or not data_dir:
         return "sklearn.datasets.load_digits", f"scikit-learn-{package_version('scikit-learn')}"
     digest = hashlib.md5(usedforsecurity=False)
-    for path in sorted(p for p in Path(data_dir).iterdir() if p.is_file()):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
+    try:
+        for path in sorted(p for p in Path(data_dir).iterdir() if p.is_file()):
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    except OSError:
+        return str(data_dir), "unreadable"
     return str(data_dir), digest.hexdigest()[:16]
 
 
@@ -196,7 +203,7 @@ class SweepRecorder:
         """(source, digest) of the sweep's data, computed once: the files' MD5 for a data folder, the
         scikit-learn version for the embedded digits."""
         if self._data_identity is None:
-            self._data_identity = data_identity(self.fixed.get("data_dir"))
+            self._data_identity = data_identity(self.spec.dataset, self.fixed.get("data_dir"))
         return self._data_identity
 
     def error_log(self, number: int, result: TrialResult) -> Path | None:

@@ -24,6 +24,8 @@ from typing import Any
 
 import pandas as pd
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.store.artifact.artifact_repo import ArtifactRepository
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
@@ -93,7 +95,7 @@ class SweepTracker:
         run = self.client.create_run(self.experiment_id, run_name=name, tags={SWEEP_TAG: name, **tags})
         self.parent_run_id = run.info.run_id
         self.client.log_batch(self.parent_run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
-        self.client.log_text(self.parent_run_id, spec_text, "spec.yaml")
+        self.log_text(self.parent_run_id, spec_text, "spec.yaml")
         return self.parent_run_id
 
     def log_parent(self, metrics: dict[str, float], step: int) -> None:
@@ -102,9 +104,25 @@ class SweepTracker:
         if batch:
             self.client.log_batch(self.parent_run_id, metrics=batch)
 
+    def artifacts(self, run_id: str) -> ArtifactRepository:
+        """The artifact store of a run, from the run's *current* artifact URI.
+
+        ``MlflowClient``'s artifact calls cache one repository per run id for the whole process,
+        whatever the tracking store: a process that wrote a sweep and then resumes a copy of it
+        (same run ids, relocated store) would write the copy's artifacts into the original.
+        """
+        return get_artifact_repository(self.client.get_run(run_id).info.artifact_uri)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        with tempfile.TemporaryDirectory() as directory:
+            path = Path(directory) / Path(artifact_file).name
+            path.write_text(text)
+            parent = str(Path(artifact_file).parent)
+            self.artifacts(run_id).log_artifact(str(path), None if parent == "." else parent)
+
     def log_parent_artifacts(self, directory: str | Path) -> None:
         """Attach files (the front table, the HTML report) to the sweep's parent run."""
-        self.client.log_artifacts(self.parent_run_id, str(directory))
+        self.artifacts(self.parent_run_id).log_artifacts(str(directory))
 
     def end_parent(self, status: str = "FINISHED", metrics: dict[str, float] | None = None) -> None:
         if metrics:
@@ -215,9 +233,9 @@ class SweepTracker:
         if result.layers:
             buffer = io.StringIO()
             pd.DataFrame(result.layers).to_csv(buffer, index=False)
-            self.client.log_text(run_id, buffer.getvalue(), "layers.csv")
+            self.log_text(run_id, buffer.getvalue(), "layers.csv")
         if error_text:
-            self.client.log_text(run_id, error_text, "error.txt")
+            self.log_text(run_id, error_text, "error.txt")
         self.client.set_terminated(run_id, status=MLFLOW_STATUS[result.status])
 
     def log_model(self, run_id: str, model_file: str | Path) -> str:
@@ -250,7 +268,7 @@ class SweepTracker:
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                 serialization_format="pt2",
             )
-            self.client.log_artifacts(run_id, str(local), MODEL_ARTIFACT)
+            self.artifacts(run_id).log_artifacts(str(local), MODEL_ARTIFACT)
         return f"runs:/{run_id}/{MODEL_ARTIFACT}"
 
     def log_dataset(self, run_id: str, name: str, source: str, digest: str, sizes: dict[str, int]) -> None:
@@ -267,7 +285,7 @@ class SweepTracker:
         self.client.log_inputs(run_id, datasets=inputs)
 
     def has_model(self, run_id: str) -> bool:
-        return any(f.path == MODEL_ARTIFACT for f in self.client.list_artifacts(run_id))
+        return any(f.path == MODEL_ARTIFACT for f in self.artifacts(run_id).list_artifacts())
 
     def register(self, name: str, run_id: str, alias: str) -> str:
         """Register a run's model under ``name`` and point ``alias`` at it (``models:/<name>@<alias>``)."""
