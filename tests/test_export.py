@@ -247,3 +247,19 @@ def test_unsupported_model_is_an_export_error():
 
     with pytest.raises(ExportError, match="not a chain"):
         compact(Branchy(), (4,))
+
+
+def test_a_saved_trial_model_loads_for_export(tmp_path):
+    """``save_model`` files hold folded weights plus the masks: export reads them as the trial left them."""
+    from trainables.export import load_state
+    from trainables.models import build_model
+    from trainables.pipeline import load_model, run_trial
+
+    path = tmp_path / "model.pt"
+    config = {"epochs": 1, "finetune_epochs": 1, "batch_size": 256, "strength": 1e-3, "threshold": 0.05}
+    assert run_trial(config, model_path=path).ok
+    reference, payload = load_model(path)
+    model = load_state(path, build_model(payload["model"], tuple(payload["input_shape"]), payload["num_classes"]))
+    x = torch.randn(7, *payload["input_shape"])
+    assert torch.equal(model(x), reference(x))
+    assert sum(int((p == 0).sum()) for p in model.parameters()) > 0

@@ -928,8 +928,18 @@ def load_state(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         raise ExportError(f"{path}: no state_dict found (keys: {', '.join(map(str, payload))})")
     if not masks:
         masks = {key[: -len("_mask")]: value for key, value in state.items() if key.endswith("_mask")}
-    if masks:
+    if masks and any(key.endswith("_orig") for key in state):  # pruning still parametrised in the file
         apply_masks(model, masks)
+    elif masks:  # weights already folded (``save_model``): load them, then hold the masks as the file says
+        masks = {key: value for key, value in masks.items()}
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as error:
+            first = " ".join(str(error).split())[:300]
+            raise ExportError(f"{path} does not fit the model: {first}") from None
+        apply_masks(model, masks)
+        make_pruning_permanent(model)
+        return model.eval()
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
