@@ -51,6 +51,7 @@ from sweeps.recorder import (
     sweep_progress,
 )
 from sweeps.records import ResultsLedger, SweepState, now_iso
+from sweeps.scheduler import MOASHA
 from sweeps.searcher import (
     FINISHED_STATES,
     Branching,
@@ -79,13 +80,16 @@ from trainables.contract import (
     RAY_DIR,
     RAY_PROCESSES_FILE,
     RESULTS_FILE,
+    SCHEDULER_FILE,
     SPEC_FILE,
     STATE_FILE,
+    STOPPED_AT_KEY,
     TEST_ACCURACY,
     TRIAL_NUMBER_KEY,
     VAL_ACCURACY,
     WARM_START_ATTR,
     Status,
+    TrialResult,
     own_tracking_uri,
 )
 
@@ -332,6 +336,38 @@ def models_dir(spec: SweepSpec, sweep_dir: Path) -> str | None:
     return None if spec.models == "none" else str(sweep_dir / MODELS_DIR)
 
 
+def build_scheduler(
+    spec: SweepSpec, sweep_dir: Path, searcher: OptunaSearcher, recorder: SweepRecorder
+) -> MOASHA | None:
+    """The spec's early-stopping scheduler (None: every trial trains to the end).
+
+    A stop is told to the searcher (PRUNED, proxies kept) and the recorder (status ``pruned``,
+    the rung on its run) for every member of the stopped Ray trial, before Tune ends it.
+    """
+    if spec.scheduler.type != "moasha":
+        return None
+
+    def stopped(trial_id: str, rung: int, proxies: dict[str, float]) -> None:
+        message = f"stopped by moasha at regularized epoch {rung}"
+        for member in searcher.members(trial_id):
+            searcher.tell_pruned(member.number, proxies, message)
+            result = TrialResult(Status.PRUNED, message, extra={STOPPED_AT_KEY: rung, **proxies})
+            recorder.submit(recorder.finished, member, result, trial_id)
+
+    settings = spec.scheduler
+    return MOASHA(
+        spec.metric_names,
+        spec.modes,
+        grace_epochs=settings.grace_epochs,
+        reduction_factor=settings.reduction_factor,
+        max_epochs=settings.max_epochs or spec.trial_config(spec.example_params()).epochs,
+        constraints=spec.constraint_rules,
+        margin=settings.margin,
+        state_path=sweep_dir / SCHEDULER_FILE,
+        on_stop=stopped,
+    )
+
+
 def build_tuner(
     spec: SweepSpec,
     sweep_dir: Path,
@@ -364,6 +400,7 @@ def build_tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
+            scheduler=build_scheduler(spec, sweep_dir, searcher, recorder),
             num_samples=-1,
             max_concurrent_trials=spec.budget.max_concurrent_trials,
             time_budget_s=spec.budget.time_budget_s,

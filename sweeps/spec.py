@@ -23,6 +23,7 @@ from trainables.config import DATASETS, ConfigError, TrialConfig, check_branchab
 from trainables.contract import (
     METRICS,
     NONZERO_FRAC,
+    PROXY_METRICS,
     SELECTABLE_METRICS,
     TEST_ACCURACY,
     VAL_ACCURACY,
@@ -209,6 +210,22 @@ class BudgetSpec(_Strict):
     branch_mode: Literal["proxy", "optuna"] = "proxy"
 
 
+MOASHA_OBJECTIVES: tuple[str, ...] = tuple(PROXY_METRICS.values())  # the objectives with a prune-now proxy
+
+
+class SchedulerSpec(_Strict):
+    """Early stopping: ``none``, or ``moasha`` (``sweeps.scheduler``): successive halving at regularized
+    epochs ``grace_epochs · reduction_factor^k`` up to ``max_epochs`` (default: the trial's ``epochs``),
+    ranked by Pareto rank of the prune-now proxies; a proxy below an accuracy floor by more than
+    ``margin`` ranks last."""
+
+    type: Literal["none", "moasha"] = "none"
+    grace_epochs: int = Field(default=1, ge=1)
+    reduction_factor: int = Field(default=3, ge=2)
+    max_epochs: int | None = Field(default=None, ge=1)
+    margin: float = Field(default=0.05, ge=0)
+
+
 class AxisSpec(_Strict):
     """One objective's range for the region hypervolume (``trainables.contract.Axis``)."""
 
@@ -257,6 +274,7 @@ class SweepSpec(_Strict):
     models: Literal["all", "front", "none"] = "front"  # which trials' models reach MLflow (all are kept on disk)
     keep_branch_points: bool = False  # keep each branching run's regularized checkpoint after its branches finish
     hypervolume: dict[str, AxisSpec] = Field(default_factory=dict)
+    scheduler: SchedulerSpec = SchedulerSpec()
 
     @model_validator(mode="before")
     @classmethod
@@ -320,6 +338,13 @@ class SweepSpec(_Strict):
                 raise ValueError(
                     "budget.branch_mode: proxy chooses thresholds from a grid inside a searched float range "
                     "(search.threshold: {type: float, ...}); use branch_mode: optuna for other branch settings"
+                )
+        if self.scheduler.type == "moasha":
+            unranked = [m for m in metrics if m not in MOASHA_OBJECTIVES]
+            if unranked:
+                raise ValueError(
+                    f"scheduler.type: moasha ranks prune-now proxies of {', '.join(MOASHA_OBJECTIVES)}; "
+                    f"objective {', '.join(unranked)} has none"
                 )
         unknown = sorted(set(self.hypervolume) - set(metrics))
         if unknown:

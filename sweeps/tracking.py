@@ -39,6 +39,7 @@ from trainables.contract import (
     SHARED_RUN_KEY,
     SHARED_RUN_TAG,
     STATUS_TAG,
+    STOPPED_AT_KEY,
     SWEEP_TAG,
     TRIAL_TAG,
     VAL_ACCURACY,
@@ -225,6 +226,8 @@ class SweepTracker:
         metrics += [
             Metric(k, float(result.extra[k]), timestamp, 0) for k in RESOURCE_METRICS if _finite(result.extra.get(k))
         ]
+        if result.extra.get(STOPPED_AT_KEY) is not None:  # stopped early: at which rung
+            tags.append(RunTag(f"hoyersweep.{STOPPED_AT_KEY}", str(result.extra[STOPPED_AT_KEY])))
         if result.extra.get(SHARED_RUN_KEY) is not None:  # a branch: the regularized run it shares
             tags.append(RunTag(SHARED_RUN_TAG, str(result.extra[SHARED_RUN_KEY])))
         if result.message:

@@ -65,6 +65,18 @@ EPOCH_METRICS: tuple[str, ...] = (
 )
 """Per-epoch curves of a trial (before the prune, the sparsity ones are what pruning now would leave)."""
 
+PROXY_VAL_ACCURACY = "proxy_val_accuracy"
+PROXY_NONZERO_FRAC = "proxy_nonzero_frac"
+PROXY_FLOPS_FRAC = "proxy_flops_frac"
+
+PROXY_METRICS: dict[str, str] = {
+    PROXY_VAL_ACCURACY: VAL_ACCURACY,
+    PROXY_NONZERO_FRAC: NONZERO_FRAC,
+    PROXY_FLOPS_FRAC: FLOPS_FRAC,
+}
+"""Prune-now proxies in each regularized (``train``) epoch's report, each mapped to the final metric it stands for
+(same direction): the trial pruned now at its own threshold, before fine-tuning.  Neither a bound nor unbiased."""
+
 
 def direction(metric: str) -> Direction:
     """The direction of a known metric; a ValueError listing the known ones otherwise."""
@@ -328,6 +340,7 @@ RAY_DIR = "ray"
 RAY_PROCESSES_FILE = "ray/processes.json"  # the local Ray processes a running driver started (see sweeps.processes)
 BRANCH_POINTS_DIR = "branch_points"  # the end of each branching run's regularized phase, until its branches finish
 MODELS_DIR = "models"  # models/trial-0007.pt: each ok trial's final pruned model (trainables.pipeline.save_model)
+SCHEDULER_FILE = "scheduler.json"  # the early-stopping scheduler's rung records (sweeps.scheduler)
 LOGS_DIR = "logs"  # logs/trial-0007.log: the full error of a failed trial
 PRETRAIN_CACHE_DIR = "pretrain_cache"  # beside the sweep folders, in the storage folder
 
@@ -416,6 +429,7 @@ FINAL_PREFIX = "final_"  # a trial run's final metrics are logged as final_<metr
 SEARCH_PARAM_PREFIX = "search."  # the parent run's params describing the search space
 
 TRIAL_NUMBER_KEY = "trial_number"  # a member's Optuna trial number in Ray results and ledger rows
+STOPPED_AT_KEY = "stopped_at_rung"  # a pruned result: the regularized epoch whose rung stopped it
 MODEL_FILE_KEY = "model_file"  # a result: where the trial's final model was saved (sweep folder's models/)
 SHARED_RUN_KEY = "shared_run"  # a branch's result: the trial number of the first branch of its regularized run
 SHARED_RUN_TAG = "hoyersweep.shared_run"  # MLflow tag of a branch's run: the same
