@@ -48,15 +48,17 @@ class Progress:
             print(line, flush=True)
 
     def trial_finished(self, statuses: list[str], running: int, front_size: int) -> None:
-        failed = sum(status != Status.OK for status in statuses)
+        failed = sum(status in (Status.FAILED, Status.DIVERGED) for status in statuses)
+        pruned = sum(status == Status.PRUNED for status in statuses)
         if self.quiet:
             return
         if self.bar:
             self._update_bar(len(statuses), failed, running, front_size)
             return
         elapsed = time.time() - self.started
+        stopped = f", {pruned} stopped early" if pruned else ""
         self.say(
-            f"{len(statuses)}/{self.num_samples} done ({failed} failed), {running} running, "
+            f"{len(statuses)}/{self.num_samples} done ({failed} failed{stopped}), {running} running, "
             f"front {front_size}, {elapsed:.0f}s"
         )
 
@@ -109,7 +111,10 @@ class SweepOutcome:
 def print_summary(outcome: SweepOutcome, spec: SweepSpec, elapsed: float) -> None:
     """The front (validation-chosen, test beside it), failures by reason and where every record is."""
     directory = outcome.sweep_dir
-    print(f"\nSweep {spec.name}: {outcome.total} trials ({outcome.ok} ok, {outcome.failed} failed) in {elapsed:.0f}s")
+    pruned = sum(count for reason, count in outcome.failures.items() if reason.startswith(f"{Status.PRUNED.value}:"))
+    stopped = f", {pruned} stopped early" if pruned else ""
+    failed = outcome.failed - pruned
+    print(f"\nSweep {spec.name}: {outcome.total} trials ({outcome.ok} ok, {failed} failed{stopped}) in {elapsed:.0f}s")
     for reason, count in outcome.failures.items():
         print(f"  {count} × {reason}")
     if outcome.exhausted:

@@ -41,6 +41,7 @@ from trainables.contract import (
     MODEL_FILE_KEY,
     RESULT_STATUSES,
     SHARED_RUN_KEY,
+    STOPPED_AT_KEY,
     TRIAL_NUMBER_KEY,
     Status,
     TrialResult,
@@ -50,12 +51,8 @@ from trainables.contract import (
 logger = logging.getLogger(__name__)
 EPOCH_FLUSH_S = 2.0  # live epoch curves reach MLflow at most this late; fewer sqlite commits on the driver
 LEDGER_METRICS: tuple[str, ...] = (*METRICS, "epochs", "resumed_from_epoch")
-LEDGER_EXTRAS: tuple[str, ...] = (
-    "report_wait_s",
-    "node_id",
-    SHARED_RUN_KEY,
-    MODEL_FILE_KEY,
-)  # shared_run: a branch's regularized run
+# shared_run: a branch's regularized run; model_file: its saved model; stopped_at_rung: where moasha stopped it
+LEDGER_EXTRAS: tuple[str, ...] = ("report_wait_s", "node_id", SHARED_RUN_KEY, MODEL_FILE_KEY, STOPPED_AT_KEY)
 
 
 def current_front(spec: SweepSpec, rows: Iterable[dict[str, Any]]) -> pd.DataFrame:

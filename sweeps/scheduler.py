@@ -129,6 +129,10 @@ class MOASHA(FIFOScheduler):
         self.stopped: dict[str, tuple[int, dict[str, float]]] = {}  # Ray trial id → (rung, proxies)
         self._load()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its scheduler with the experiment; the ``on_stop`` hook (the driver's records) stays out."""
+        return {**self.__dict__, "on_stop": None}
+
     # --- the decision, pure -----------------------------------------------------------------
 
     def infeasible(self, proxies: Mapping[str, float]) -> bool:

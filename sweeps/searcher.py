@@ -497,5 +497,6 @@ class OptunaSearcher(Searcher):
             return
         for name, value in proxies.items():
             if isinstance(value, (int, float)) and math.isfinite(value):
-                trial.set_user_attr(f"{PROXY_ATTR_PREFIX}{name}", float(value))
+                key = name if name.startswith(PROXY_ATTR_PREFIX) else f"{PROXY_ATTR_PREFIX}{name}"
+                trial.set_user_attr(key, float(value))
         self.tell_result(number, TrialResult(Status.PRUNED, message or "stopped early by the scheduler"))
