@@ -53,10 +53,11 @@ def curve(sweep_dir: Path, spec, started: float) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     for index, row in enumerate(rows):
         config = row["config"]
+        stopped = row.get("stopped_at_rung")  # early-stopped: its regularized epochs up to the rung, no fine-tuning
         if row["ray_trial_id"] not in seen_runs:  # the shared phase, once per regularized run
             seen_runs.add(row["ray_trial_id"])
-            epochs += int(config.get("pretrain_epochs") or 0) + int(config["epochs"])
-        epochs += int(config["finetune_epochs"])
+            epochs += int(config.get("pretrain_epochs") or 0) + int(stopped or config["epochs"])
+        epochs += 0 if stopped else int(config["finetune_epochs"])
         done = table.iloc[: index + 1]
         hv = region_hypervolume(done, region) if region else float("nan")
         points.append({"results": index + 1, "epochs": epochs, "hypervolume": hv})
