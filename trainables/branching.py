@@ -8,9 +8,11 @@ branch's settings, prunes, fine-tunes and returns an ordinary ``TrialResult`` â€
 ``run_trial({**config, **branch})`` returns, field for field, except the timings (``wall_time_s``
 and each epoch's ``time_s``) and ``resumed_from_epoch`` after a resume:
 
-- the pre-prune history of a trial holds *projected* sparsity at its own threshold, so the
-  shared phase records, each epoch, the projection at every branch's (threshold, mode) and each
-  branch's history gets its own (``track`` adds pairs for branches chosen later);
+- the pre-prune history of a trial holds *projected* sparsity at its own threshold, and each
+  regularized epoch the prune-now proxy there (``contract.PROXY_METRICS``), so the shared phase
+  records, each epoch, the projection (and in regularized epochs the proxy accuracy: one
+  validation pass per pair) at every branch's (threshold, mode) and each branch's history gets
+  its own (``track`` adds pairs for branches chosen later);
 - seeds, per-epoch shuffles (seeded from (seed, phase, epoch)), the global RNG state at the
   branch point and the optimizer (fresh per phase) are those of an independent run;
 - ``wall_time_s`` of a branch = the shared phase's time + the branch's own, i.e. what an
@@ -18,7 +20,7 @@ and each epoch's ``time_s``) and ``resumed_from_epoch`` after a resume:
 
 Reports and resume.  ``report(metrics, state)`` is called once per epoch, like ``run_trial``'s,
 with ``metrics["branch"]`` = ``"shared"`` (pretrain/regularized epochs, reported once for all
-branches, sparsity projected at ``config``'s own threshold plus ``branch_nonzero_frac`` /
+branches, sparsity and prune-now proxy at ``config``'s own threshold plus ``branch_nonzero_frac`` /
 ``branch_flops_frac`` lists per branch) or the branch's index in ``branches``.  ``state`` is a
 ``BranchState`` (a ``TrialState``): ``state.save(path)`` writes a self-contained checkpoint
 (the branch point, the finished branches' results, the run in progress), and
@@ -50,8 +52,17 @@ from typing import Any
 import torch
 
 from trainables.config import BRANCH_SETTINGS, ConfigError, TrialConfig, split_branch_settings
-from trainables.contract import FLOPS_FRAC, NONZERO_FRAC, Status, TrialResult
+from trainables.contract import (
+    FLOPS_FRAC,
+    NONZERO_FRAC,
+    PROXY_FLOPS_FRAC,
+    PROXY_NONZERO_FRAC,
+    PROXY_VAL_ACCURACY,
+    Status,
+    TrialResult,
+)
 from trainables.pipeline import (
+    TRAIN,
     Cursor,
     ReportFn,
     TrialRun,
@@ -96,7 +107,8 @@ class BranchPoint:
     """The run at the end of regularized training, unpruned: what every branch starts from.
 
     ``projections[i]`` holds, for history epoch i, the projected (nonzero_frac, flops_frac) at
-    each tracked (threshold, mode) (key ``"mode:threshold"``); ``rng`` is torch's global RNG
+    each tracked (threshold, mode) (key ``"mode:threshold"``), followed in a regularized epoch by
+    the prune-now proxy accuracy there (``proxy_val_accuracy``); ``rng`` is torch's global RNG
     state there, so anything random in fine-tuning draws what an independent run would.
     """
 
@@ -231,13 +243,23 @@ class _Driver:
 
     # the shared phase
 
-    def project(self, run: TrialRun) -> dict[str, list[float]]:
-        """Projected (nonzero_frac, flops_frac) at every tracked (threshold, mode), as ``TrialRun.sparsity`` would."""
-        return projected_fractions(run.model, run.positions, self.track, include_bias=run.config.include_bias)
+    def project(self, run: TrialRun, metrics: Mapping[str, Any]) -> dict[str, list[float]]:
+        """Projected (nonzero_frac, flops_frac) at every tracked (threshold, mode), as ``TrialRun.sparsity`` would;
+        in a regularized epoch followed by the prune-now proxy accuracy, as ``measure_epoch`` would measure it."""
+        include_bias = run.config.include_bias
+        projection = projected_fractions(run.model, run.positions, self.track, include_bias=include_bias)
+        if metrics.get("phase") != TRAIN or PROXY_VAL_ACCURACY not in metrics:
+            return projection
+        own = _key(run.config.threshold, run.config.threshold_mode)
+        others = [key for key in self.track if key != own]
+        masks = (compute_masks(run.model, *self.track[key], include_bias=include_bias) for key in others)
+        accuracies = dict(zip(others, run.pruned_accuracies(masks)))
+        accuracies[own] = metrics[PROXY_VAL_ACCURACY]  # measured already, the same way
+        return {key: [*values, accuracies[key]] for key, values in projection.items()}
 
     def shared_report(self, metrics: dict[str, Any], state: TrialState) -> None:
         run = state._run
-        projection = self.project(run)
+        projection = self.project(run, metrics)
         self.projections.append(projection)
         if self.user_report is None:
             return
@@ -291,22 +313,32 @@ class _Driver:
         return TrialConfig.from_dict({**self.config.to_dict(), **branch})
 
     def branch_history(self, config: TrialConfig) -> list[dict[str, Any]]:
-        """The shared history with the pre-prune sparsity projected at this branch's threshold."""
+        """The shared history with the pre-prune sparsity (and prune-now proxy) at this branch's threshold."""
         key = _key(config.threshold, config.threshold_mode)
         point = self.point
         history = []
         for index, (epoch, projection) in enumerate(zip(point.history, point.projections)):
             values = projection.get(key)
+            proxied = PROXY_VAL_ACCURACY in epoch
             if values is None and index == len(point.history) - 1 and not point.diverged:
-                values = self.project_base(config)  # untracked: exact at the branch point, unknown before it
-            nonzero, flops = values if values is not None else (math.nan, math.nan)
-            history.append({**epoch, NONZERO_FRAC: nonzero, FLOPS_FRAC: flops})
+                values = self.project_base(config, proxied)  # untracked: exact at the branch point, unknown before it
+            values = list(values) if values is not None else [math.nan, math.nan]
+            nonzero, flops = values[:2]
+            entry = {**epoch, NONZERO_FRAC: nonzero, FLOPS_FRAC: flops}
+            if proxied:
+                accuracy = values[2] if len(values) > 2 else math.nan
+                entry.update({PROXY_VAL_ACCURACY: accuracy, PROXY_NONZERO_FRAC: nonzero, PROXY_FLOPS_FRAC: flops})
+            history.append(entry)
         return history
 
-    def project_base(self, config: TrialConfig) -> list[float]:
+    def project_base(self, config: TrialConfig, proxy: bool = False) -> list[float]:
         key = _key(config.threshold, config.threshold_mode)
         pairs = {key: (config.threshold, config.threshold_mode)}
-        return projected_fractions(self.base.model, self.base.positions, pairs, config.include_bias)[key]
+        values = projected_fractions(self.base.model, self.base.positions, pairs, config.include_bias)[key]
+        if proxy:
+            masks = compute_masks(self.base.model, *pairs[key], include_bias=config.include_bias)
+            values = [*values, *self.base.pruned_accuracies([masks])]
+        return values
 
     def start_branch(self, index: int, saved_run: Mapping[str, Any] | None = None) -> TrialRun:
         """Branch ``index`` on a copy of the branch-point model: fresh there, or restored from ``saved_run``."""
@@ -451,16 +483,11 @@ def prune_now_proxy(run: TrialRun, thresholds: Sequence[float], threshold_mode: 
     if run.masks is not None:
         raise ValueError("prune_now_proxy needs an unpruned run (e.g. at the branch point)")
     include_bias = run.config.include_bias
-    model = copy.deepcopy(run.model)
-    tensors = {f"{m}.{n}": getattr(module, n) for m, module, n in prunable_weights(model, include_bias=include_bias)}
-    originals = {key: tensor.detach().clone() for key, tensor in tensors.items()}
+    masks = [compute_masks(run.model, threshold, threshold_mode, include_bias=include_bias) for threshold in thresholds]
+    accuracies = run.pruned_accuracies(masks)
     points = []
-    for threshold in thresholds:
-        masks = compute_masks(run.model, threshold, threshold_mode, include_bias=include_bias)
-        for key, tensor in tensors.items():
-            tensor.copy_(originals[key] * masks[key])
-        accuracy, _ = run.evaluate(run.data.val_x, run.data.val_y, model=model)
-        sparsity = sparsity_report(run.model, run.positions, masks, include_bias=include_bias)
+    for threshold, mask, accuracy in zip(thresholds, masks, accuracies):
+        sparsity = sparsity_report(run.model, run.positions, mask, include_bias=include_bias)
         points.append(ProxyPoint(float(threshold), accuracy, sparsity.nonzero_frac, sparsity.flops_frac))
     return points
 

@@ -24,8 +24,12 @@ checkpoint (``TrialRun.checkpoint`` / ``TrialRun.restore``) and the masks (``Tri
 
 The result's ``history`` holds every epoch's report, also those before a resume.  Before the
 prune, ``nonzero_frac`` / ``flops_frac`` are *projected*: what pruning at the trial's threshold
-would leave right now (``measure_epoch``).  Test accuracy is computed once, at the end, and
-never used to choose.
+would leave right now (``measure_epoch``).  Each regularized (``train``) epoch also reports the
+*prune-now proxy* (``contract.PROXY_METRICS``): ``proxy_val_accuracy`` of a copy pruned at the
+trial's own threshold (one extra validation pass, no RNG drawn, the run untouched), with its
+``proxy_nonzero_frac`` / ``proxy_flops_frac`` — what the trial would be if pruned now, before
+fine-tuning; ``val_accuracy`` stays the unpruned model's.  Test accuracy is computed once, at
+the end, and never used to choose.
 """
 
 from __future__ import annotations
@@ -50,7 +54,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.config import BRANCH_SETTINGS, ConfigError, TrialConfig
-from trainables.contract import FLOPS_FRAC, NONZERO_FRAC, VAL_ACCURACY, Status, TrialResult
+from trainables.contract import (
+    FLOPS_FRAC,
+    NONZERO_FRAC,
+    PROXY_FLOPS_FRAC,
+    PROXY_NONZERO_FRAC,
+    PROXY_VAL_ACCURACY,
+    VAL_ACCURACY,
+    Status,
+    TrialResult,
+)
 from trainables.data import DatasetSplits, iterate_batches, load_dataset, random_crop_flip, random_shift
 from trainables.models import build_model
 from trainables.pruning import (
@@ -62,7 +75,7 @@ from trainables.pruning import (
     output_positions,
     sparsity_report,
 )
-from trainables.regularizers import model_regularization
+from trainables.regularizers import model_regularization, prunable_weights
 
 PRETRAIN = "pretrain"
 TRAIN = "train"  # the regularized phase (the stored name, in checkpoints and reports)
@@ -314,6 +327,27 @@ class TrialRun:
     def validate(self) -> tuple[float, float]:
         return self.evaluate(self.data.val_x, self.data.val_y)
 
+    @torch.no_grad()
+    def pruned_accuracies(self, masks: Iterable[Masks]) -> list[float]:
+        """Validation accuracy of a copy of the (unpruned) model pruned by each of ``masks``; one pass each.
+
+        The run is left as it is (weights, mode, RNG): the core of the prune-now proxy, shared by
+        ``measure_epoch`` and ``trainables.branching.prune_now_proxy``.
+        """
+        if self.masks is not None:
+            raise ValueError("the prune-now proxy needs an unpruned run (before the prune)")
+        model = copy.deepcopy(self.model)
+        include_bias = self.config.include_bias
+        weights = prunable_weights(model, include_bias=include_bias)
+        tensors = {f"{m}.{n}": getattr(module, n) for m, module, n in weights}
+        originals = {key: tensor.detach().clone() for key, tensor in tensors.items()}
+        accuracies = []
+        for mask in masks:
+            for key, tensor in tensors.items():
+                tensor.copy_(originals[key] * mask[key])
+            accuracies.append(self.evaluate(self.data.val_x, self.data.val_y, model=model)[0])
+        return accuracies
+
     def begin_phase(self, phase: Phase) -> int:
         """A fresh optimizer for ``phase`` (with the restored state when resuming inside it); its first epoch."""
         self.optimizer = _make_optimizer(self.config, self.model.parameters(), phase.lr)
@@ -437,11 +471,23 @@ def start_run(
 def measure_epoch(run: TrialRun, phase: Phase, phase_epoch: int, lr: float, losses: dict[str, float]) -> dict[str, Any]:
     """The report of an epoch just trained (``phase_epoch`` counted from 1).
 
-    Before the prune the sparsity is projected (what pruning now would leave); a "prune-now"
-    proxy of the regularized epochs would be measured here too.
+    Before the prune the sparsity is projected (what pruning now would leave).  A regularized
+    epoch also reports the prune-now proxy (``PROXY_METRICS``): validation accuracy of a copy
+    pruned at the trial's own threshold, and that copy's sparsity.
     """
     val_accuracy, val_loss = run.validate()
-    sparsity = run.sparsity()
+    proxies: dict[str, float] = {}
+    if phase.name == TRAIN and run.masks is None:
+        masks = run.projected_masks()
+        sparsity = sparsity_report(run.model, run.positions, masks, include_bias=run.config.include_bias)
+        (accuracy,) = run.pruned_accuracies([masks])
+        proxies = {
+            PROXY_VAL_ACCURACY: accuracy,
+            PROXY_NONZERO_FRAC: sparsity.nonzero_frac,
+            PROXY_FLOPS_FRAC: sparsity.flops_frac,
+        }
+    else:
+        sparsity = run.sparsity()
     return {
         "phase": phase.name,
         "epoch": phase.epoch(phase_epoch),
@@ -452,6 +498,7 @@ def measure_epoch(run: TrialRun, phase: Phase, phase_epoch: int, lr: float, loss
         "val_loss": val_loss,
         NONZERO_FRAC: sparsity.nonzero_frac,
         FLOPS_FRAC: sparsity.flops_frac,
+        **proxies,
         "time_s": run.elapsed(),
     }
 
