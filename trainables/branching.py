@@ -251,11 +251,15 @@ class _Driver:
         if metrics.get("phase") != TRAIN or PROXY_VAL_ACCURACY not in metrics:
             return projection
         own = _key(run.config.threshold, run.config.threshold_mode)
-        others = [key for key in self.track if key != own]
+        # Proxy accuracy costs a validation pass per threshold: only for branches known before the branch
+        # point.  Thresholds a chooser may pick later (a proxy grid) get sparsity only; their proxy accuracy
+        # before the branch point is NaN in the branch's history (at the branch point it is exact).
+        known = {_key(c.threshold, c.threshold_mode) for c in map(self.branch_config, self.branches or [])}
+        others = [key for key in self.track if key != own and key in known]
         masks = (compute_masks(run.model, *self.track[key], include_bias=include_bias) for key in others)
         accuracies = dict(zip(others, run.pruned_accuracies(masks)))
         accuracies[own] = metrics[PROXY_VAL_ACCURACY]  # measured already, the same way
-        return {key: [*values, accuracies[key]] for key, values in projection.items()}
+        return {key: [*values, accuracies.get(key, math.nan)] for key, values in projection.items()}
 
     def shared_report(self, metrics: dict[str, Any], state: TrialState) -> None:
         run = state._run
@@ -320,8 +324,9 @@ class _Driver:
         for index, (epoch, projection) in enumerate(zip(point.history, point.projections)):
             values = projection.get(key)
             proxied = PROXY_VAL_ACCURACY in epoch
-            if values is None and index == len(point.history) - 1 and not point.diverged:
-                values = self.project_base(config, proxied)  # untracked: exact at the branch point, unknown before it
+            unmeasured = values is None or (proxied and (len(values) < 3 or math.isnan(values[2])))
+            if unmeasured and index == len(point.history) - 1 and not point.diverged:
+                values = self.project_base(config, proxied)  # exact at the branch point, unknown before it
             values = list(values) if values is not None else [math.nan, math.nan]
             nonzero, flops = values[:2]
             entry = {**epoch, NONZERO_FRAC: nonzero, FLOPS_FRAC: flops}
