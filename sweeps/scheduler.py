@@ -109,7 +109,7 @@ class MOASHA(FIFOScheduler):
         reduction_factor: int,
         max_epochs: int,
         constraints: Sequence[Constraint] = (),
-        margin: float = 0.05,
+        margin: float = 1.0,
         state_path: Path | None = None,
         on_stop: StopFn | None = None,
     ) -> None:

@@ -217,13 +217,17 @@ class SchedulerSpec(_Strict):
     """Early stopping: ``none``, or ``moasha`` (``sweeps.scheduler``): successive halving at regularized
     epochs ``grace_epochs · reduction_factor^k`` up to ``max_epochs`` (default: the trial's ``epochs``),
     ranked by Pareto rank of the prune-now proxies; a proxy below an accuracy floor by more than
-    ``margin`` ranks last."""
+    ``margin`` ranks last.
+
+    Defaults from docs/benchmarks.md: rungs from epoch 3 (at epoch 1 the proxies rank the final front
+    barely better than chance) and no floor on proxies (``margin`` 1: pruning before fine-tuning costs
+    sparse front trials their accuracy early, so a floor would stop them)."""
 
     type: Literal["none", "moasha"] = "none"
-    grace_epochs: int = Field(default=1, ge=1)
+    grace_epochs: int = Field(default=3, ge=1)
     reduction_factor: int = Field(default=3, ge=2)
     max_epochs: int | None = Field(default=None, ge=1)
-    margin: float = Field(default=0.05, ge=0)
+    margin: float = Field(default=1.0, ge=0)
 
 
 class AxisSpec(_Strict):

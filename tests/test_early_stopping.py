@@ -23,6 +23,7 @@ def test_moasha_stops_trials_that_stay_off_every_front(local_ray, tmp_path):
             "trial.finetune_epochs": 1,
             "trial.batch_size": 256,
             "scheduler.type": "moasha",
+            "scheduler.grace_epochs": 1,  # rungs at regularized epochs 1 and 3
         },
     )
     outcome = run_sweep(spec, storage=str(tmp_path), quiet=True)

@@ -51,7 +51,7 @@ def test_ties_are_broken_deterministically_and_infeasible_proxies_rank_last():
     assert rank_order(__import__("numpy").array(values), [7, 3, 5, 1], [False] * 4)[:2] in ([0, 3], [3, 0])
     same = __import__("numpy").array([[-0.9, 0.1], [-0.9, 0.1], [-0.9, 0.1]])
     assert rank_order(same, [4, 2, 9], [False] * 3) == [1, 0, 2]  # identical points: by trial number
-    moasha = scheduler()
+    moasha = scheduler(margin=0.05)
     assert report(moasha, 0, 1, 0.60, 0.001) == CONTINUE  # far below the 0.8 floor, but alone
     assert report(moasha, 1, 1, 0.81, 0.50) == CONTINUE  # feasible beats infeasible, whatever its sparsity
     assert report(moasha, 2, 1, 0.70, 0.01) == STOP  # 0.70 < 0.8 − margin: infeasible, ranks last
