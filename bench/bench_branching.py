@@ -74,23 +74,34 @@ def hv_at(frame: pd.DataFrame, epochs: int) -> float:
     return float(within["hypervolume"].iloc[-1]) if len(within) else 0.0
 
 
-def one_sweep(args: argparse.Namespace, k: int, mode: str, seed: int, storage: Path) -> dict:
+def bench_sweep(args: argparse.Namespace, name: str, seed: int, storage: Path, **overrides: object) -> dict:
+    """One sweep of ``args.spec`` (``--set``, ``--data-dir``, ``--num-samples`` applied, no warm start):
+    its wall time, curve (``curve``) and sweep folder.  Shared by bench_branching and bench_early_stopping."""
     overrides = {
         "budget.num_samples": args.num_samples,
-        "budget.thresholds_per_run": k,
-        "budget.branch_mode": mode,
         "sampler.seed": seed,
-        "name": f"k{k}-{mode}-s{seed}",
+        "name": name,
         "warm_start": False,
         **({"data_dir": args.data_dir} if args.data_dir else {}),
         **{key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)},
+        **overrides,
     }
     spec, _ = load_spec(args.spec, overrides)
     started = time.time()
     outcome = run_sweep(spec, storage=str(storage), quiet=True)
     wall = time.time() - started
-    frame = curve(outcome.sweep_dir, spec, started)
-    return {"k": k, "mode": mode, "seed": seed, "wall_s": wall, "frame": frame}
+    return {
+        "seed": seed,
+        "wall_s": wall,
+        "frame": curve(outcome.sweep_dir, spec, started),
+        "sweep_dir": outcome.sweep_dir,
+    }
+
+
+def one_sweep(args: argparse.Namespace, k: int, mode: str, seed: int, storage: Path) -> dict:
+    overrides = {"budget.thresholds_per_run": k, "budget.branch_mode": mode}
+    run = bench_sweep(args, f"k{k}-{mode}-s{seed}", seed, storage, **overrides)
+    return {"k": k, "mode": mode, **{key: run[key] for key in ("seed", "wall_s", "frame")}}
 
 
 def main() -> None:

@@ -17,38 +17,23 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import ray
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_branching import curve, hv_at  # noqa: E402
+from bench_branching import bench_sweep, hv_at  # noqa: E402
 
-from sweeps.runner import run_sweep  # noqa: E402
-from sweeps.spec import load_spec  # noqa: E402
+from trainables.contract import RESULTS_FILE, Status, read_ledger  # noqa: E402
 
 
 def one_sweep(args: argparse.Namespace, scheduler: str, seed: int, storage: Path) -> dict:
-    overrides = {
-        "budget.num_samples": args.num_samples,
-        "scheduler.type": scheduler,
-        "sampler.seed": seed,
-        "name": f"{scheduler}-s{seed}",
-        "warm_start": False,
-        **({"data_dir": args.data_dir} if args.data_dir else {}),
-        **{key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)},
-    }
-    spec, _ = load_spec(args.spec, overrides)
-    started = time.time()
-    outcome = run_sweep(spec, storage=str(storage), quiet=True)
-    frame = curve(outcome.sweep_dir, spec, started)
-    stopped = sum(1 for _ in (outcome.sweep_dir / "results.jsonl").read_text().splitlines() if '"pruned"' in _)
-    return {"scheduler": scheduler, "seed": seed, "wall_s": time.time() - started, "stopped": stopped, "frame": frame}
+    run = bench_sweep(args, f"{scheduler}-s{seed}", seed, storage, **{"scheduler.type": scheduler})
+    stopped = sum(row["status"] == Status.PRUNED for row in read_ledger(run.pop("sweep_dir") / RESULTS_FILE))
+    return {"scheduler": scheduler, "stopped": stopped, **run}
 
 
 def main() -> None:
