@@ -293,18 +293,16 @@ def check_device_and_resources(
         have_cpus = float(num_cpus if num_cpus is not None else os.cpu_count() or 1)
         have_gpus = float(num_gpus if num_gpus is not None else torch.cuda.device_count())
         where = "the local Ray (no --address)"
-    if gpus > have_gpus:
-        reason = f"{gpus:g} GPU per trial, but {where} has {have_gpus:g}"
-        if cluster:
-            notes.append(f"trials wait for the autoscaler to add a node with {gpus:g} GPU ({reason})")
-        else:
-            raise _fail(source, "resources.gpus", f"{reason}; a trial would never start")
-    if cpus > have_cpus:
-        reason = f"{cpus:g} CPU per trial, but {where} has {have_cpus:g}"
-        if cluster:
-            notes.append(f"trials wait for the autoscaler to add a node with {cpus:g} CPU ({reason})")
-        else:
-            raise _fail(source, "resources.cpus", f"{reason}; a trial would never start")
+    for setting, unit, need, have in (
+        ("resources.gpus", "GPU", gpus, have_gpus),
+        ("resources.cpus", "CPU", cpus, have_cpus),
+    ):
+        if need <= have:
+            continue
+        reason = f"{need:g} {unit} per trial, but {where} has {have:g}"
+        if not cluster:
+            raise _fail(source, setting, f"{reason}; a trial would never start")
+        notes.append(f"trials wait for the autoscaler to add a node with {need:g} {unit} ({reason})")
     if device == "cpu" and gpus > 0:
         notes.append(f"device cpu with resources.gpus {gpus:g}: trials hold a GPU they do not use")
     resources = f"{cpus:g} CPU, {gpus:g} GPU per trial; {where}: {have_cpus:g} CPU, {have_gpus:g} GPU"
