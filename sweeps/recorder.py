@@ -120,7 +120,8 @@ class SweepRecorder:
         self.driver_run = driver_run  # 1 for the first run of the sweep, 2 after one resume, …
         self.logs_dir = logs_dir  # logs/trial-NNNN.log: the full error of each failed trial
         self.running: set[int] = set()
-        self.members: dict[int, Member] = {}
+        self.members: dict[int, Member] = {}  # members whose trial started (written on the writer thread)
+        self.handed_out: dict[int, Member] = {}  # members the searcher handed out (written on the driver loop)
         self._data_identity: tuple[str, str] | None = None
         self.ray_trial: dict[int, str] = {}  # member number → the Ray trial training it
         self._queue: queue.Queue = queue.Queue()
@@ -145,6 +146,7 @@ class SweepRecorder:
         Called by the searcher on the driver loop, while the Optuna trial is still running (Optuna
         refuses attributes on finished trials).
         """
+        self.handed_out[member.number] = member
         return {MLFLOW_RUN_ATTR: self.tracker.child(member.number, self.name, self.trial_params(member.params))}
 
     def epoch(self, number: int, metrics: dict[str, Any]) -> None:
@@ -214,10 +216,17 @@ class SweepRecorder:
         return path
 
     def interrupt_running(self) -> None:
-        """Close the records of members still running when Tune returned (Ctrl-C, time budget): interrupted."""
+        """Close the records of members still running when Tune returned (Ctrl-C, time budget): interrupted.
+
+        That includes members handed out whose Ray trial never started (Ctrl-C between the
+        searcher's suggestion and the trial's start): their MLflow run was opened with the
+        suggestion and would otherwise stay RUNNING.  Called after ``close()``.
+        """
         interrupted = TrialResult(Status.INTERRUPTED, "stopped before it finished; `hoyersweep resume` continues it")
-        for number in sorted(self.running):
-            self.finished(self.members[number], interrupted)
+        never_started = {n: m for n, m in self.handed_out.items() if n not in self.members and n not in self.ledger}
+        open_members = {**never_started, **{n: self.members[n] for n in self.running}}
+        for number in sorted(open_members):
+            self.finished(open_members[number], interrupted)
 
     def ended(self, ray_trial_id: str, result: TrialResult) -> None:
         """A Ray trial ended: its members still running end with ``result`` (interrupted or failed)."""
