@@ -161,3 +161,51 @@ def check_branchable(searched_names: Iterable[str]) -> None:
         raise ConfigError(
             f"branching needs one of {', '.join(BRANCH_SETTINGS)} to be searched; the search space has {named}"
         )
+
+
+COHORT_SETTINGS: tuple[str, ...] = (
+    "reg",
+    "strength",
+    "threshold",
+    "threshold_mode",
+    "lr",
+    "finetune_lr",
+    "weight_decay",
+    "momentum",
+    "seed",
+)
+"""The settings the members of one cohort (``trainables.cohort``) may differ in: the one rule.
+
+Every other setting — dataset and data, model, epochs of each phase, batch sizes, optimizer and
+schedule, device, split, augmentation, pretraining source — is what stacking K models into one
+needs them to share: the same layers, the same number of steps, the same data on one device.
+``seed`` may differ: each member is initialised and shuffled from its own seed, exactly as
+``run_trial`` would (members that share a seed also share each batch).
+"""
+
+
+def check_cohort(configs: Iterable[TrialConfig]) -> None:
+    """Raise ConfigError unless the configs agree on every setting outside ``COHORT_SETTINGS``.
+
+    The message names each differing setting and the values seen, e.g.
+    ``cohort members must share batch_size (differs: 64, 128); they may differ only in reg, ...``.
+    """
+    configs = list(configs)
+    if not configs:
+        raise ConfigError("a cohort needs at least one member")
+    first = configs[0].to_dict()
+    differing = []
+    for name in first:
+        if name in COHORT_SETTINGS:
+            continue
+        values = []
+        for config in configs:
+            value = getattr(config, name)
+            if value not in values:
+                values.append(value)
+        if len(values) > 1:
+            differing.append(f"{name} (differs: {', '.join(repr(v) for v in values)})")
+    if differing:
+        raise ConfigError(
+            f"cohort members must share {'; '.join(differing)}; they may differ only in {', '.join(COHORT_SETTINGS)}"
+        )

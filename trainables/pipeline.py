@@ -397,49 +397,81 @@ class TrialRun:
     def result(self, status: Status) -> TrialResult:
         """The final record; NaN where a diverged run has nothing meaningful to say."""
         ok = status is Status.OK
-        sparsity = self.sparsity()
         val_accuracy, val_loss = self.validate() if ok else (math.nan, math.nan)
         test_accuracy = self.evaluate(self.data.test_x, self.data.test_y)[0] if ok else math.nan
-        last = self.history[-1] if self.history else {}
-        known = set(TrialResult.__dataclass_fields__)
-        return TrialResult(
-            status=status,
-            message=self.message,
-            val_accuracy=val_accuracy,
-            test_accuracy=test_accuracy,
-            nonzero_frac=sparsity.nonzero_frac if ok else math.nan,
-            flops_frac=sparsity.flops_frac if ok else math.nan,
-            loss=last.get("loss", math.nan) if ok else math.inf,
-            val_loss=val_loss,
-            nonzero=sparsity.nonzero,
-            num_weights=sparsity.numel,
-            epochs=len(self.history),
-            wall_time_s=self.elapsed(),
-            **{k: v for k, v in self.marks.items() if k in known},
-            layers=[layer.as_dict() for layer in sparsity.layers],
-            history=[dict(epoch) for epoch in self.history],
-            extra={**{k: v for k, v in self.marks.items() if k not in known}, **self.resources()},
+        return build_result(
+            status,
+            self.message,
+            (val_accuracy, val_loss, test_accuracy),
+            self.sparsity(),
+            self.history,
+            self.marks,
+            self.elapsed(),
+            self.resources(),
         )
 
     def resources(self) -> dict[str, Any]:
-        """What the trial ran on: the device it actually used (``auto`` resolved), its name, peak memory
-        (the GPU's allocator peak on CUDA, the process's peak resident size on CPU) and time per epoch."""
-        device = self.data.train_x.device
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-        if device.type == "cuda":
-            peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
-        else:
-            peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        epochs = max(len(self.history), 1)
-        return {
-            "device": str(device),
-            "device_name": name,
-            "peak_memory_mb": peak_mb,
-            "epoch_time_s": self.elapsed() / epochs,
-            "train_size": len(self.data.train_y),
-            "val_size": len(self.data.val_y),
-            "test_size": len(self.data.test_y),
-        }
+        return resource_usage(self.data, self.elapsed(), len(self.history))
+
+
+def build_result(
+    status: Status,
+    message: str,
+    accuracies: tuple[float, float, float],
+    sparsity: SparsityReport,
+    history: list[dict[str, Any]],
+    marks: dict[str, Any],
+    elapsed_s: float,
+    resources: dict[str, Any],
+) -> TrialResult:
+    """A trial's final ``TrialResult`` from what it measured: (val accuracy, val loss, test accuracy),
+    the sparsity of its final model, its epoch history and marks (one construction for trials and cohorts).
+
+    Anything but ``ok`` reports NaN metrics (and an infinite loss).
+    """
+    ok = status is Status.OK
+    val_accuracy, val_loss, test_accuracy = accuracies
+    last = history[-1] if history else {}
+    known = set(TrialResult.__dataclass_fields__)
+    return TrialResult(
+        status=status,
+        message=message,
+        val_accuracy=val_accuracy if ok else math.nan,
+        test_accuracy=test_accuracy if ok else math.nan,
+        nonzero_frac=sparsity.nonzero_frac if ok else math.nan,
+        flops_frac=sparsity.flops_frac if ok else math.nan,
+        loss=last.get("loss", math.nan) if ok else math.inf,
+        val_loss=val_loss if ok else math.nan,
+        nonzero=sparsity.nonzero,
+        num_weights=sparsity.numel,
+        epochs=len(history),
+        wall_time_s=elapsed_s,
+        **{k: v for k, v in marks.items() if k in known},
+        layers=[layer.as_dict() for layer in sparsity.layers],
+        history=[dict(epoch) for epoch in history],
+        extra={**{k: v for k, v in marks.items() if k not in known}, **resources},
+    )
+
+
+def resource_usage(data: DatasetSplits, elapsed_s: float, epochs: int) -> dict[str, Any]:
+    """What a run used: the device it actually ran on (``auto`` resolved), its name, peak memory
+    (the GPU's allocator peak on CUDA, the process's peak resident size on CPU), time per epoch
+    and the split sizes."""
+    device = data.train_x.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    if device.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {
+        "device": str(device),
+        "device_name": name,
+        "peak_memory_mb": peak_mb,
+        "epoch_time_s": elapsed_s / max(epochs, 1),
+        "train_size": len(data.train_y),
+        "val_size": len(data.val_y),
+        "test_size": len(data.test_y),
+    }
 
 
 def start_run(
@@ -594,14 +626,21 @@ def save_model(run: TrialRun, path: str | os.PathLike) -> None:
     ``load_model(path)`` rebuilds the module; ``torch.load(path, weights_only=True)`` reads it
     without running code (tensors and plain data only).
     """
+    write_model_file(permanent(run.model), run.masks or {}, run.config, run.data, path)
+
+
+def write_model_file(
+    model: nn.Module, masks: Masks, config: TrialConfig, data: DatasetSplits, path: str | os.PathLike
+) -> None:
+    """Write a plain (mask-free) ``model`` with its ``masks`` in the ``MODEL_FORMAT`` file ``load_model`` reads."""
     payload = {
         "format": MODEL_FORMAT,
-        "model": run.config.model,
-        "input_shape": list(run.data.input_shape),
-        "num_classes": int(run.data.num_classes),
-        "state_dict": {k: v.detach().cpu() for k, v in permanent(run.model).state_dict().items()},
-        "masks": {k: v.detach().cpu() for k, v in (run.masks or {}).items()},
-        "config": run.config.to_dict(),
+        "model": config.model,
+        "input_shape": list(data.input_shape),
+        "num_classes": int(data.num_classes),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "masks": {k: v.detach().cpu() for k, v in masks.items()},
+        "config": config.to_dict(),
     }
     _atomic_save(payload, Path(path))
 

@@ -163,6 +163,38 @@ REGULARIZERS: dict[str, Regularizer] = {
 }
 
 
+def _group_hoyer_square_reference(w: torch.Tensor) -> torch.Tensor:
+    return sum(_hoyer_square_reference(norms) for norms in group_norms(w))
+
+
+PLAIN_REGULARIZERS: dict[str, Regularizer] = {
+    **REGULARIZERS,
+    "hs": _hoyer_square_reference,
+    "group_hs": _group_hoyer_square_reference,
+}
+"""The regularizers in plain autograd ops only (HS without the fused Function): the ones
+``torch.func.vmap`` can map over a leading member dimension (``stacked_regularization``)."""
+
+
+def stacked_regularization(tensors: list[torch.Tensor], reg: str) -> torch.Tensor:
+    """Per-member sum of regularizer ``reg`` over ``tensors`` stacked on dim 0: a vector of K values.
+
+    Member k's value equals ``model_regularization`` of a model holding the k-th slices (the same
+    formulas, mapped with ``torch.func.vmap``; within float rounding of the fused HS).
+    """
+    if reg not in PLAIN_REGULARIZERS:
+        get_regularizer(reg)  # the one-line error
+    fn = PLAIN_REGULARIZERS[reg]
+
+    def per_member(*slices: torch.Tensor) -> torch.Tensor:
+        total = slices[0].new_zeros(())
+        for tensor in slices:
+            total = total + fn(tensor)
+        return total
+
+    return torch.func.vmap(per_member)(*tensors)
+
+
 def get_regularizer(name: str) -> Regularizer:
     """The regularizer called ``name`` (one of ``REG_NAMES``); ValueError otherwise."""
     try:

@@ -1,0 +1,778 @@
+"""Fused cohorts: K trial configurations of one model and dataset trained as one stacked model.
+
+A small trial leaves a GPU idle: it is bound by kernel launches and Python, not by arithmetic.
+A cohort trains K members as one model whose every parameter carries a leading member
+dimension: the forward is ``torch.func.functional_call`` mapped over the members with
+``torch.func.vmap`` (batched matmuls, one launch for K members), the optimizer updates every
+member's slice at once with per-member hyperparameters as vectors (``StackedOptimizer``), and
+one data batch feeds every member that shares its batch order.  HFTA (MLSys'21) showed the idea
+for training jobs in general; here it runs the DeepHoyer phases per member:
+
+- each member starts from its own seed (``torch.manual_seed(seed)`` then the model, exactly as
+  ``run_trial``) and draws its own batch order from (seed, phase, epoch); members that share a
+  seed share each batch (one gather, broadcast), the others gather their own;
+- the regularizer is each member's ``reg`` × ``strength`` (members grouped by ``reg``; the
+  plain-autograd formulas of ``trainables.regularizers`` mapped over the member dimension);
+- pruning takes each member's ``threshold`` / ``threshold_mode`` into each member's mask, held
+  through fine-tuning (``weight × mask`` in the forward, pruned entries zeroed, as
+  ``torch.nn.utils.prune`` does for a single trial);
+- every epoch each member reports what ``run_trial`` would report (projected sparsity, the
+  prune-now proxy), and its final ``TrialResult`` has its own FLOPs and per-layer sparsity.
+
+What members may differ in, and what they must share, is ``trainables.config.COHORT_SETTINGS``
+(``check_cohort`` refuses a mixed cohort in one line).  A member whose loss turns non-finite
+leaves the stack as ``diverged``; a member the ``stop`` callback ranks out leaves it as
+``pruned``; the others go on, unchanged (their slices never mix with another member's).  A
+``CohortState`` passed to ``report`` saves the whole cohort (weights, optimizer state, masks,
+histories, finished results) so ``run_cohort(..., resume_from=path)`` continues it exactly.
+Before training, ``plan_cohort`` estimates the memory of one member and splits a cohort that
+would not fit the device into chunks trained one after the other (and refuses a member that
+alone would not fit), instead of running out of memory mid-sweep.
+
+Equivalence with ``run_trial`` (same seeds, deterministic CPU) is tested to float32 rounding
+(``tests/test_cohort.py``): batched matmuls round differently from single ones, so a cohort is
+not bit-identical, only as close as two BLAS back ends are.  Models with buffers (batch norm)
+are refused: their running statistics would need per-member functional updates.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainables.config import ConfigError, TrialConfig, check_cohort
+from trainables.contract import (
+    FLOPS_FRAC,
+    NONZERO_FRAC,
+    PROXY_FLOPS_FRAC,
+    PROXY_NONZERO_FRAC,
+    PROXY_VAL_ACCURACY,
+    STOPPED_AT_KEY,
+    VAL_ACCURACY,
+    Status,
+    TrialResult,
+)
+from trainables.data import DatasetSplits, load_dataset
+from trainables.models import build_model
+from trainables.pipeline import (
+    FINETUNE,
+    PRETRAIN,
+    TRAIN,
+    Cursor,
+    _atomic_save,
+    _epoch_seed,
+    _pretrain_cache_path,
+    augmenter,
+    build_result,
+    load_checkpoint,
+    plan_phases,
+    resolve_device,
+    resource_usage,
+    write_model_file,
+)
+from trainables.pruning import Masks, compute_masks, output_positions, sparsity_report
+from trainables.regularizers import prunable_weights, stacked_regularization
+
+COHORT_FORMAT = "hoyersweep-cohort-1"
+COHORT_SIZE_KEY = "cohort_size"  # a member's result: how many members its cohort trained together
+COHORT_INDEX_KEY = "cohort_index"  # a member's result: its place in the cohort
+
+CohortReportFn = Callable[[int, dict[str, Any], "CohortState"], None]
+"""``report(member, metrics, state)``: one epoch of one member (its index in the cohort)."""
+StopFn = Callable[[int, dict[str, Any]], bool]
+"""``stop(member, metrics)`` after each regularized epoch: True ranks the member out (``pruned``)."""
+
+ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, which run_trial uses
+ADAM_EPS = 1e-8
+
+
+# --- the optimizer over stacked members -----------------------------------------------------
+
+
+def _per_member(vector: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+    """A (K,) vector shaped to broadcast over a (K, ...) tensor."""
+    return vector.view(-1, *([1] * (tensor.dim() - 1)))
+
+
+class StackedOptimizer:
+    """Adam or SGD over member-stacked tensors, with each member's learning rate, weight decay and momentum.
+
+    ``torch.optim`` takes one learning rate per parameter group; a group per member would cost
+    kernel launches per member and tensor on every step, the very overhead a cohort removes.  So
+    the update rules of ``torch.optim.Adam`` (default betas and eps, no amsgrad) and
+    ``torch.optim.SGD`` (momentum, no dampening or Nesterov) — the single-tensor forms — are
+    written here over (K, ...) tensors with the hyperparameters as (K,) vectors; tested against
+    ``torch.optim`` member by member.  ``select`` keeps the state of the members that stay.
+    """
+
+    def __init__(self, kind: str, weight_decay: torch.Tensor, momentum: torch.Tensor) -> None:
+        self.kind = kind
+        self.weight_decay = weight_decay
+        self.momentum = momentum
+        self.steps = 0
+        self.state: list[dict[str, torch.Tensor]] = []
+
+    @torch.no_grad()
+    def step(self, params: Sequence[torch.Tensor], lr: torch.Tensor) -> None:
+        """One update of every member's slice of ``params`` (gradients in ``.grad``) at learning rates ``lr``."""
+        if not self.state:
+            self.state = [{} for _ in params]
+        self.steps += 1
+        for param, state in zip(params, self.state):
+            grad = param.grad
+            if grad is None:
+                continue
+            grad = grad + _per_member(self.weight_decay, param) * param
+            if self.kind == "adam":
+                self._adam(param, grad, state, _per_member(lr, param))
+            else:
+                self._sgd(param, grad, state, _per_member(lr, param))
+
+    def _adam(self, param: torch.Tensor, grad: torch.Tensor, state: dict[str, torch.Tensor], lr: torch.Tensor) -> None:
+        beta1, beta2 = ADAM_BETAS
+        exp_avg = state.setdefault("exp_avg", torch.zeros_like(param))
+        exp_avg_sq = state.setdefault("exp_avg_sq", torch.zeros_like(param))
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        step_size = lr / (1 - beta1**self.steps)
+        denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**self.steps)).add_(ADAM_EPS)
+        param.sub_(step_size * (exp_avg / denom))
+
+    def _sgd(self, param: torch.Tensor, grad: torch.Tensor, state: dict[str, torch.Tensor], lr: torch.Tensor) -> None:
+        momentum = _per_member(self.momentum, param)
+        buffer = state.get("momentum_buffer")
+        if buffer is None:
+            buffer = state["momentum_buffer"] = grad.clone()
+        else:
+            buffer.mul_(momentum).add_(grad)
+        param.sub_(lr * torch.where(momentum != 0, buffer, grad))
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep the state of the members at positions ``keep`` (in that order)."""
+        self.weight_decay = self.weight_decay[keep]
+        self.momentum = self.momentum[keep]
+        self.state = [{k: v[keep] for k, v in state.items()} for state in self.state]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "state": [dict(state) for state in self.state]}
+
+    def load_state_dict(self, payload: dict[str, Any]) -> None:
+        self.steps = int(payload["steps"])
+        device = self.weight_decay.device
+        self.state = [{k: v.to(device) for k, v in state.items()} for state in payload["state"]]
+
+
+# --- members and the cohort's state ---------------------------------------------------------
+
+
+@dataclass
+class MemberRecord:
+    """What one member has done so far: its epochs, marks and, once it left the stack, its result."""
+
+    config: TrialConfig
+    history: list[dict[str, Any]] = field(default_factory=list)
+    marks: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
+    result: TrialResult | None = None
+
+
+class CohortState:
+    """A cohort between two epochs: ``save(path)`` snapshots everything resuming needs."""
+
+    def __init__(self, cohort: Cohort) -> None:
+        self._cohort = cohort
+        self.phase = cohort.cursor.phase
+        self.phase_epoch = cohort.cursor.phase_epoch
+        self.epoch = cohort.phases[self.phase].epoch(self.phase_epoch)
+
+    def save(self, path: str | os.PathLike) -> None:
+        _atomic_save(self._cohort.checkpoint(), Path(path))
+
+
+def _no_buffers(model: nn.Module, name: str) -> None:
+    buffers = [n for n, _ in model.named_buffers()]
+    if buffers:
+        raise ConfigError(
+            f"model {name!r} keeps buffers ({', '.join(buffers[:3])}, …: batch norm); "
+            "cohorts train models without them (cohort_size 1 trains it)"
+        )
+
+
+class Cohort:
+    """The members of one cohort (or one chunk of a split cohort) and the stack they train as.
+
+    ``params`` holds every member's weights stacked on dim 0 (the store); ``active`` lists the
+    members still training, in stack order, and ``work`` their slices as the leaf tensors the
+    optimizer updates.  ``parked`` members wait out a phase they skip (pretraining, when the
+    pretrain cache already holds their dense weights).
+    """
+
+    def __init__(
+        self,
+        configs: Sequence[TrialConfig],
+        data: DatasetSplits,
+        report: CohortReportFn | None = None,
+        stop: StopFn | None = None,
+        indices: Sequence[int] | None = None,
+    ) -> None:
+        self.configs = list(configs)
+        self.indices = list(indices) if indices is not None else list(range(len(self.configs)))
+        self.data = data
+        self.report = report
+        self.stop = stop
+        first = self.configs[0]
+        device = data.train_x.device
+        states = []
+        for config in self.configs:
+            torch.manual_seed(config.seed)
+            model = build_model(config.model, data.input_shape, data.num_classes).to(device)
+            states.append(model.state_dict())
+        self.template = model.eval()
+        _no_buffers(self.template, first.model)
+        self.names = [name for name, _ in self.template.named_parameters()]
+        self.params = {name: torch.stack([state[name] for state in states]) for name in self.names}
+        self.prunable = [f"{m}.{n}" for m, _, n in prunable_weights(self.template, include_bias=first.include_bias)]
+        self.positions = output_positions(self.template, data.input_shape)
+        self.phases = plan_phases(first)
+        self.augment = augmenter(first, data)
+        self.members = [MemberRecord(config) for config in self.configs]
+        self.active = list(range(len(self.configs)))
+        self.parked: list[int] = []
+        self.masks: dict[str, torch.Tensor] | None = None
+        self.cursor = Cursor(PRETRAIN)
+        self.work: dict[str, torch.Tensor] = {}
+        self.work_masks: dict[str, torch.Tensor] = {}
+        self.optimizer: StackedOptimizer | None = None
+        self.optimizer_state: dict[str, Any] | None = None
+        self.earlier: dict[int, dict[str, Any]] = {}  # results of chunks trained before this one (split cohorts)
+        self.started = time.perf_counter()
+        self.elapsed_before = 0.0
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    def vector(self, values: Sequence[float]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float32, device=self.data.train_x.device)
+
+    # the working stack
+
+    def _index(self, members: Sequence[int]) -> torch.Tensor:
+        return torch.tensor(list(members), dtype=torch.long, device=self.data.train_x.device)
+
+    def sync(self) -> None:
+        """Write the working stack back into the store."""
+        if self.work:
+            index = self._index(self.active)
+            with torch.no_grad():
+                for name in self.names:
+                    self.params[name][index] = self.work[name].detach()
+
+    def build_work(self) -> None:
+        """The active members' slices as fresh leaf tensors (and their masks, once pruned)."""
+        index = self._index(self.active)
+        self.work = {name: self.params[name][index].clone().requires_grad_() for name in self.names}
+        self.work_masks = {n: m[index].to(torch.float32) for n, m in self.masks.items()} if self.masks else {}
+
+    def effective_work(self) -> dict[str, torch.Tensor]:
+        """The working stack as the forward uses it: × the masks once pruned."""
+        return {n: p * self.work_masks[n] if n in self.work_masks else p for n, p in self.work.items()}
+
+    def leave(self, members: Sequence[int]) -> None:
+        """Take ``members`` off the stack (their weights kept in the store, their optimizer state dropped)."""
+        gone = set(members)
+        if not gone:
+            return
+        self.sync()
+        keep = [position for position, member in enumerate(self.active) if member not in gone]
+        self.active = [self.active[position] for position in keep]
+        if self.optimizer is not None:
+            self.optimizer.select(self._index(keep))
+        self.build_work()
+
+    def effective(self, params: dict[str, torch.Tensor], members: Sequence[int]) -> dict[str, torch.Tensor]:
+        """``params`` as the forward uses them: × the members' masks once pruned."""
+        if self.masks is None:
+            return params
+        index = self._index(members)
+        return {n: p * self.masks[n][index] if n in self.masks else p for n, p in params.items()}
+
+    def view(self, member: int) -> nn.Module:
+        """The template module holding ``member``'s effective weights from the store (``sync()`` first)."""
+        state = self.effective({n: self.params[n][member : member + 1] for n in self.names}, [member])
+        self.template.load_state_dict({n: t[0] for n, t in state.items()})
+        return self.template
+
+    # evaluation
+
+    def _forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(self.template, params, (x,))
+
+    @torch.no_grad()
+    def evaluate(
+        self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(accuracy, mean cross-entropy) of every member of a stack over a whole split: two (K,) vectors.
+
+        The members see the same batches; a batch holds ``eval_batch_size / K`` samples so the
+        activations of the K members take what one trial's would.
+        """
+        count = next(iter(params.values())).shape[0]
+        batch = max(1, self.configs[0].eval_batch_size // count)
+        correct = torch.zeros(count, device=x.device)
+        loss_sum = torch.zeros(count, device=x.device)
+        logits_of = torch.func.vmap(self._forward, in_dims=(0, None))
+        for start in range(0, len(y), batch):
+            xb, yb = x[start : start + batch], y[start : start + batch]
+            logits = logits_of(params, xb)
+            loss_sum += F.cross_entropy(logits.flatten(0, 1), yb.repeat(count), reduction="none").view(count, -1).sum(1)
+            correct += (logits.argmax(dim=2) == yb).sum(1)
+        n = max(len(y), 1)
+        return correct.double() / n, loss_sum.double() / n  # as run_trial divides: in double precision
+
+    def validate(self, members: Sequence[int], masks: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Validation (accuracy, loss) of ``members`` as they stand, or pruned by stacked ``masks``."""
+        self.sync()
+        index = self._index(members)
+        params = self.effective({n: self.params[n][index] for n in self.names}, members)
+        if masks is not None:
+            params = {n: p * masks[n] if n in masks else p for n, p in params.items()}
+        return self.evaluate(params, self.data.val_x, self.data.val_y)
+
+    def projected_masks(self, member: int) -> Masks:
+        config = self.members[member].config
+        return compute_masks(
+            self.view(member), config.threshold, config.threshold_mode, include_bias=config.include_bias
+        )
+
+    # training
+
+    def begin_phase(self, name: str) -> int:
+        """A fresh optimizer for phase ``name`` over the active stack (restored state when resuming inside it)."""
+        configs = [self.members[m].config for m in self.active]
+        self.optimizer = StackedOptimizer(
+            configs[0].optimizer,
+            self.vector([c.weight_decay for c in configs]),
+            self.vector([c.momentum for c in configs]),
+        )
+        if self.cursor.phase != name:
+            self.cursor = Cursor(name)
+        elif self.optimizer_state is not None:
+            self.optimizer.load_state_dict(self.optimizer_state)
+        self.optimizer_state = None
+        self.build_work()
+        return self.cursor.phase_epoch
+
+    def batch_orders(self, phase: str, index: int) -> tuple[torch.Tensor, list[torch.Generator]]:
+        """Each active member's shuffled order of the training split (one row when they share a seed) and generators.
+
+        Drawn exactly as ``iterate_batches`` draws a trial's: ``randperm`` on a CPU generator
+        seeded from (seed, phase, epoch), then moved to the data's device.
+        """
+        seeds = [self.members[m].config.seed for m in self.active]
+        distinct = sorted(set(seeds), key=seeds.index)
+        generators = [torch.Generator().manual_seed(_epoch_seed(seed, phase, index)) for seed in distinct]
+        n = len(self.data.train_y)
+        orders = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(self.data.train_x.device)
+        if len(distinct) == 1:
+            return orders, generators
+        return orders[[distinct.index(s) for s in seeds]], [generators[distinct.index(s)] for s in seeds]
+
+    def train_epoch(self, phase: str, index: int, lr: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One pass over the training split for every active member; per-member mean losses ((K,) vectors)."""
+        configs = [self.members[m].config for m in self.active]
+        count = len(configs)
+        regularizing = [phase == TRAIN and c.reg != "none" and c.strength > 0 for c in configs]
+        groups: dict[str, list[int]] = {}
+        for position, config in enumerate(configs):
+            if regularizing[position]:
+                groups.setdefault(config.reg, []).append(position)
+        strength = self.vector([c.strength for c in configs])
+        orders, generators = self.batch_orders(phase, index)
+        shared = orders.shape[0] == 1
+        task_of = torch.func.vmap(self._task_loss, in_dims=(0, None, None) if shared else (0, 0, 0))
+        x, y = self.data.train_x, self.data.train_y
+        device = x.device
+        task_sum = torch.zeros(count, device=device)
+        reg_sum = torch.zeros(count, device=device)
+        batches = 0
+        for start in range(0, len(y), configs[0].batch_size):
+            if shared:
+                idx = orders[0, start : start + configs[0].batch_size]
+                xb, yb = x.index_select(0, idx), y.index_select(0, idx)
+                if self.augment is not None:
+                    xb = self.augment(xb, generators[0])
+            else:
+                idx = orders[:, start : start + configs[0].batch_size]
+                xb, yb = x[idx], y[idx]
+                if self.augment is not None:
+                    xb = torch.stack([self.augment(xb[k], generators[k]) for k in range(count)])
+            task = task_of(self.effective_work(), xb, yb)
+            loss = task.sum()
+            for reg, positions in groups.items():
+                where = self._index(positions)
+                tensors = [self.work[n] if len(positions) == count else self.work[n][where] for n in self.prunable]
+                values = stacked_regularization(tensors, reg)
+                loss = loss + (strength[where] * values).sum()
+                reg_sum[where] += values.detach()
+            for tensor in self.work.values():
+                tensor.grad = None
+            loss.backward()
+            self.optimizer.step(list(self.work.values()), lr)
+            task_sum += task.detach()
+            batches += 1
+        task_mean = task_sum / max(batches, 1)
+        reg_mean = reg_sum / max(batches, 1)
+        flags = self.vector([float(r) for r in regularizing])
+        return {"task_loss": task_mean, "reg_loss": reg_mean, "loss": task_mean + strength * reg_mean * flags}
+
+    def _task_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self._forward(params, x), y)
+
+    def measure(self, phase: str, phase_epoch: int, lr: torch.Tensor, losses: dict[str, torch.Tensor]) -> list[dict]:
+        """Each active member's report of the epoch just trained, as ``pipeline.measure_epoch`` makes a trial's."""
+        val_accuracy, val_loss = self.validate(self.active)  # syncs the store
+        proxies: list[dict[str, float]] = [{} for _ in self.active]
+        if phase == TRAIN and self.masks is None:
+            masks = [self.projected_masks(m) for m in self.active]
+            stacked = {n: torch.stack([mask[n] for mask in masks]) for n in self.prunable}
+            pruned_accuracy, _ = self.validate(self.active, stacked)
+            sparsities = [
+                sparsity_report(self.view(m), self.positions, mask, **self._bias(m))
+                for m, mask in zip(self.active, masks)
+            ]
+            for position, sparsity in enumerate(sparsities):
+                proxies[position] = {
+                    PROXY_VAL_ACCURACY: float(pruned_accuracy[position]),
+                    PROXY_NONZERO_FRAC: sparsity.nonzero_frac,
+                    PROXY_FLOPS_FRAC: sparsity.flops_frac,
+                }
+        else:
+            sparsities = [self.sparsity(m) for m in self.active]
+        return [
+            {
+                "phase": phase,
+                "epoch": self.phases[phase].epoch(phase_epoch),
+                "phase_epoch": phase_epoch,
+                "lr": float(lr[position]),
+                **{k: float(v[position]) for k, v in losses.items()},
+                VAL_ACCURACY: float(val_accuracy[position]),
+                "val_loss": float(val_loss[position]),
+                NONZERO_FRAC: sparsities[position].nonzero_frac,
+                FLOPS_FRAC: sparsities[position].flops_frac,
+                **proxies[position],
+                "time_s": self.elapsed(),
+            }
+            for position in range(len(self.active))
+        ]
+
+    def _bias(self, member: int) -> dict[str, bool]:
+        return {"include_bias": self.members[member].config.include_bias}
+
+    def sparsity(self, member: int):
+        """The sparsity of ``member``'s held masks, or, before the prune, the projected one."""
+        masks = self.projected_masks(member) if self.masks is None else None
+        return sparsity_report(self.view(member), self.positions, masks, **self._bias(member))
+
+    def train_phase(self, name: str) -> None:
+        """The epochs of phase ``name`` still to do for the active members; members leave as they diverge or stop."""
+        if self.cursor.after(name) or not self.active:
+            return
+        phase = self.phases[name]
+        for index in range(self.begin_phase(name), phase.epochs):
+            lr = self.vector(
+                [
+                    plan_phases(self.members[m].config)[name].lr_at(index, self.configs[0].lr_schedule)
+                    for m in self.active
+                ]
+            )
+            losses = self.train_epoch(name, index, lr)
+            finite = torch.isfinite(losses["loss"]).tolist()
+            diverged = [m for m, ok in zip(self.active, finite) if not ok]
+            for member in diverged:
+                record = self.members[member]
+                record.marks["diverged_epoch"] = phase.epoch(index + 1)
+                record.message = f"loss became non-finite in {name} epoch {record.marks['diverged_epoch']}"
+            keep = [position for position, ok in enumerate(finite) if ok]
+            lr, losses = lr[keep], {k: v[keep] for k, v in losses.items()}
+            self.leave(diverged)
+            for member in diverged:
+                self.end(member, Status.DIVERGED)
+            self.cursor = Cursor(name, index + 1)
+            if not self.active:
+                return
+            reports = self.measure(name, index + 1, lr, losses)
+            for member, metrics in zip(self.active, reports):
+                self.members[member].history.append(metrics)
+            if self.report is not None:
+                for member, metrics in zip(list(self.active), reports):
+                    self.report(self.indices[member], dict(metrics), CohortState(self))
+            if self.stop is not None and name == TRAIN:
+                ranked_out = [m for m, metrics in zip(self.active, reports) if self.stop(self.indices[m], metrics)]
+                for member in ranked_out:
+                    proxies = {k: v for k, v in self.members[member].history[-1].items() if k.startswith("proxy_")}
+                    self.members[member].marks.update({STOPPED_AT_KEY: index + 1, **proxies})
+                    self.members[member].message = f"stopped early at regularized epoch {index + 1}"
+                self.leave(ranked_out)
+                for member in ranked_out:
+                    self.end(member, Status.PRUNED)
+                if not self.active:
+                    return
+
+    # the phases
+
+    def dense(self) -> None:
+        """The dense start: ``init_checkpoint``, each member's pretrain cache entry, or stacked pretraining."""
+        if self.cursor.after(PRETRAIN):
+            return
+        first = self.configs[0]
+        if self.cursor == Cursor(PRETRAIN) and not self.parked:
+            if first.init_checkpoint:
+                state = load_checkpoint(first.init_checkpoint)
+                state = state.get("model", state)
+                for name in self.names:
+                    self.params[name][:] = state[name].to(self.params[name].device)
+                self.cursor = Cursor(TRAIN)
+                return
+            cached = [
+                m for m in self.active if (path := _pretrain_cache_path(self.members[m].config)) and path.exists()
+            ]
+            for member in cached:
+                state = load_checkpoint(_pretrain_cache_path(self.members[member].config))["model"]
+                for name in self.names:
+                    self.params[name][member] = state[name].to(self.params[name].device)
+            self.parked = cached
+            self.active = [m for m in self.active if m not in cached]
+        self.train_phase(PRETRAIN)
+        for member in self.active:
+            path = _pretrain_cache_path(self.members[member].config)
+            if path is not None:
+                self.sync()
+                _atomic_save({"model": {n: self.params[n][member].detach().cpu() for n in self.names}}, path)
+        self.sync()
+        self.active, self.parked = sorted(self.active + self.parked), []
+        self.work = {}
+        self.cursor = Cursor(TRAIN)
+
+    def prune(self) -> None:
+        """Prune each active member at its own threshold into its own mask (once: a no-op when pruned)."""
+        if self.masks is not None or not self.active:
+            return
+        before, _ = self.validate(self.active)
+        masks = {m: self.projected_masks(m) for m in self.active}
+        ones = {n: torch.ones_like(self.params[n], dtype=torch.bool) for n in self.prunable}
+        for member, mask in masks.items():
+            for name in self.prunable:
+                ones[name][member] = mask[name]
+        with torch.no_grad():
+            for name in self.prunable:
+                self.params[name].mul_(ones[name])
+        self.masks = ones
+        self.work, self.work_masks = {}, {}
+        after, _ = self.validate(self.active)
+        for position, member in enumerate(self.active):
+            self.members[member].marks["val_accuracy_before_prune"] = float(before[position])
+            self.members[member].marks["val_accuracy_after_prune"] = float(after[position])
+
+    def end(self, member: int, status: Status) -> None:
+        """``member``'s final result (metrics NaN unless ok)."""
+        record = self.members[member]
+        accuracies = (math.nan, math.nan, math.nan)
+        if status is Status.OK:
+            index = self._index([member])
+            params = self.effective({n: self.params[n][index] for n in self.names}, [member])
+            val_accuracy, val_loss = self.evaluate(params, self.data.val_x, self.data.val_y)
+            test_accuracy, _ = self.evaluate(params, self.data.test_x, self.data.test_y)
+            accuracies = (float(val_accuracy[0]), float(val_loss[0]), float(test_accuracy[0]))
+        resources = resource_usage(self.data, self.elapsed(), len(record.history))
+        resources.update({COHORT_SIZE_KEY: len(self.configs), COHORT_INDEX_KEY: self.indices[member]})
+        sparsity = self.sparsity(member)
+        record.result = build_result(
+            status, record.message, accuracies, sparsity, record.history, record.marks, self.elapsed(), resources
+        )
+
+    def finish(self, model_paths: Sequence[str | os.PathLike | None]) -> None:
+        """Results of the members that trained to the end; their models saved where ``model_paths`` says."""
+        self.sync()
+        for member in list(self.active):
+            self.end(member, Status.OK)
+            path = model_paths[self.indices[member]] if model_paths else None
+            if path is not None:
+                model = self.view(member)
+                masks = {n: self.masks[n][member] for n in self.prunable} if self.masks is not None else {}
+                write_model_file(model, masks, self.members[member].config, self.data, path)
+        self.active = []
+
+    # checkpoints
+
+    def checkpoint(self) -> dict[str, Any]:
+        self.sync()
+        return {
+            "format": COHORT_FORMAT,
+            "configs": [c.to_dict() for c in self.configs],
+            "indices": self.indices,
+            "phase": self.cursor.phase,
+            "phase_epoch": self.cursor.phase_epoch,
+            "params": {n: p.detach().cpu() for n, p in self.params.items()},
+            "masks": {n: m.cpu() for n, m in self.masks.items()} if self.masks is not None else None,
+            "active": list(self.active),
+            "parked": list(self.parked),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None and self.work else None,
+            "members": [
+                {
+                    "history": r.history,
+                    "marks": r.marks,
+                    "message": r.message,
+                    "result": r.result.to_dict() if r.result is not None else None,
+                }
+                for r in self.members
+            ],
+            "earlier": self.earlier,
+            "elapsed_s": self.elapsed(),
+        }
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        device = self.data.train_x.device
+        for name in self.names:
+            self.params[name] = payload["params"][name].to(device)
+        self.masks = {n: m.to(device) for n, m in payload["masks"].items()} if payload["masks"] is not None else None
+        self.active = list(payload["active"])
+        self.parked = list(payload["parked"])
+        self.optimizer_state = payload["optimizer"]
+        for record, saved in zip(self.members, payload["members"]):
+            record.history = list(saved["history"])
+            record.marks = {
+                **saved["marks"],
+                "resumed_from_epoch": self.phases[payload["phase"]].epoch(int(payload["phase_epoch"])),
+            }
+            record.message = saved["message"]
+            record.result = TrialResult.from_dict(saved["result"]) if saved["result"] is not None else None
+        self.earlier = dict(payload["earlier"])
+        self.elapsed_before = float(payload["elapsed_s"])
+        self.cursor = Cursor(payload["phase"], int(payload["phase_epoch"]))
+
+
+# --- memory ---------------------------------------------------------------------------------
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free for a cohort on ``device``: CUDA's free memory, or the host's MemAvailable (Linux)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def member_memory(config: TrialConfig, data: DatasetSplits) -> int:
+    """Estimated bytes one member adds to a cohort's peak: weights and their copies, activations of a batch.
+
+    Weights: the store, the working slice, its gradient, the effective (masked) copy, the mask and
+    the optimizer state (2 tensors for Adam, 1 for SGD).  Activations: every module's output for
+    ``batch_size`` samples, kept for the backward and matched by its gradient, plus the member's
+    own gathered batch; measured with forward hooks on one sample.  An estimate, not a bound:
+    ``plan_cohort`` keeps a quarter of the free memory in reserve.
+    """
+    model = build_model(config.model, data.input_shape, data.num_classes)
+    weights = sum(p.numel() for p in model.parameters())
+    outputs: list[int] = []
+    handles = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out.numel())) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, *data.input_shape)))
+    finally:
+        for handle in handles:
+            handle.remove()
+    states = 2 if config.optimizer == "adam" else 1
+    sample = math.prod(data.input_shape)
+    activations = (2 * sum(outputs) + sample) * config.batch_size
+    return 4 * (weights * (4 + states) + activations) + weights
+
+
+def plan_cohort(configs: Sequence[TrialConfig], data: DatasetSplits, free_bytes: int | None = None) -> list[list[int]]:
+    """The chunks (member indices) a cohort trains in: all at once when they fit three quarters of the free
+    memory, else the most that fit, one chunk after the other.  ConfigError when one member alone does not fit."""
+    free = available_memory(data.train_x.device) if free_bytes is None else free_bytes
+    per_member = member_memory(configs[0], data)
+    fits = int(0.75 * free) // per_member
+    if fits < 1:
+        raise ConfigError(
+            f"one cohort member of {configs[0].model} at batch_size {configs[0].batch_size} needs about "
+            f"{per_member / 2**20:.0f} MiB; {data.train_x.device} has {free / 2**20:.0f} MiB free"
+        )
+    indices = list(range(len(configs)))
+    return [indices[start : start + fits] for start in range(0, len(indices), fits)]
+
+
+# --- the entry point ------------------------------------------------------------------------
+
+
+def run_cohort(
+    configs: Sequence[TrialConfig | dict[str, Any]],
+    report: CohortReportFn | None = None,
+    resume_from: str | os.PathLike | None = None,
+    model_paths: Sequence[str | os.PathLike | None] | None = None,
+    stop: StopFn | None = None,
+    free_bytes: int | None = None,
+) -> list[TrialResult]:
+    """Train ``configs`` as one cohort (or, when memory says so, as consecutive chunks); a result per member, in order.
+
+    ``report(member, metrics, state)`` is called for every member's every epoch (``state.save``
+    checkpoints the cohort for ``resume_from``); ``stop(member, metrics)`` may rank a member out
+    after a regularized epoch; ``model_paths[member]`` is where an ok member's model is saved.
+    ``free_bytes`` overrides the memory the planner sees (tests).  Bad settings or a mixed cohort
+    raise ``ConfigError``; bad data raises ``DataError``.
+    """
+    configs = [c if isinstance(c, TrialConfig) else TrialConfig.from_dict(c) for c in configs]
+    for config in configs:
+        config.validate()
+    check_cohort(configs)
+    first = configs[0]
+    device = resolve_device(first.device)
+    if first.num_threads:
+        torch.set_num_threads(first.num_threads)
+    data = load_dataset(
+        first.dataset, first.data_dir, val_fraction=first.val_fraction, split_seed=first.split_seed, device=device
+    )
+    payload = load_checkpoint(resume_from) if resume_from else None
+    if payload is not None:
+        if payload.get("format") != COHORT_FORMAT:
+            raise ConfigError(f"{resume_from}: not a cohort checkpoint (format {payload.get('format')!r})")
+        saved = [dict(TrialConfig.from_dict(c).to_dict()) for c in payload["configs"]]
+        expected = [configs[i].to_dict() for i in payload["indices"]]
+        if saved != expected:
+            raise ConfigError(f"{resume_from}: a checkpoint of other configurations than this cohort's")
+    done: dict[int, TrialResult] = {}
+    chunks: list[list[int]] = []
+    if payload is not None:
+        done = {int(i): TrialResult.from_dict(r) for i, r in payload["earlier"].items()}
+        chunks.append(list(payload["indices"]))
+    pending = [i for i in range(len(configs)) if i not in done and i not in (chunks[0] if chunks else [])]
+    if pending:
+        planned = plan_cohort([configs[i] for i in pending], data, free_bytes)
+        chunks += [[pending[position] for position in chunk] for chunk in planned]
+    for chunk in chunks:
+        cohort = Cohort([configs[i] for i in chunk], data, report, stop, indices=chunk)
+        if payload is not None and list(payload["indices"]) == chunk:
+            cohort.restore(payload)
+        cohort.earlier = {i: r.to_dict() for i, r in done.items()}
+        cohort.dense()
+        cohort.train_phase(TRAIN)
+        cohort.prune()
+        cohort.train_phase(FINETUNE)
+        cohort.finish(model_paths or [])
+        for position, record in enumerate(cohort.members):
+            done[chunk[position]] = record.result
+    return [done[i] for i in range(len(configs))]
