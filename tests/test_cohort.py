@@ -1,0 +1,210 @@
+"""A cohort of K members is K trials: the equivalence test is its license.
+
+Tolerances: a cohort computes with batched matmuls (one ``bmm`` for K members) where a trial
+uses one ``mm``; both are float32 but round differently (different blocking and summation
+order), and Hoyer-Square runs as plain autograd ops rather than the trial's fused backward.
+So parameters after the first regularized epoch agree to float32 rounding accumulated over a
+few steps (measured: ≤ 3e-6 absolute, weights of order 0.1, at batch 128 on digits), and the
+final metrics agree where rounding cannot change a discrete outcome: accuracies and nonzero
+fractions were identical in every measured run (a weight would have to sit within ~1e-6 of a
+threshold to flip), losses to ~1e-7.  The test allows accuracies to differ by at most one
+sample and losses by 1e-5 relative, so it fails on any real difference (a wrong learning rate,
+regularizer, mask or batch order moves them by orders of magnitude more).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from trainables.cohort import (
+    COHORT_SIZE_KEY,
+    StackedOptimizer,
+    member_memory,
+    plan_cohort,
+    run_cohort,
+)
+from trainables.config import ConfigError, TrialConfig, check_cohort
+from trainables.contract import STOPPED_AT_KEY, Status
+from trainables.data import load_dataset
+from trainables.models import build_model
+from trainables.pipeline import load_checkpoint, load_model, run_trial
+from trainables.regularizers import model_regularization, stacked_regularization
+
+BASE = dict(dataset="digits", epochs=2, finetune_epochs=1, batch_size=128, device="cpu")
+MEMBERS = [
+    dict(BASE, reg="hs", strength=1e-3, threshold=0.02, seed=0),
+    dict(BASE, reg="group_hs", strength=5e-4, threshold=0.05, lr=2e-3, seed=1),
+    dict(BASE, reg="l1", strength=1e-4, threshold=0.5, weight_decay=1e-4, seed=0, threshold_mode="std"),
+    dict(BASE, reg="hoyer", strength=1e-3, threshold=0.03, seed=2, finetune_lr=5e-4),
+]
+SAMPLE = 1 / 360  # one validation / test sample of digits
+FINAL = ("val_accuracy", "test_accuracy", "nonzero_frac", "flops_frac")
+
+
+@pytest.fixture(autouse=True)
+def deterministic():
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(previous)
+
+
+def close_results(a, b, *, loss_rtol: float = 1e-5) -> None:
+    assert a.status == b.status
+    for key in FINAL:
+        assert abs(a.metric(key) - b.metric(key)) <= SAMPLE + 1e-12, (key, a.metric(key), b.metric(key))
+    assert a.loss == pytest.approx(b.loss, rel=loss_rtol)
+    assert len(a.history) == len(b.history)
+    for mine, theirs in zip(a.history, b.history):
+        assert mine["phase"] == theirs["phase"] and mine["epoch"] == theirs["epoch"]
+        assert mine["val_accuracy"] == pytest.approx(theirs["val_accuracy"], abs=SAMPLE + 1e-12)
+        assert mine["loss"] == pytest.approx(theirs["loss"], rel=loss_rtol)
+    assert [layer["nonzero"] for layer in a.layers] == [layer["nonzero"] for layer in b.layers]
+
+
+def saved_at_first_epoch(path):
+    """A report callback that saves the state after the first regularized epoch."""
+
+    def report(*args):
+        metrics, state = args[-2], args[-1]
+        if metrics["phase"] == "train" and metrics["phase_epoch"] == 1 and not path.exists():
+            state.save(path)
+
+    return report
+
+
+def test_a_cohort_matches_separate_trials(tmp_path):
+    """Parameters after the first regularized epoch and every final metric, member by member."""
+    results = run_cohort(MEMBERS, report=saved_at_first_epoch(tmp_path / "cohort.pt"))
+    stacked = load_checkpoint(tmp_path / "cohort.pt")["params"]
+    for index, config in enumerate(MEMBERS):
+        single_path = tmp_path / f"single-{index}.pt"
+        single = run_trial(config, report=saved_at_first_epoch(single_path))
+        weights = load_checkpoint(single_path)["model"]
+        for name, tensor in weights.items():
+            torch.testing.assert_close(stacked[name][index], tensor, rtol=0, atol=1e-5)
+        close_results(results[index], single)
+        assert results[index].extra[COHORT_SIZE_KEY] == len(MEMBERS)
+        assert results[index].ok and results[index].val_accuracy > 0.5
+
+
+def test_stacked_optimizer_matches_torch_optim_member_by_member():
+    torch.manual_seed(0)
+    shape = (3, 5, 4)
+    for kind, make in (
+        ("adam", lambda p, lr, wd, _m: torch.optim.Adam([p], lr=lr, weight_decay=wd)),
+        ("sgd", lambda p, lr, wd, m: torch.optim.SGD([p], lr=lr, weight_decay=wd, momentum=m)),
+    ):
+        lrs, wds, moms = [1e-3, 3e-2, 0.1], [0.0, 1e-2, 5e-4], [0.9, 0.0, 0.5]
+        start = torch.randn(shape)
+        stacked = start.clone().requires_grad_()
+        optimizer = StackedOptimizer(kind, torch.tensor(wds), torch.tensor(moms))
+        singles = [start[k].clone().requires_grad_() for k in range(3)]
+        references = [make(p, lr, wd, m) for p, lr, wd, m in zip(singles, lrs, wds, moms)]
+        for _ in range(5):
+            grads = torch.randn(shape)
+            stacked.grad = grads.clone()
+            optimizer.step([stacked], torch.tensor(lrs))
+            for k, (param, reference) in enumerate(zip(singles, references)):
+                param.grad = grads[k].clone()
+                reference.step()
+        for k in range(3):
+            torch.testing.assert_close(stacked.detach()[k], singles[k].detach(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("reg", ["l1", "hoyer", "hs", "group_lasso", "group_hs"])
+def test_stacked_regularization_is_each_members_regularization(reg):
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        models.append(build_model("lenet5", (1, 28, 28), 10))
+    names = [name for name, _ in models[0].named_parameters() if name.endswith("weight")]
+    stacked = [torch.stack([dict(m.named_parameters())[n].detach() for m in models]) for n in names]
+    values = stacked_regularization(stacked, reg)
+    for k, model in enumerate(models):
+        assert float(values[k]) == pytest.approx(float(model_regularization(model, reg).detach()), rel=1e-5)
+
+
+def test_a_mixed_cohort_is_refused_naming_the_setting():
+    configs = [TrialConfig(**MEMBERS[0]), TrialConfig(**dict(MEMBERS[1], batch_size=64))]
+    with pytest.raises(ConfigError, match=r"share batch_size \(differs: 128, 64\)") as raised:
+        check_cohort(configs)
+    assert "\n" not in str(raised.value)
+    with pytest.raises(ConfigError, match="batch_size"):
+        run_cohort([c.to_dict() for c in configs])
+
+
+def test_a_model_with_batch_norm_is_refused():
+    with pytest.raises(ConfigError, match="buffers"):
+        run_cohort([dict(BASE, model="resnet20", dataset="digits")] * 2)
+
+
+def test_a_diverging_member_leaves_the_others_unchanged():
+    healthy = run_cohort(MEMBERS[:2])
+    with_diverging = run_cohort([MEMBERS[0], dict(MEMBERS[2], lr=1e30), MEMBERS[1]])
+    diverged = with_diverging[1]
+    assert diverged.status == Status.DIVERGED and diverged.diverged_epoch == 1
+    assert math.isnan(diverged.val_accuracy) and "non-finite" in diverged.message
+    close_results(with_diverging[0], healthy[0])
+    close_results(with_diverging[2], healthy[1])
+
+
+def test_an_interrupted_cohort_resumes_to_the_same_results(tmp_path):
+    """A checkpoint taken mid-regularization, a 'crash', then resume: the same results as one go."""
+    configs = [dict(m, epochs=3) for m in MEMBERS[:3]]
+    whole = run_cohort(configs)
+    checkpoint = tmp_path / "cohort.pt"
+
+    class Crash(Exception):
+        pass
+
+    def report(member, metrics, state):
+        if metrics["phase"] == "train" and metrics["phase_epoch"] == 2 and member == 2:
+            state.save(checkpoint)
+            raise Crash
+
+    with pytest.raises(Crash):
+        run_cohort(configs, report=report)
+    resumed = run_cohort(configs, resume_from=checkpoint)
+    for mine, theirs in zip(resumed, whole):
+        close_results(mine, theirs, loss_rtol=1e-6)
+        assert mine.resumed_from_epoch == 2
+    with pytest.raises(ConfigError, match="other configurations"):
+        run_cohort([dict(c, strength=0.5) for c in configs], resume_from=checkpoint)
+
+
+def test_a_member_ranked_out_leaves_as_pruned_and_the_others_go_on():
+    def stop(member, metrics):
+        return member == 1 and metrics["phase_epoch"] == 1
+
+    alone = run_cohort([MEMBERS[0], MEMBERS[2]])
+    results = run_cohort(MEMBERS[:3], stop=stop)
+    assert results[1].status == Status.PRUNED and results[1].extra[STOPPED_AT_KEY] == 1
+    assert "proxy_val_accuracy" in results[1].extra and len(results[1].history) == 1
+    close_results(results[0], alone[0])
+    close_results(results[2], alone[1])
+
+
+def test_memory_plan_splits_a_cohort_that_would_not_fit_and_refuses_one_that_never_fits(tmp_path):
+    config = TrialConfig(**MEMBERS[0])
+    data = load_dataset("digits", None, val_fraction=config.val_fraction, split_seed=0, device=torch.device("cpu"))
+    per_member = member_memory(config, data)
+    assert 4 * 266_000 < per_member < 50 * 2**20  # weights, optimizer state and a batch of activations
+    assert plan_cohort([config] * 4, data, free_bytes=10 * per_member) == [[0, 1, 2, 3]]
+    assert plan_cohort([config] * 4, data, free_bytes=int(2.2 * per_member)) == [[0], [1], [2], [3]]
+    assert plan_cohort([config] * 5, data, free_bytes=int(3 * per_member)) == [[0, 1], [2, 3], [4]]
+    with pytest.raises(ConfigError, match="MiB"):
+        plan_cohort([config], data, free_bytes=per_member // 2)
+    paths = [tmp_path / f"m{k}.pt" for k in range(3)]
+    split = run_cohort(MEMBERS[:3], model_paths=paths, free_bytes=3 * per_member)
+    assert [r.extra["cohort_size"] for r in split] == [2, 2, 1]
+    for mine, theirs in zip(split, run_cohort(MEMBERS[:3])):
+        close_results(mine, theirs)
+    model, payload = load_model(paths[2])
+    assert payload["config"]["threshold"] == MEMBERS[2]["threshold"]
+    zeros = sum(int((p == 0).sum()) for n, p in model.named_parameters() if n.endswith("weight"))
+    total = sum(p.numel() for n, p in model.named_parameters() if n.endswith("weight"))
+    assert zeros == pytest.approx(total * (1 - split[2].nonzero_frac), abs=1)
