@@ -25,6 +25,7 @@ from trainables.cohort import (
     member_memory,
     plan_cohort,
     run_cohort,
+    run_cohort_branches,
 )
 from trainables.config import ConfigError, TrialConfig, check_cohort
 from trainables.contract import STOPPED_AT_KEY, Status
@@ -62,6 +63,8 @@ def close_results(a, b, *, loss_rtol: float = 1e-5) -> None:
         assert mine["phase"] == theirs["phase"] and mine["epoch"] == theirs["epoch"]
         assert mine["val_accuracy"] == pytest.approx(theirs["val_accuracy"], abs=SAMPLE + 1e-12)
         assert mine["loss"] == pytest.approx(theirs["loss"], rel=loss_rtol)
+        for key in ("nonzero_frac", "flops_frac", "proxy_val_accuracy", "proxy_nonzero_frac"):
+            assert mine.get(key) == pytest.approx(theirs.get(key), abs=SAMPLE + 1e-12), key
     assert [layer["nonzero"] for layer in a.layers] == [layer["nonzero"] for layer in b.layers]
 
 
@@ -208,3 +211,29 @@ def test_memory_plan_splits_a_cohort_that_would_not_fit_and_refuses_one_that_nev
     zeros = sum(int((p == 0).sum()) for n, p in model.named_parameters() if n.endswith("weight"))
     total = sum(p.numel() for n, p in model.named_parameters() if n.endswith("weight"))
     assert zeros == pytest.approx(total * (1 - split[2].nonzero_frac), abs=1)
+
+
+def test_each_member_branches_at_its_branch_point_like_separate_trials(tmp_path):
+    """Members regularize once each, then every branch prunes and fine-tunes as its own trial would;
+    a resume from a checkpoint taken inside the branches gives the same results."""
+    configs = [MEMBERS[0], MEMBERS[2]]
+    branches = [[{}, {"threshold": 0.05, "finetune_lr": 3e-4}], [{"threshold": 0.2}, {}, {"threshold": 1.0}]]
+    checkpoint = tmp_path / "cohort.pt"
+    seen = []
+
+    def report(member, metrics, state):
+        seen.append((member, metrics["branch"], metrics["phase"]))
+        if metrics["phase"] == "finetune" and member == 1 and metrics["branch"] == 2:
+            state.save(checkpoint)
+
+    results = run_cohort_branches(configs, branches, report=report)
+    assert ("shared" in {b for _, b, p in seen if p == "train"}) and {b for _, b, p in seen if p == "finetune"} == {0, 1, 2}
+    assert [len(r) for r in results] == [2, 3]
+    for member, (config, member_branches) in enumerate(zip(configs, branches)):
+        for branch, settings in enumerate(member_branches):
+            close_results(results[member][branch], run_trial({**config, **settings}))
+    resumed = run_cohort_branches(configs, branches, resume_from=checkpoint)
+    for mine, theirs in zip(sum(resumed, []), sum(results, [])):
+        close_results(mine, theirs, loss_rtol=1e-6)
+    with pytest.raises(ConfigError, match="may set only"):
+        run_cohort_branches(configs, [[{"strength": 1.0}], [{}]])

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.config import ConfigError, TrialConfig, check_cohort
+from trainables.config import BRANCH_SETTINGS, ConfigError, TrialConfig, check_cohort
 from trainables.contract import (
     FLOPS_FRAC,
     NONZERO_FRAC,
@@ -79,7 +79,7 @@ from trainables.pipeline import (
     resource_usage,
     write_model_file,
 )
-from trainables.pruning import Masks, compute_masks, output_positions, sparsity_report
+from trainables.pruning import Masks, SparsityReport, compute_masks, output_positions, sparsity_report
 from trainables.regularizers import prunable_weights, stacked_regularization
 
 COHORT_FORMAT = "hoyersweep-cohort-1"
@@ -123,15 +123,22 @@ class StackedOptimizer:
 
     @torch.no_grad()
     def step(self, params: Sequence[torch.Tensor], lr: torch.Tensor) -> None:
-        """One update of every member's slice of ``params`` (gradients in ``.grad``) at learning rates ``lr``."""
+        """One update of every member's slice of ``params`` (gradients in ``.grad``) at learning rates ``lr``.
+
+        Written to touch each (K, ...) tensor as few times as possible and to allocate nothing
+        after the first step (a scratch buffer per tensor): on CPU a stacked tensor outgrows the
+        caches, and each extra pass or fresh allocation costs more than the arithmetic.
+        """
         if not self.state:
             self.state = [{} for _ in params]
         self.steps += 1
+        decay = bool((self.weight_decay != 0).any())
         for param, state in zip(params, self.state):
             grad = param.grad
             if grad is None:
                 continue
-            grad = grad + _per_member(self.weight_decay, param) * param
+            if decay:
+                grad.addcmul_(_per_member(self.weight_decay, param), param)
             if self.kind == "adam":
                 self._adam(param, grad, state, _per_member(lr, param))
             else:
@@ -144,8 +151,10 @@ class StackedOptimizer:
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         step_size = lr / (1 - beta1**self.steps)
-        denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**self.steps)).add_(ADAM_EPS)
-        param.sub_(step_size * (exp_avg / denom))
+        update = torch.sqrt(exp_avg_sq, out=grad)  # the gradient is spent: its memory holds the update
+        update.div_(math.sqrt(1 - beta2**self.steps)).add_(ADAM_EPS)
+        torch.div(exp_avg, update, out=update)
+        param.sub_(update.mul_(step_size))
 
     def _sgd(self, param: torch.Tensor, grad: torch.Tensor, state: dict[str, torch.Tensor], lr: torch.Tensor) -> None:
         momentum = _per_member(self.momentum, param)
@@ -154,7 +163,7 @@ class StackedOptimizer:
             buffer = state["momentum_buffer"] = grad.clone()
         else:
             buffer.mul_(momentum).add_(grad)
-        param.sub_(lr * torch.where(momentum != 0, buffer, grad))
+        param.sub_(grad.copy_(torch.where(momentum != 0, buffer, grad)).mul_(lr))
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep the state of the members at positions ``keep`` (in that order)."""
@@ -171,18 +180,58 @@ class StackedOptimizer:
         self.state = [{k: v.to(device) for k, v in state.items()} for state in payload["state"]]
 
 
-# --- members and the cohort's state ---------------------------------------------------------
+# --- rows of the stack and the cohort's state -----------------------------------------------
+
+
+def _pair(config: TrialConfig) -> tuple[float, str]:
+    return (config.threshold, config.threshold_mode)
 
 
 @dataclass
-class MemberRecord:
-    """What one member has done so far: its epochs, marks and, once it left the stack, its result."""
+class Row:
+    """One row of the stack: a member's regularized run, or after the branch point one of its branches.
+
+    ``member`` is the member's index in the whole cohort; ``branch`` its branch once the row was
+    expanded at the branch point (None before, and always without branching).  ``tracked`` holds,
+    for every pre-prune epoch, what pruning at each of the member's branches' (threshold, mode)
+    would give (projected sparsity; in regularized epochs also the prune-now proxy), so that each
+    branch's history is the one its own trial would have.  ``results``: one per branch once the
+    row left the stack (one, for an expanded row or a cohort without branching).
+    """
 
     config: TrialConfig
+    member: int
+    branch: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    tracked: list[dict[tuple[float, str], dict[str, float]]] = field(default_factory=list)
     marks: dict[str, Any] = field(default_factory=dict)
     message: str = ""
-    result: TrialResult | None = None
+    results: list[TrialResult] = field(default_factory=list)
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "member": self.member,
+            "branch": self.branch,
+            "history": self.history,
+            "tracked": [[[list(pair), values] for pair, values in epoch.items()] for epoch in self.tracked],
+            "marks": self.marks,
+            "message": self.message,
+            "results": [result.to_dict() for result in self.results],
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> Row:
+        return cls(
+            config=TrialConfig.from_dict(payload["config"]),
+            member=int(payload["member"]),
+            branch=payload["branch"],
+            history=list(payload["history"]),
+            tracked=[{(float(t), str(m)): dict(v) for (t, m), v in epoch} for epoch in payload["tracked"]],
+            marks=dict(payload["marks"]),
+            message=payload["message"],
+            results=[TrialResult.from_dict(r) for r in payload["results"]],
+        )
 
 
 class CohortState:
@@ -207,13 +256,19 @@ def _no_buffers(model: nn.Module, name: str) -> None:
         )
 
 
+ModelPath = Callable[[int, int], "str | os.PathLike | None"]
+"""``model_path(member, branch)``: where that branch's final model is saved, or None."""
+
+
 class Cohort:
     """The members of one cohort (or one chunk of a split cohort) and the stack they train as.
 
-    ``params`` holds every member's weights stacked on dim 0 (the store); ``active`` lists the
-    members still training, in stack order, and ``work`` their slices as the leaf tensors the
-    optimizer updates.  ``parked`` members wait out a phase they skip (pretraining, when the
-    pretrain cache already holds their dense weights).
+    ``params`` holds every row's weights stacked on dim 0 (the store), ``rows`` says whose they
+    are; ``active`` lists the rows still training, in stack order, and ``work`` their slices as
+    the leaf tensors the optimizer updates.  ``parked`` rows wait out a phase they skip
+    (pretraining, when the pretrain cache already holds their dense weights).  ``branches[i]``:
+    member i's branches (``BRANCH_SETTINGS`` over its config); at the prune each row expands
+    into one row per branch.
     """
 
     def __init__(
@@ -223,16 +278,24 @@ class Cohort:
         report: CohortReportFn | None = None,
         stop: StopFn | None = None,
         indices: Sequence[int] | None = None,
+        branches: Sequence[Sequence[dict[str, Any]]] | None = None,
     ) -> None:
-        self.configs = list(configs)
-        self.indices = list(indices) if indices is not None else list(range(len(self.configs)))
+        indices = list(indices) if indices is not None else list(range(len(configs)))
         self.data = data
         self.report = report
         self.stop = stop
-        first = self.configs[0]
+        self.branching = branches is not None
+        self.branch_configs = {
+            member: [
+                TrialConfig.from_dict({**config.to_dict(), **branch})
+                for branch in (branches or [[{}]] * len(configs))[i]
+            ]
+            for i, (member, config) in enumerate(zip(indices, configs))
+        }
+        first = configs[0]
         device = data.train_x.device
         states = []
-        for config in self.configs:
+        for config in configs:
             torch.manual_seed(config.seed)
             model = build_model(config.model, data.input_shape, data.num_classes).to(device)
             states.append(model.state_dict())
@@ -244,8 +307,9 @@ class Cohort:
         self.positions = output_positions(self.template, data.input_shape)
         self.phases = plan_phases(first)
         self.augment = augmenter(first, data)
-        self.members = [MemberRecord(config) for config in self.configs]
-        self.active = list(range(len(self.configs)))
+        self.shared = first
+        self.rows = [Row(config, member) for config, member in zip(configs, indices)]
+        self.active = list(range(len(self.rows)))
         self.parked: list[int] = []
         self.masks: dict[str, torch.Tensor] | None = None
         self.cursor = Cursor(PRETRAIN)
@@ -253,7 +317,7 @@ class Cohort:
         self.work_masks: dict[str, torch.Tensor] = {}
         self.optimizer: StackedOptimizer | None = None
         self.optimizer_state: dict[str, Any] | None = None
-        self.earlier: dict[int, dict[str, Any]] = {}  # results of chunks trained before this one (split cohorts)
+        self.earlier: dict[int, list[dict[str, Any]]] = {}  # results of chunks trained before this one
         self.started = time.perf_counter()
         self.elapsed_before = 0.0
 
@@ -263,10 +327,18 @@ class Cohort:
     def vector(self, values: Sequence[float]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.float32, device=self.data.train_x.device)
 
-    # the working stack
+    def _index(self, rows: Sequence[int]) -> torch.Tensor:
+        return torch.tensor(list(rows), dtype=torch.long, device=self.data.train_x.device)
 
-    def _index(self, members: Sequence[int]) -> torch.Tensor:
-        return torch.tensor(list(members), dtype=torch.long, device=self.data.train_x.device)
+    def pairs(self, row: int) -> list[tuple[float, str]]:
+        """The (threshold, mode) pairs row ``row`` tracks before the prune: its own, then its branches'."""
+        record = self.rows[row]
+        pairs = [_pair(record.config)]
+        if record.branch is None:
+            pairs += [_pair(c) for c in self.branch_configs[record.member] if _pair(c) not in pairs]
+        return pairs
+
+    # the working stack
 
     def sync(self) -> None:
         """Write the working stack back into the store."""
@@ -277,7 +349,7 @@ class Cohort:
                     self.params[name][index] = self.work[name].detach()
 
     def build_work(self) -> None:
-        """The active members' slices as fresh leaf tensors (and their masks, once pruned)."""
+        """The active rows' slices as fresh leaf tensors (and their masks, once pruned)."""
         index = self._index(self.active)
         self.work = {name: self.params[name][index].clone().requires_grad_() for name in self.names}
         self.work_masks = {n: m[index].to(torch.float32) for n, m in self.masks.items()} if self.masks else {}
@@ -286,29 +358,33 @@ class Cohort:
         """The working stack as the forward uses it: × the masks once pruned."""
         return {n: p * self.work_masks[n] if n in self.work_masks else p for n, p in self.work.items()}
 
-    def leave(self, members: Sequence[int]) -> None:
-        """Take ``members`` off the stack (their weights kept in the store, their optimizer state dropped)."""
-        gone = set(members)
+    def leave(self, rows: Sequence[int]) -> None:
+        """Take ``rows`` off the stack (their weights kept in the store, their optimizer state dropped)."""
+        gone = set(rows)
         if not gone:
             return
         self.sync()
-        keep = [position for position, member in enumerate(self.active) if member not in gone]
+        keep = [position for position, row in enumerate(self.active) if row not in gone]
         self.active = [self.active[position] for position in keep]
         if self.optimizer is not None:
             self.optimizer.select(self._index(keep))
         self.build_work()
 
-    def effective(self, params: dict[str, torch.Tensor], members: Sequence[int]) -> dict[str, torch.Tensor]:
-        """``params`` as the forward uses them: × the members' masks once pruned."""
-        if self.masks is None:
-            return params
-        index = self._index(members)
-        return {n: p * self.masks[n][index] if n in self.masks else p for n, p in params.items()}
+    def stored(self, rows: Sequence[int], masks: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The store's weights of ``rows`` as the forward uses them: × their held masks, then × ``masks``."""
+        index = self._index(rows)
+        params = {n: self.params[n][index] for n in self.names}
+        for extra in (
+            {n: m[index] for n, m in self.masks.items()} if self.masks is not None else None,
+            masks,
+        ):
+            if extra is not None:
+                params = {n: p * extra[n] if n in extra else p for n, p in params.items()}
+        return params
 
-    def view(self, member: int) -> nn.Module:
-        """The template module holding ``member``'s effective weights from the store (``sync()`` first)."""
-        state = self.effective({n: self.params[n][member : member + 1] for n in self.names}, [member])
-        self.template.load_state_dict({n: t[0] for n, t in state.items()})
+    def view(self, row: int) -> nn.Module:
+        """The template module holding row ``row``'s effective weights from the store (``sync()`` first)."""
+        self.template.load_state_dict({n: t[0] for n, t in self.stored([row]).items()})
         return self.template
 
     # evaluation
@@ -320,13 +396,13 @@ class Cohort:
     def evaluate(
         self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(accuracy, mean cross-entropy) of every member of a stack over a whole split: two (K,) vectors.
+        """(accuracy, mean cross-entropy) of every row of a stack over a whole split: two (K,) vectors.
 
-        The members see the same batches; a batch holds ``eval_batch_size / K`` samples so the
-        activations of the K members take what one trial's would.
+        The rows see the same batches; a batch holds ``eval_batch_size / K`` samples so the
+        activations of K rows take what one trial's would.
         """
         count = next(iter(params.values())).shape[0]
-        batch = max(1, self.configs[0].eval_batch_size // count)
+        batch = max(1, self.shared.eval_batch_size // count)
         correct = torch.zeros(count, device=x.device)
         loss_sum = torch.zeros(count, device=x.device)
         logits_of = torch.func.vmap(self._forward, in_dims=(0, None))
@@ -338,28 +414,27 @@ class Cohort:
         n = max(len(y), 1)
         return correct.double() / n, loss_sum.double() / n  # as run_trial divides: in double precision
 
-    def validate(self, members: Sequence[int], masks: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """Validation (accuracy, loss) of ``members`` as they stand, or pruned by stacked ``masks``."""
+    def validate(self, rows: Sequence[int], masks: dict[str, torch.Tensor] | None = None):
+        """Validation (accuracy, loss) vectors of ``rows`` as they stand, or pruned by stacked ``masks``."""
         self.sync()
-        index = self._index(members)
-        params = self.effective({n: self.params[n][index] for n in self.names}, members)
-        if masks is not None:
-            params = {n: p * masks[n] if n in masks else p for n, p in params.items()}
-        return self.evaluate(params, self.data.val_x, self.data.val_y)
+        return self.evaluate(self.stored(rows, masks), self.data.val_x, self.data.val_y)
 
-    def projected_masks(self, member: int) -> Masks:
-        config = self.members[member].config
-        return compute_masks(
-            self.view(member), config.threshold, config.threshold_mode, include_bias=config.include_bias
-        )
+    def masks_at(self, row: int, pair: tuple[float, str]) -> Masks:
+        threshold, mode = pair
+        return compute_masks(self.view(row), threshold, mode, include_bias=self.shared.include_bias)
+
+    def sparsity(self, row: int, pair: tuple[float, str] | None = None) -> SparsityReport:
+        """The sparsity of the row's held masks, or, before the prune, the projected one (at ``pair``)."""
+        masks = self.masks_at(row, pair or _pair(self.rows[row].config)) if self.masks is None else None
+        return sparsity_report(self.view(row), self.positions, masks, include_bias=self.shared.include_bias)
 
     # training
 
     def begin_phase(self, name: str) -> int:
         """A fresh optimizer for phase ``name`` over the active stack (restored state when resuming inside it)."""
-        configs = [self.members[m].config for m in self.active]
+        configs = [self.rows[r].config for r in self.active]
         self.optimizer = StackedOptimizer(
-            configs[0].optimizer,
+            self.shared.optimizer,
             self.vector([c.weight_decay for c in configs]),
             self.vector([c.momentum for c in configs]),
         )
@@ -372,12 +447,12 @@ class Cohort:
         return self.cursor.phase_epoch
 
     def batch_orders(self, phase: str, index: int) -> tuple[torch.Tensor, list[torch.Generator]]:
-        """Each active member's shuffled order of the training split (one row when they share a seed) and generators.
+        """Each active row's shuffled order of the training split (one row when they share a seed) and generators.
 
         Drawn exactly as ``iterate_batches`` draws a trial's: ``randperm`` on a CPU generator
         seeded from (seed, phase, epoch), then moved to the data's device.
         """
-        seeds = [self.members[m].config.seed for m in self.active]
+        seeds = [self.rows[r].config.seed for r in self.active]
         distinct = sorted(set(seeds), key=seeds.index)
         generators = [torch.Generator().manual_seed(_epoch_seed(seed, phase, index)) for seed in distinct]
         n = len(self.data.train_y)
@@ -387,8 +462,8 @@ class Cohort:
         return orders[[distinct.index(s) for s in seeds]], [generators[distinct.index(s)] for s in seeds]
 
     def train_epoch(self, phase: str, index: int, lr: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One pass over the training split for every active member; per-member mean losses ((K,) vectors)."""
-        configs = [self.members[m].config for m in self.active]
+        """One pass over the training split for every active row; per-row mean losses ((K,) vectors)."""
+        configs = [self.rows[r].config for r in self.active]
         count = len(configs)
         regularizing = [phase == TRAIN and c.reg != "none" and c.strength > 0 for c in configs]
         groups: dict[str, list[int]] = {}
@@ -400,18 +475,18 @@ class Cohort:
         shared = orders.shape[0] == 1
         task_of = torch.func.vmap(self._task_loss, in_dims=(0, None, None) if shared else (0, 0, 0))
         x, y = self.data.train_x, self.data.train_y
-        device = x.device
-        task_sum = torch.zeros(count, device=device)
-        reg_sum = torch.zeros(count, device=device)
+        batch_size = self.shared.batch_size
+        task_sum = torch.zeros(count, device=x.device)
+        reg_sum = torch.zeros(count, device=x.device)
         batches = 0
-        for start in range(0, len(y), configs[0].batch_size):
+        for start in range(0, len(y), batch_size):
             if shared:
-                idx = orders[0, start : start + configs[0].batch_size]
+                idx = orders[0, start : start + batch_size]
                 xb, yb = x.index_select(0, idx), y.index_select(0, idx)
                 if self.augment is not None:
                     xb = self.augment(xb, generators[0])
             else:
-                idx = orders[:, start : start + configs[0].batch_size]
+                idx = orders[:, start : start + batch_size]
                 xb, yb = x[idx], y[idx]
                 if self.augment is not None:
                     xb = torch.stack([self.augment(xb[k], generators[k]) for k in range(count)])
@@ -437,28 +512,49 @@ class Cohort:
     def _task_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self._forward(params, x), y)
 
+    def track(self, phase: str) -> list[dict[tuple[float, str], dict[str, float]]]:
+        """Before the prune: per active row, what pruning now at each of its pairs would give.
+
+        Projected sparsity always; in regularized epochs also the prune-now proxy (validation
+        accuracy of the pruned weights: one vmapped pass over every (row, pair) at once).
+        """
+        entries = [(row, pair, self.masks_at(row, pair)) for row in self.active for pair in self.pairs(row)]
+        out: list[dict[tuple[float, str], dict[str, float]]] = [{} for _ in self.active]
+        position = {row: k for k, row in enumerate(self.active)}
+        accuracy = None
+        if phase == TRAIN:
+            stacked = {n: torch.stack([masks[n] for _, _, masks in entries]) for n in self.prunable}
+            accuracy, _ = self.validate([row for row, _, _ in entries], stacked)
+        for k, (row, pair, masks) in enumerate(entries):
+            sparsity = sparsity_report(self.view(row), self.positions, masks, include_bias=self.shared.include_bias)
+            values = {NONZERO_FRAC: sparsity.nonzero_frac, FLOPS_FRAC: sparsity.flops_frac}
+            if accuracy is not None:
+                values.update(
+                    {
+                        PROXY_VAL_ACCURACY: float(accuracy[k]),
+                        PROXY_NONZERO_FRAC: sparsity.nonzero_frac,
+                        PROXY_FLOPS_FRAC: sparsity.flops_frac,
+                    }
+                )
+            out[position[row]][pair] = values
+        return out
+
     def measure(self, phase: str, phase_epoch: int, lr: torch.Tensor, losses: dict[str, torch.Tensor]) -> list[dict]:
-        """Each active member's report of the epoch just trained, as ``pipeline.measure_epoch`` makes a trial's."""
+        """Each active row's report of the epoch just trained, as ``pipeline.measure_epoch`` makes a trial's."""
         val_accuracy, val_loss = self.validate(self.active)  # syncs the store
-        proxies: list[dict[str, float]] = [{} for _ in self.active]
-        if phase == TRAIN and self.masks is None:
-            masks = [self.projected_masks(m) for m in self.active]
-            stacked = {n: torch.stack([mask[n] for mask in masks]) for n in self.prunable}
-            pruned_accuracy, _ = self.validate(self.active, stacked)
-            sparsities = [
-                sparsity_report(self.view(m), self.positions, mask, **self._bias(m))
-                for m, mask in zip(self.active, masks)
-            ]
-            for position, sparsity in enumerate(sparsities):
-                proxies[position] = {
-                    PROXY_VAL_ACCURACY: float(pruned_accuracy[position]),
-                    PROXY_NONZERO_FRAC: sparsity.nonzero_frac,
-                    PROXY_FLOPS_FRAC: sparsity.flops_frac,
-                }
+        if self.masks is None:
+            tracked = self.track(phase)
+            for row, entry in zip(self.active, tracked):
+                self.rows[row].tracked.append(entry)
+            own = [entry[_pair(self.rows[row].config)] for row, entry in zip(self.active, tracked)]
         else:
-            sparsities = [self.sparsity(m) for m in self.active]
-        return [
-            {
+            own = []
+            for row in self.active:
+                sparsity = self.sparsity(row)
+                own.append({NONZERO_FRAC: sparsity.nonzero_frac, FLOPS_FRAC: sparsity.flops_frac})
+        reports = []
+        for position, row in enumerate(self.active):
+            metrics = {
                 "phase": phase,
                 "epoch": self.phases[phase].epoch(phase_epoch),
                 "phase_epoch": phase_epoch,
@@ -466,66 +562,62 @@ class Cohort:
                 **{k: float(v[position]) for k, v in losses.items()},
                 VAL_ACCURACY: float(val_accuracy[position]),
                 "val_loss": float(val_loss[position]),
-                NONZERO_FRAC: sparsities[position].nonzero_frac,
-                FLOPS_FRAC: sparsities[position].flops_frac,
-                **proxies[position],
+                **own[position],
                 "time_s": self.elapsed(),
             }
-            for position in range(len(self.active))
-        ]
-
-    def _bias(self, member: int) -> dict[str, bool]:
-        return {"include_bias": self.members[member].config.include_bias}
-
-    def sparsity(self, member: int):
-        """The sparsity of ``member``'s held masks, or, before the prune, the projected one."""
-        masks = self.projected_masks(member) if self.masks is None else None
-        return sparsity_report(self.view(member), self.positions, masks, **self._bias(member))
+            if self.branching:
+                branch = self.rows[row].branch
+                metrics["branch"] = "shared" if branch is None else branch
+            reports.append(metrics)
+        return reports
 
     def train_phase(self, name: str) -> None:
-        """The epochs of phase ``name`` still to do for the active members; members leave as they diverge or stop."""
+        """The epochs of phase ``name`` still to do for the active rows; rows leave as they diverge or stop."""
         if self.cursor.after(name) or not self.active:
             return
         phase = self.phases[name]
+        schedule = self.shared.lr_schedule
         for index in range(self.begin_phase(name), phase.epochs):
-            lr = self.vector(
-                [
-                    plan_phases(self.members[m].config)[name].lr_at(index, self.configs[0].lr_schedule)
-                    for m in self.active
-                ]
-            )
+            lr = self.vector([plan_phases(self.rows[r].config)[name].lr_at(index, schedule) for r in self.active])
             losses = self.train_epoch(name, index, lr)
             finite = torch.isfinite(losses["loss"]).tolist()
-            diverged = [m for m, ok in zip(self.active, finite) if not ok]
-            for member in diverged:
-                record = self.members[member]
+            diverged = [r for r, ok in zip(self.active, finite) if not ok]
+            for row in diverged:
+                record = self.rows[row]
                 record.marks["diverged_epoch"] = phase.epoch(index + 1)
                 record.message = f"loss became non-finite in {name} epoch {record.marks['diverged_epoch']}"
             keep = [position for position, ok in enumerate(finite) if ok]
             lr, losses = lr[keep], {k: v[keep] for k, v in losses.items()}
             self.leave(diverged)
-            for member in diverged:
-                self.end(member, Status.DIVERGED)
+            for row in diverged:
+                self.end(row, Status.DIVERGED)
             self.cursor = Cursor(name, index + 1)
             if not self.active:
                 return
             reports = self.measure(name, index + 1, lr, losses)
-            for member, metrics in zip(self.active, reports):
-                self.members[member].history.append(metrics)
+            for row, metrics in zip(self.active, reports):
+                self.rows[row].history.append(metrics)
             if self.report is not None:
-                for member, metrics in zip(list(self.active), reports):
-                    self.report(self.indices[member], dict(metrics), CohortState(self))
-            if self.stop is not None and name == TRAIN:
-                ranked_out = [m for m, metrics in zip(self.active, reports) if self.stop(self.indices[m], metrics)]
-                for member in ranked_out:
-                    proxies = {k: v for k, v in self.members[member].history[-1].items() if k.startswith("proxy_")}
-                    self.members[member].marks.update({STOPPED_AT_KEY: index + 1, **proxies})
-                    self.members[member].message = f"stopped early at regularized epoch {index + 1}"
-                self.leave(ranked_out)
-                for member in ranked_out:
-                    self.end(member, Status.PRUNED)
+                for row, metrics in zip(list(self.active), reports):
+                    self.report(self.rows[row].member, dict(metrics), CohortState(self))
+            if self.stop is not None and name == TRAIN and self.masks is None:
+                self.rank_out(
+                    [r for r, metrics in zip(self.active, reports) if self.stop(self.rows[r].member, metrics)]
+                )
                 if not self.active:
                     return
+
+    def rank_out(self, rows: Sequence[int]) -> None:
+        """Rows the ``stop`` callback ranked out: ``pruned``, with the epoch and their proxies."""
+        for row in rows:
+            record = self.rows[row]
+            epoch = record.history[-1]["phase_epoch"]
+            proxies = {k: v for k, v in record.history[-1].items() if k.startswith("proxy_")}
+            record.marks.update({STOPPED_AT_KEY: epoch, **proxies})
+            record.message = f"stopped early at regularized epoch {epoch}"
+        self.leave(rows)
+        for row in rows:
+            self.end(row, Status.PRUNED)
 
     # the phases
 
@@ -533,83 +625,127 @@ class Cohort:
         """The dense start: ``init_checkpoint``, each member's pretrain cache entry, or stacked pretraining."""
         if self.cursor.after(PRETRAIN):
             return
-        first = self.configs[0]
         if self.cursor == Cursor(PRETRAIN) and not self.parked:
-            if first.init_checkpoint:
-                state = load_checkpoint(first.init_checkpoint)
+            if self.shared.init_checkpoint:
+                state = load_checkpoint(self.shared.init_checkpoint)
                 state = state.get("model", state)
                 for name in self.names:
                     self.params[name][:] = state[name].to(self.params[name].device)
                 self.cursor = Cursor(TRAIN)
                 return
-            cached = [
-                m for m in self.active if (path := _pretrain_cache_path(self.members[m].config)) and path.exists()
-            ]
-            for member in cached:
-                state = load_checkpoint(_pretrain_cache_path(self.members[member].config))["model"]
+            cached = [r for r in self.active if (path := _pretrain_cache_path(self.rows[r].config)) and path.exists()]
+            for row in cached:
+                state = load_checkpoint(_pretrain_cache_path(self.rows[row].config))["model"]
                 for name in self.names:
-                    self.params[name][member] = state[name].to(self.params[name].device)
+                    self.params[name][row] = state[name].to(self.params[name].device)
             self.parked = cached
-            self.active = [m for m in self.active if m not in cached]
+            self.active = [r for r in self.active if r not in cached]
         self.train_phase(PRETRAIN)
-        for member in self.active:
-            path = _pretrain_cache_path(self.members[member].config)
-            if path is not None:
-                self.sync()
-                _atomic_save({"model": {n: self.params[n][member].detach().cpu() for n in self.names}}, path)
         self.sync()
+        for row in self.active:
+            path = _pretrain_cache_path(self.rows[row].config)
+            if path is not None:
+                _atomic_save({"model": {n: self.params[n][row].detach().cpu() for n in self.names}}, path)
         self.active, self.parked = sorted(self.active + self.parked), []
         self.work = {}
         self.cursor = Cursor(TRAIN)
 
+    def expand(self) -> None:
+        """At the branch point: each active row becomes one row per branch of its member.
+
+        A branch's history is its member's with the sparsity (and proxies) at the branch's own
+        (threshold, mode): the history its own trial would have.
+        """
+        self.sync()
+        rows, source = [], []
+        for position, record in enumerate(self.rows):
+            if position not in self.active:
+                rows.append(record)
+                source.append(position)
+                continue
+            for branch, config in enumerate(self.branch_configs[record.member]):
+                history = [
+                    {**epoch, **tracked.get(_pair(config), {}), "branch": branch}
+                    for epoch, tracked in zip(record.history, record.tracked)
+                ]
+                rows.append(Row(config, record.member, branch, history, [], dict(record.marks), record.message))
+                source.append(position)
+        index = self._index(source)
+        self.params = {n: p[index] for n, p in self.params.items()}
+        self.active = [k for k, row in enumerate(rows) if row.branch is not None]
+        self.rows = rows
+        self.work = {}
+
     def prune(self) -> None:
-        """Prune each active member at its own threshold into its own mask (once: a no-op when pruned)."""
+        """Prune each active row at its own threshold into its own mask (once: a no-op when pruned)."""
         if self.masks is not None or not self.active:
             return
         before, _ = self.validate(self.active)
-        masks = {m: self.projected_masks(m) for m in self.active}
-        ones = {n: torch.ones_like(self.params[n], dtype=torch.bool) for n in self.prunable}
-        for member, mask in masks.items():
+        for row, value in zip(self.active, before.tolist()):
+            self.rows[row].marks["val_accuracy_before_prune"] = value
+        if self.branching:
+            self.expand()
+        masks = {r: self.masks_at(r, _pair(self.rows[r].config)) for r in self.active}
+        held = {n: torch.ones_like(self.params[n], dtype=torch.bool) for n in self.prunable}
+        for row, mask in masks.items():
             for name in self.prunable:
-                ones[name][member] = mask[name]
+                held[name][row] = mask[name]
         with torch.no_grad():
             for name in self.prunable:
-                self.params[name].mul_(ones[name])
-        self.masks = ones
+                self.params[name].mul_(held[name])
+        self.masks = held
         self.work, self.work_masks = {}, {}
         after, _ = self.validate(self.active)
-        for position, member in enumerate(self.active):
-            self.members[member].marks["val_accuracy_before_prune"] = float(before[position])
-            self.members[member].marks["val_accuracy_after_prune"] = float(after[position])
+        for row, value in zip(self.active, after.tolist()):
+            self.rows[row].marks["val_accuracy_after_prune"] = value
 
-    def end(self, member: int, status: Status) -> None:
-        """``member``'s final result (metrics NaN unless ok)."""
-        record = self.members[member]
+    def end(self, row: int, status: Status) -> None:
+        """Row ``row``'s final results (metrics NaN unless ok): one, or one per branch for a row not yet expanded."""
+        record = self.rows[row]
         accuracies = (math.nan, math.nan, math.nan)
         if status is Status.OK:
-            index = self._index([member])
-            params = self.effective({n: self.params[n][index] for n in self.names}, [member])
+            params = self.stored([row])
             val_accuracy, val_loss = self.evaluate(params, self.data.val_x, self.data.val_y)
             test_accuracy, _ = self.evaluate(params, self.data.test_x, self.data.test_y)
             accuracies = (float(val_accuracy[0]), float(val_loss[0]), float(test_accuracy[0]))
         resources = resource_usage(self.data, self.elapsed(), len(record.history))
-        resources.update({COHORT_SIZE_KEY: len(self.configs), COHORT_INDEX_KEY: self.indices[member]})
-        sparsity = self.sparsity(member)
-        record.result = build_result(
-            status, record.message, accuracies, sparsity, record.history, record.marks, self.elapsed(), resources
+        resources.update({COHORT_SIZE_KEY: len(self.branch_configs), COHORT_INDEX_KEY: record.member})
+        configs = (
+            [record.config] if record.branch is not None or not self.branching else self.branch_configs[record.member]
         )
+        record.results = []
+        for branch, config in enumerate(configs):
+            history = record.history
+            if record.branch is None and self.branching:
+                history = [
+                    {**epoch, **tracked.get(_pair(config), {}), "branch": branch}
+                    for epoch, tracked in zip(record.history, record.tracked)
+                ]
+            sparsity = self.sparsity(row, _pair(config) if self.masks is None else None)
+            record.results.append(
+                build_result(
+                    status, record.message, accuracies, sparsity, history, record.marks, self.elapsed(), resources
+                )
+            )
 
-    def finish(self, model_paths: Sequence[str | os.PathLike | None]) -> None:
-        """Results of the members that trained to the end; their models saved where ``model_paths`` says."""
+    def finish(self, model_path: ModelPath | None) -> None:
+        """Results of the rows that trained to the end; their models saved where ``model_path`` says."""
         self.sync()
-        for member in list(self.active):
-            self.end(member, Status.OK)
-            path = model_paths[self.indices[member]] if model_paths else None
+        for row in list(self.active):
+            self.end(row, Status.OK)
+            record = self.rows[row]
+            path = model_path(record.member, record.branch or 0) if model_path is not None else None
             if path is not None:
-                model = self.view(member)
-                masks = {n: self.masks[n][member] for n in self.prunable} if self.masks is not None else {}
-                write_model_file(model, masks, self.members[member].config, self.data, path)
+                masks = {n: self.masks[n][row] for n in self.prunable} if self.masks is not None else {}
+                write_model_file(self.view(row), masks, record.config, self.data, path)
         self.active = []
+
+    def results(self) -> dict[int, list[TrialResult]]:
+        """Each member's results, one per branch in branch order."""
+        out: dict[int, list[TrialResult]] = {}
+        for record in self.rows:
+            out.setdefault(record.member, []).extend(record.results)
+        return out
 
     # checkpoints
 
@@ -617,45 +753,31 @@ class Cohort:
         self.sync()
         return {
             "format": COHORT_FORMAT,
-            "configs": [c.to_dict() for c in self.configs],
-            "indices": self.indices,
+            "members": {m: [c.to_dict() for c in configs] for m, configs in self.branch_configs.items()},
             "phase": self.cursor.phase,
             "phase_epoch": self.cursor.phase_epoch,
             "params": {n: p.detach().cpu() for n, p in self.params.items()},
             "masks": {n: m.cpu() for n, m in self.masks.items()} if self.masks is not None else None,
+            "rows": [row.to_payload() for row in self.rows],
             "active": list(self.active),
             "parked": list(self.parked),
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None and self.work else None,
-            "members": [
-                {
-                    "history": r.history,
-                    "marks": r.marks,
-                    "message": r.message,
-                    "result": r.result.to_dict() if r.result is not None else None,
-                }
-                for r in self.members
-            ],
             "earlier": self.earlier,
             "elapsed_s": self.elapsed(),
         }
 
     def restore(self, payload: dict[str, Any]) -> None:
         device = self.data.train_x.device
-        for name in self.names:
-            self.params[name] = payload["params"][name].to(device)
+        self.params = {n: payload["params"][n].to(device) for n in self.names}
         self.masks = {n: m.to(device) for n, m in payload["masks"].items()} if payload["masks"] is not None else None
+        self.rows = [Row.from_payload(row) for row in payload["rows"]]
         self.active = list(payload["active"])
         self.parked = list(payload["parked"])
         self.optimizer_state = payload["optimizer"]
-        for record, saved in zip(self.members, payload["members"]):
-            record.history = list(saved["history"])
-            record.marks = {
-                **saved["marks"],
-                "resumed_from_epoch": self.phases[payload["phase"]].epoch(int(payload["phase_epoch"])),
-            }
-            record.message = saved["message"]
-            record.result = TrialResult.from_dict(saved["result"]) if saved["result"] is not None else None
-        self.earlier = dict(payload["earlier"])
+        epoch = self.phases[payload["phase"]].epoch(int(payload["phase_epoch"]))
+        for row in self.rows:
+            row.marks["resumed_from_epoch"] = epoch
+        self.earlier = {int(m): list(results) for m, results in payload["earlier"].items()}
         self.elapsed_before = float(payload["elapsed_s"])
         self.cursor = Cursor(payload["phase"], int(payload["phase_epoch"]))
 
@@ -701,11 +823,16 @@ def member_memory(config: TrialConfig, data: DatasetSplits) -> int:
     return 4 * (weights * (4 + states) + activations) + weights
 
 
-def plan_cohort(configs: Sequence[TrialConfig], data: DatasetSplits, free_bytes: int | None = None) -> list[list[int]]:
+def plan_cohort(
+    configs: Sequence[TrialConfig], data: DatasetSplits, free_bytes: int | None = None, rows_per_member: int = 1
+) -> list[list[int]]:
     """The chunks (member indices) a cohort trains in: all at once when they fit three quarters of the free
-    memory, else the most that fit, one chunk after the other.  ConfigError when one member alone does not fit."""
+    memory, else the most that fit, one chunk after the other.  ConfigError when one member alone does not fit.
+
+    ``rows_per_member``: the stack rows a member becomes (its branches, after the branch point).
+    """
     free = available_memory(data.train_x.device) if free_bytes is None else free_bytes
-    per_member = member_memory(configs[0], data)
+    per_member = member_memory(configs[0], data) * rows_per_member
     fits = int(0.75 * free) // per_member
     if fits < 1:
         raise ConfigError(
@@ -716,7 +843,7 @@ def plan_cohort(configs: Sequence[TrialConfig], data: DatasetSplits, free_bytes:
     return [indices[start : start + fits] for start in range(0, len(indices), fits)]
 
 
-# --- the entry point ------------------------------------------------------------------------
+# --- the entry points -----------------------------------------------------------------------
 
 
 def run_cohort(
@@ -735,10 +862,52 @@ def run_cohort(
     ``free_bytes`` overrides the memory the planner sees (tests).  Bad settings or a mixed cohort
     raise ``ConfigError``; bad data raises ``DataError``.
     """
+    paths = list(model_paths) if model_paths else None
+    results = run_cohort_branches(
+        configs,
+        None,
+        report,
+        resume_from,
+        (lambda member, _branch: paths[member]) if paths else None,
+        stop,
+        free_bytes,
+    )
+    return [member[0] for member in results]
+
+
+def run_cohort_branches(
+    configs: Sequence[TrialConfig | dict[str, Any]],
+    branches: Sequence[Sequence[dict[str, Any]]] | None,
+    report: CohortReportFn | None = None,
+    resume_from: str | os.PathLike | None = None,
+    model_path: ModelPath | None = None,
+    stop: StopFn | None = None,
+    free_bytes: int | None = None,
+) -> list[list[TrialResult]]:
+    """A cohort whose members each branch at the branch point: member i's results, one per ``branches[i]``.
+
+    ``branches[i]`` lists member i's branches as ``BRANCH_SETTINGS`` over its config (as
+    ``trainables.branching.run_branches`` takes them; ``{}`` is the member's own settings).  Each
+    branch's result is the one ``run_trial({**configs[i], **branch})`` returns, but for timings;
+    reports carry ``branch`` = ``"shared"`` before the branch point, the branch's index after.
+    ``branches=None``: no branching (one result per member, reports without ``branch``).
+    ``model_path(member, branch)``: where each ok branch's model goes.  See ``run_cohort``.
+    """
     configs = [c if isinstance(c, TrialConfig) else TrialConfig.from_dict(c) for c in configs]
     for config in configs:
         config.validate()
     check_cohort(configs)
+    if branches is not None:
+        if len(branches) != len(configs):
+            raise ConfigError(f"branches: {len(branches)} lists for {len(configs)} members")
+        for member_branches in branches:
+            if not member_branches:
+                raise ConfigError("branches: every member needs at least one branch")
+            for branch in member_branches:
+                unknown = sorted(set(branch) - set(BRANCH_SETTINGS))
+                if unknown:
+                    raise ConfigError(f"branches may set only {', '.join(BRANCH_SETTINGS)}; got {', '.join(unknown)}")
+        check_cohort([TrialConfig.from_dict({**c.to_dict(), **b}) for c, bs in zip(configs, branches) for b in bs])
     first = configs[0]
     device = resolve_device(first.device)
     if first.num_threads:
@@ -746,33 +915,53 @@ def run_cohort(
     data = load_dataset(
         first.dataset, first.data_dir, val_fraction=first.val_fraction, split_seed=first.split_seed, device=device
     )
-    payload = load_checkpoint(resume_from) if resume_from else None
-    if payload is not None:
-        if payload.get("format") != COHORT_FORMAT:
-            raise ConfigError(f"{resume_from}: not a cohort checkpoint (format {payload.get('format')!r})")
-        saved = [dict(TrialConfig.from_dict(c).to_dict()) for c in payload["configs"]]
-        expected = [configs[i].to_dict() for i in payload["indices"]]
-        if saved != expected:
-            raise ConfigError(f"{resume_from}: a checkpoint of other configurations than this cohort's")
-    done: dict[int, TrialResult] = {}
+    member_branches = list(branches) if branches is not None else [[{}] for _ in configs]
+    payload = _cohort_checkpoint(resume_from, configs, member_branches) if resume_from else None
+    done: dict[int, list[TrialResult]] = {}
     chunks: list[list[int]] = []
     if payload is not None:
-        done = {int(i): TrialResult.from_dict(r) for i, r in payload["earlier"].items()}
-        chunks.append(list(payload["indices"]))
+        done = {int(m): [TrialResult.from_dict(r) for r in rs] for m, rs in payload["earlier"].items()}
+        chunks.append(sorted(int(m) for m in payload["members"]))
     pending = [i for i in range(len(configs)) if i not in done and i not in (chunks[0] if chunks else [])]
     if pending:
-        planned = plan_cohort([configs[i] for i in pending], data, free_bytes)
+        rows = max(len(member_branches[i]) for i in pending)
+        planned = plan_cohort([configs[i] for i in pending], data, free_bytes, rows)
         chunks += [[pending[position] for position in chunk] for chunk in planned]
     for chunk in chunks:
-        cohort = Cohort([configs[i] for i in chunk], data, report, stop, indices=chunk)
-        if payload is not None and list(payload["indices"]) == chunk:
+        cohort = Cohort(
+            [configs[i] for i in chunk],
+            data,
+            report,
+            stop,
+            indices=chunk,
+            branches=[member_branches[i] for i in chunk] if branches is not None else None,
+        )
+        if payload is not None and sorted(int(m) for m in payload["members"]) == chunk:
             cohort.restore(payload)
-        cohort.earlier = {i: r.to_dict() for i, r in done.items()}
+        cohort.earlier = {m: [r.to_dict() for r in rs] for m, rs in done.items()}
         cohort.dense()
         cohort.train_phase(TRAIN)
         cohort.prune()
         cohort.train_phase(FINETUNE)
-        cohort.finish(model_paths or [])
-        for position, record in enumerate(cohort.members):
-            done[chunk[position]] = record.result
+        cohort.finish(model_path)
+        done.update(cohort.results())
     return [done[i] for i in range(len(configs))]
+
+
+def _cohort_checkpoint(
+    path: str | os.PathLike, configs: Sequence[TrialConfig], branches: Sequence[Sequence[dict[str, Any]]]
+) -> dict[str, Any]:
+    """A cohort checkpoint, refused in one line unless it was written for these members and branches."""
+    payload = load_checkpoint(path)
+    if payload.get("format") != COHORT_FORMAT:
+        raise ConfigError(f"{path}: not a cohort checkpoint (format {payload.get('format')!r})")
+    for member, stored in payload["members"].items():
+        member = int(member)
+        expected = (
+            [TrialConfig.from_dict({**configs[member].to_dict(), **b}).to_dict() for b in branches[member]]
+            if member < len(configs)
+            else None
+        )
+        if expected != [TrialConfig.from_dict(c).to_dict() for c in stored]:
+            raise ConfigError(f"{path}: a checkpoint of other configurations than this cohort's")
+    return payload
