@@ -512,29 +512,64 @@ class Cohort:
     def _task_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self._forward(params, x), y)
 
+    def stacked_masks(self, rows: Sequence[int], pairs: Sequence[tuple[float, str]]) -> dict[str, torch.Tensor]:
+        """The masks pruning row ``rows[e]`` at ``pairs[e]`` would give now, for every entry at once.
+
+        ``pruning.threshold_mask`` over the member dimension: |w| ≥ t, or |w| ≥ t·std(w) with
+        each row's own (unbiased) standard deviation per tensor.
+        """
+        stored = self.stored(rows)
+        thresholds = self.vector([t for t, _ in pairs])
+        relative = torch.tensor([mode == "std" for _, mode in pairs], device=thresholds.device)
+        masks = {}
+        for name in self.prunable:
+            weights = stored[name].detach()
+            spread = weights.flatten(1).float().std(dim=1)
+            cutoff = torch.where(relative, thresholds * spread, thresholds)
+            masks[name] = weights.abs() >= _per_member(cutoff, weights)
+        return masks
+
+    def fractions(self, rows: Sequence[int], masks: dict[str, torch.Tensor] | None = None) -> list[tuple[float, float]]:
+        """(nonzero_frac, flops_frac) of each row's effective weights, or of those ``masks`` would keep.
+
+        ``pruning.sparsity_report``'s two totals for every row at once (one transfer, not one per
+        layer and row): counts of nonzero weights, and MACs weighted by each layer's output positions.
+        """
+        stored = self.stored(rows)
+        nonzero = torch.zeros(len(rows), dtype=torch.long, device=self.data.train_x.device)
+        macs = torch.zeros_like(nonzero)
+        numel = macs_dense = 0
+        for name in self.prunable:
+            kept = stored[name].detach() != 0
+            if masks is not None:
+                kept &= masks[name]
+            count = kept.flatten(1).sum(1)
+            positions = self.positions.get(name.rpartition(".")[0], 1)
+            nonzero += count
+            macs += count * positions
+            numel += kept[0].numel()
+            macs_dense += kept[0].numel() * positions
+        return [(n / numel, m / macs_dense) for n, m in zip(nonzero.tolist(), macs.tolist())]
+
     def track(self, phase: str) -> list[dict[tuple[float, str], dict[str, float]]]:
         """Before the prune: per active row, what pruning now at each of its pairs would give.
 
         Projected sparsity always; in regularized epochs also the prune-now proxy (validation
         accuracy of the pruned weights: one vmapped pass over every (row, pair) at once).
         """
-        entries = [(row, pair, self.masks_at(row, pair)) for row in self.active for pair in self.pairs(row)]
+        entries = [(row, pair) for row in self.active for pair in self.pairs(row)]
+        rows = [row for row, _ in entries]
+        masks = self.stacked_masks(rows, [pair for _, pair in entries])
+        fractions = self.fractions(rows, masks)
+        accuracy = self.validate(rows, masks)[0].tolist() if phase == TRAIN else None
         out: list[dict[tuple[float, str], dict[str, float]]] = [{} for _ in self.active]
         position = {row: k for k, row in enumerate(self.active)}
-        accuracy = None
-        if phase == TRAIN:
-            stacked = {n: torch.stack([masks[n] for _, _, masks in entries]) for n in self.prunable}
-            accuracy, _ = self.validate([row for row, _, _ in entries], stacked)
-        for k, (row, pair, masks) in enumerate(entries):
-            sparsity = sparsity_report(self.view(row), self.positions, masks, include_bias=self.shared.include_bias)
-            values = {NONZERO_FRAC: sparsity.nonzero_frac, FLOPS_FRAC: sparsity.flops_frac}
+        for k, (row, pair) in enumerate(entries):
+            nonzero_frac, flops_frac = fractions[k]
+            values = {NONZERO_FRAC: nonzero_frac, FLOPS_FRAC: flops_frac}
             if accuracy is not None:
                 values.update(
-                    {
-                        PROXY_VAL_ACCURACY: float(accuracy[k]),
-                        PROXY_NONZERO_FRAC: sparsity.nonzero_frac,
-                        PROXY_FLOPS_FRAC: sparsity.flops_frac,
-                    }
+                    {PROXY_VAL_ACCURACY: accuracy[k], PROXY_NONZERO_FRAC: nonzero_frac, PROXY_FLOPS_FRAC: flops_frac}
                 )
             out[position[row]][pair] = values
         return out
@@ -548,10 +583,7 @@ class Cohort:
                 self.rows[row].tracked.append(entry)
             own = [entry[_pair(self.rows[row].config)] for row, entry in zip(self.active, tracked)]
         else:
-            own = []
-            for row in self.active:
-                sparsity = self.sparsity(row)
-                own.append({NONZERO_FRAC: sparsity.nonzero_frac, FLOPS_FRAC: sparsity.flops_frac})
+            own = [{NONZERO_FRAC: n, FLOPS_FRAC: f} for n, f in self.fractions(self.active)]
         reports = []
         for position, row in enumerate(self.active):
             metrics = {
