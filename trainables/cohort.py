@@ -117,6 +117,7 @@ class StackedOptimizer:
     def __init__(self, kind: str, weight_decay: torch.Tensor, momentum: torch.Tensor) -> None:
         self.kind = kind
         self.weight_decay = weight_decay
+        self.decay = bool((weight_decay != 0).any())  # decided once: a GPU sync per step otherwise
         self.momentum = momentum
         self.steps = 0
         self.state: list[dict[str, torch.Tensor]] = []
@@ -132,12 +133,11 @@ class StackedOptimizer:
         if not self.state:
             self.state = [{} for _ in params]
         self.steps += 1
-        decay = bool((self.weight_decay != 0).any())
         for param, state in zip(params, self.state):
             grad = param.grad
             if grad is None:
                 continue
-            if decay:
+            if self.decay:
                 grad.addcmul_(_per_member(self.weight_decay, param), param)
             if self.kind == "adam":
                 self._adam(param, grad, state, _per_member(lr, param))
@@ -168,6 +168,7 @@ class StackedOptimizer:
     def select(self, keep: torch.Tensor) -> None:
         """Keep the state of the members at positions ``keep`` (in that order)."""
         self.weight_decay = self.weight_decay[keep]
+        self.decay = bool((self.weight_decay != 0).any())
         self.momentum = self.momentum[keep]
         self.state = [{k: v[keep] for k, v in state.items()} for state in self.state]
 
@@ -466,10 +467,11 @@ class Cohort:
         configs = [self.rows[r].config for r in self.active]
         count = len(configs)
         regularizing = [phase == TRAIN and c.reg != "none" and c.strength > 0 for c in configs]
-        groups: dict[str, list[int]] = {}
+        positions_of: dict[str, list[int]] = {}
         for position, config in enumerate(configs):
             if regularizing[position]:
-                groups.setdefault(config.reg, []).append(position)
+                positions_of.setdefault(config.reg, []).append(position)
+        groups = {reg: (self._index(p), len(p) == count) for reg, p in positions_of.items()}
         strength = self.vector([c.strength for c in configs])
         orders, generators = self.batch_orders(phase, index)
         shared = orders.shape[0] == 1
@@ -492,9 +494,8 @@ class Cohort:
                     xb = torch.stack([self.augment(xb[k], generators[k]) for k in range(count)])
             task = task_of(self.effective_work(), xb, yb)
             loss = task.sum()
-            for reg, positions in groups.items():
-                where = self._index(positions)
-                tensors = [self.work[n] if len(positions) == count else self.work[n][where] for n in self.prunable]
+            for reg, (where, everyone) in groups.items():
+                tensors = [self.work[n] if everyone else self.work[n][where] for n in self.prunable]
                 values = stacked_regularization(tensors, reg)
                 loss = loss + (strength[where] * values).sum()
                 reg_sum[where] += values.detach()

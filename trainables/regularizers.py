@@ -163,28 +163,61 @@ REGULARIZERS: dict[str, Regularizer] = {
 }
 
 
-def _group_hoyer_square_reference(w: torch.Tensor) -> torch.Tensor:
-    return sum(_hoyer_square_reference(norms) for norms in group_norms(w))
+class _StackedHoyerSquare(torch.autograd.Function):
+    """Per-member Σᵢ HS(wᵢ) over tensors stacked on dim 0: a (K,) vector, with a hand-written backward.
+
+    The member-stacked form of ``_HoyerSquareSum``: one ``sign`` pass and two reductions per
+    tensor forward, two passes backward, d HS / d w = (2·L1/S)·(sign(w) − (L1/S)·w) with each
+    member's own L1 and S (first-order only; the cohort trainer never differentiates twice).
+    """
+
+    @staticmethod
+    def forward(ctx, *tensors: torch.Tensor) -> torch.Tensor:
+        signs = [t.sign() for t in tensors]
+        l1 = torch.stack([(t * s).flatten(1).sum(1) for t, s in zip(tensors, signs)])  # (tensors, K)
+        sum_sq = torch.stack([t.flatten(1).pow(2).sum(1) for t in tensors])
+        ctx.save_for_backward(l1, sum_sq, *tensors)
+        ctx.signs = signs
+        return _safe_ratio(l1.square(), sum_sq).sum(0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        l1, sum_sq, *tensors = ctx.saved_tensors
+        signs, ctx.signs = ctx.signs, None
+        if signs is None:
+            signs = [t.sign() for t in tensors]
+        nonzero = sum_sq > 0
+        ratio = l1 / torch.where(nonzero, sum_sq, torch.ones_like(sum_sq))
+        scale = torch.where(nonzero, 2.0 * grad * ratio, torch.zeros_like(ratio))  # a = 2g·L1/S, per member
+        grads = []
+        for k, (tensor, sign) in enumerate(zip(tensors, signs)):
+            shape = (-1, *([1] * (tensor.dim() - 1)))
+            grads.append(sign.mul_(scale[k].view(shape)).addcmul_(tensor, (-scale[k] * ratio[k]).view(shape)))
+        return tuple(grads)
 
 
-PLAIN_REGULARIZERS: dict[str, Regularizer] = {
-    **REGULARIZERS,
-    "hs": _hoyer_square_reference,
-    "group_hs": _group_hoyer_square_reference,
-}
-"""The regularizers in plain autograd ops only (HS without the fused Function): the ones
-``torch.func.vmap`` can map over a leading member dimension (``stacked_regularization``)."""
+def stacked_group_norms(w: torch.Tensor) -> list[torch.Tensor]:
+    """``group_norms`` of each member of ``w`` (members on dim 0): [(K, out units), (K, in units)]."""
+    if w.dim() < 3:
+        return [w.reshape(w.shape[0], -1).abs()]
+    dims = tuple(range(1, w.dim()))
+    out_units = torch.linalg.vector_norm(w, ord=2, dim=dims[1:])
+    in_units = torch.linalg.vector_norm(w, ord=2, dim=(1,) + dims[2:])
+    return [out_units, in_units]
 
 
 def stacked_regularization(tensors: list[torch.Tensor], reg: str) -> torch.Tensor:
     """Per-member sum of regularizer ``reg`` over ``tensors`` stacked on dim 0: a vector of K values.
 
-    Member k's value equals ``model_regularization`` of a model holding the k-th slices (the same
-    formulas, mapped with ``torch.func.vmap``; within float rounding of the fused HS).
+    Member k's value equals ``model_regularization`` of a model holding the k-th slices: HS and
+    Group-HS through the member-stacked fused Function, the others with their plain formulas
+    mapped over the members by ``torch.func.vmap`` (equal within float rounding).
     """
-    if reg not in PLAIN_REGULARIZERS:
-        get_regularizer(reg)  # the one-line error
-    fn = PLAIN_REGULARIZERS[reg]
+    if reg == "hs":
+        return _StackedHoyerSquare.apply(*tensors)
+    if reg == "group_hs":
+        return _StackedHoyerSquare.apply(*(norms for w in tensors for norms in stacked_group_norms(w)))
+    fn = get_regularizer(reg)
 
     def per_member(*slices: torch.Tensor) -> torch.Tensor:
         total = slices[0].new_zeros(())
