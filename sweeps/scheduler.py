@@ -16,6 +16,14 @@ The scheduler owns its rung state (as Syne Tune's does) and keeps it in the swee
 again at a rung (it restarted before it) replaces its own entry and is never counted twice.  A
 stopped trial is not a failure: ``on_stop`` tells the searcher (PRUNED, proxies kept) and the
 recorder (status ``pruned``, the rung in its run) before Tune ends it.
+
+The rung state and the decision are ``Rungs``; ``MOASHA`` is the Tune scheduler around it.  A
+Tune scheduler can only stop a whole Ray trial, and with ``budget.cohort_size`` > 1 a Ray trial
+trains a cohort of several trials, so such sweeps give Tune no scheduler: the driver starts
+``Rungs`` as a Ray actor on its own node (``start_rung_keeper``) and every cohort member consults
+it at its rungs through ``RungChannel`` (``trainables.cohort.run_cohort(stop=...)``).  A member
+ranked out leaves its cohort as ``pruned`` (its rung and proxies in its result) while the others
+go on; its final report reaches the searcher and recorder like any result.
 """
 
 from __future__ import annotations
@@ -97,8 +105,25 @@ class RungEntry:
     infeasible: bool
 
 
-class MOASHA(FIFOScheduler):
-    """Asynchronous successive halving over prune-now proxies, ranked by Pareto rank (see the module docstring)."""
+def rung_of(result: Mapping[str, Any], rungs: Sequence[int]) -> int | None:
+    """The rung a report is at (a regularized epoch that is a rung), else None: the one rule of when to decide."""
+    epoch = result.get("phase_epoch")
+    if result.get("phase") != "train" or epoch not in rungs or result.get(TRIAL_NUMBER_KEY) is None:
+        return None
+    return int(epoch)
+
+
+def proxies_in(result: Mapping[str, Any], names: Sequence[str]) -> dict[str, float]:
+    """The prune-now proxies ``names`` a report holds (missing ones are left out and rank last)."""
+    return {name: float(result[name]) for name in names if isinstance(result.get(name), (int, float))}
+
+
+class Rungs:
+    """MO-ASHA's rung state and its pure decision (see the module docstring), kept in ``state_path``.
+
+    Used by the Tune scheduler ``MOASHA`` (one trial per Ray trial) and, as a Ray actor, by the
+    ``RungChannel`` that cohort members consult (``budget.cohort_size`` > 1).
+    """
 
     def __init__(
         self,
@@ -111,9 +136,7 @@ class MOASHA(FIFOScheduler):
         constraints: Sequence[Constraint] = (),
         margin: float = 1.0,
         state_path: Path | None = None,
-        on_stop: StopFn | None = None,
     ) -> None:
-        super().__init__()
         unknown = [o for o in objectives if o not in PROXY_OF]
         if unknown:
             raise ValueError(f"moasha ranks {', '.join(PROXY_OF)}; no prune-now proxy for {', '.join(unknown)}")
@@ -124,14 +147,8 @@ class MOASHA(FIFOScheduler):
         self.floors = [(PROXY_OF[c.metric], c) for c in constraints if c.metric in PROXY_OF and c.min is not None]
         self.margin = margin
         self.state_path = state_path
-        self.on_stop = on_stop
         self.recorded: dict[int, dict[int, RungEntry]] = {rung: {} for rung in self.rungs}
-        self.stopped: dict[str, tuple[int, dict[str, float]]] = {}  # Ray trial id → (rung, proxies)
         self._load()
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Tune pickles its scheduler with the experiment; the ``on_stop`` hook (the driver's records) stays out."""
-        return {**self.__dict__, "on_stop": None}
 
     # --- the decision, pure -----------------------------------------------------------------
 
@@ -153,25 +170,20 @@ class MOASHA(FIFOScheduler):
         on_front = not mine[0] and mine[1] == 0  # a feasible point of the proxy front: Pareto-safe, always kept
         return on_front or position < math.ceil(len(keys) / self.reduction_factor)
 
-    # --- Ray Tune's TrialScheduler interface ---------------------------------------------------
+    def decide_report(self, result: Mapping[str, Any]) -> tuple[int, dict[str, float]] | None:
+        """Decide on a report: None to continue (not at a rung, or ranked in), else (rung, proxies) to stop."""
+        rung = rung_of(result, self.rungs)
+        if rung is None:
+            return None
+        proxies = proxies_in(result, self.proxies)
+        return None if self.decide(rung, int(result[TRIAL_NUMBER_KEY]), proxies) else (rung, proxies)
 
-    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
-        return True  # ranks the spec's objectives, not Tune's single metric
+    def describe(self) -> str:
+        return ", ".join(f"rung {r}: {len(self.recorded.get(r, {}))}" for r in self.rungs)
 
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        epoch = result.get("phase_epoch")
-        if result.get("phase") != "train" or epoch not in self.rungs or result.get(TRIAL_NUMBER_KEY) is None:
-            return TrialScheduler.CONTINUE
-        proxies = {name: float(result[name]) for name in self.proxies if isinstance(result.get(name), (int, float))}
-        if self.decide(int(epoch), int(result[TRIAL_NUMBER_KEY]), proxies):
-            return TrialScheduler.CONTINUE
-        self.stopped[trial.trial_id] = (int(epoch), proxies)
-        if self.on_stop is not None:
-            self.on_stop(trial.trial_id, int(epoch), proxies)
-        return TrialScheduler.STOP
-
-    def debug_string(self) -> str:
-        return "MOASHA: " + ", ".join(f"rung {r}: {len(self.recorded.get(r, {}))}" for r in self.rungs)
+    def plan(self) -> tuple[list[int], list[str]]:
+        """(rung epochs, proxy names): what a ``RungChannel`` needs to know when to ask."""
+        return list(self.rungs), list(self.proxies)
 
     # --- the rung state, kept in the sweep folder ------------------------------------------
 
@@ -194,3 +206,119 @@ class MOASHA(FIFOScheduler):
             self.recorded.setdefault(int(rung), {}).update(
                 {int(k): RungEntry([float(v) for v in values], bool(flag)) for k, (values, flag) in entries.items()}
             )
+
+
+class MOASHA(FIFOScheduler):
+    """Asynchronous successive halving over prune-now proxies, ranked by Pareto rank (see the module docstring).
+
+    The Tune scheduler of sweeps whose Ray trials train one trial each: it stops the whole Ray
+    trial.  The rung state and the decision are ``Rungs``'.
+    """
+
+    def __init__(
+        self,
+        objectives: Sequence[str],
+        modes: Sequence[str],
+        *,
+        grace_epochs: int,
+        reduction_factor: int,
+        max_epochs: int,
+        constraints: Sequence[Constraint] = (),
+        margin: float = 1.0,
+        state_path: Path | None = None,
+        on_stop: StopFn | None = None,
+    ) -> None:
+        super().__init__()
+        self.state = Rungs(
+            objectives,
+            modes,
+            grace_epochs=grace_epochs,
+            reduction_factor=reduction_factor,
+            max_epochs=max_epochs,
+            constraints=constraints,
+            margin=margin,
+            state_path=state_path,
+        )
+        self.on_stop = on_stop
+        self.stopped: dict[str, tuple[int, dict[str, float]]] = {}  # Ray trial id → (rung, proxies)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its scheduler with the experiment; the ``on_stop`` hook (the driver's records) stays out."""
+        return {**self.__dict__, "on_stop": None}
+
+    @property
+    def rungs(self) -> list[int]:
+        return self.state.rungs
+
+    @property
+    def recorded(self) -> dict[int, dict[int, RungEntry]]:
+        return self.state.recorded
+
+    def decide(self, rung: int, key: int, proxies: Mapping[str, float]) -> bool:
+        """Record ``key``'s proxies at ``rung``; True to continue, False to stop (``Rungs.decide``)."""
+        return self.state.decide(rung, key, proxies)
+
+    # --- Ray Tune's TrialScheduler interface ---------------------------------------------------
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        return True  # ranks the spec's objectives, not Tune's single metric
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        stop = self.state.decide_report(result)
+        if stop is None:
+            return TrialScheduler.CONTINUE
+        self.stopped[trial.trial_id] = stop
+        if self.on_stop is not None:
+            self.on_stop(trial.trial_id, *stop)
+        return TrialScheduler.STOP
+
+    def debug_string(self) -> str:
+        return f"MOASHA: {self.state.describe()}"
+
+
+# --- the decision channel of cohorts ---------------------------------------------------------
+
+
+def start_rung_channel(rungs_kwargs: Mapping[str, Any]) -> RungChannel:
+    """Start ``Rungs(**rungs_kwargs)`` as a Ray actor on this (the driver's) node; the channel to it.
+
+    Pinned to the driver's node (its ``state_path`` is in the driver's sweep folder) and asking
+    for no CPU (it must never wait behind the trials that consult it).  Its calls run one at a
+    time, so ``scheduler.json`` is written by one process in decision order.  Needs Ray running;
+    the actor lives as long as the channel's handle (``ray.kill(channel.keeper)`` ends it).
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = ray.get_runtime_context().get_node_id()
+    keeper = (
+        ray.remote(Rungs)
+        .options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False))
+        .remote(**rungs_kwargs)
+    )
+    rungs, proxies = ray.get(keeper.plan.remote())
+    return RungChannel(keeper, tuple(rungs), tuple(proxies))
+
+
+@dataclass(frozen=True)
+class RungChannel:
+    """How a cohort member asks the driver's ``Rungs`` actor whether it continues (``run_cohort(stop=...)``).
+
+    A Ray scheduler can only stop a whole Ray trial, and a cohort is one Ray trial of several
+    trials; so each member consults the actor itself, at rung epochs only (regularized phase,
+    ``phase_epoch`` in ``rungs``), and one that is ranked out leaves the stack as ``pruned`` while
+    its cohort-mates go on.  Picklable: it travels to the workers with the trainable's parameters.
+    """
+
+    keeper: Any  # the Ray actor handle (start_rung_channel)
+    rungs: tuple[int, ...]
+    proxies: tuple[str, ...]
+
+    def stops(self, number: int, metrics: Mapping[str, Any]) -> bool:
+        """True when member ``number`` (its Optuna trial number) is ranked out at this report's rung."""
+        rung = rung_of({**metrics, TRIAL_NUMBER_KEY: number}, self.rungs)
+        if rung is None:
+            return False
+        import ray
+
+        return not ray.get(self.keeper.decide.remote(rung, number, proxies_in(metrics, self.proxies)))
