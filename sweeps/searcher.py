@@ -24,9 +24,15 @@
   (threshold, threshold_mode, finetune_epochs, finetune_lr).  ``optuna`` mode asks them all up
   front (the others with the shared part fixed); ``proxy`` mode asks one and reserves K − 1
   budget slots that the run fills itself after its regularized phase (``branch_plan``).
-- **Stopped early.** ``tell_pruned(number, proxies)`` records a member that a scheduler stopped:
-  PRUNED, with its last proxy values as user attributes (Optuna keeps no intermediate values for
-  multi-objective studies).
+- **Cohorts.** With ``members_per_trial`` K > 1 (``budget.cohort_size``) the K members of a Ray
+  trial are asked together and train as one stacked model (``sweeps.trainable.train_cohort``).
+  Interrupted members that share a checkpoint (one cohort's) are handed out together and alone,
+  so the cohort continues from it; interrupted members without a checkpoint start a new cohort
+  with fresh asks.
+- **Stopped early.** A PRUNED result (a scheduler or a cohort's rung channel stopped the member)
+  is told PRUNED with its prune-now proxies (``proxy_*`` in the result) as user attributes
+  (Optuna keeps no intermediate values for multi-objective studies); ``tell_pruned(number,
+  proxies)`` builds such a result for a member Tune stopped before it could report.
 
 The sampler is built by the driver with a seed derived from the spec's seed and the number of
 trials already in the study (``derive_seed``): a resumed or warm-started sweep continues the
@@ -52,8 +58,11 @@ from ray.tune.search import Searcher
 
 from sweeps.spec import CategoricalParam, FloatParam, SamplerSpec, SweepSpec
 from trainables.contract import (
+    COHORT_INDEX_KEY,
+    COHORT_SIZE_KEY,
     DUPLICATE_ATTR,
     METRICS,
+    STOPPED_AT_KEY,
     TRIAL_NUMBER_KEY,
     WARM_START_ATTR,
     Constraint,
@@ -73,6 +82,8 @@ PROXY_ATTR_PREFIX = "proxy_"
 MAX_DUPLICATE_ASKS = 200
 FINISHED_STATES: tuple[TrialState, ...] = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 RESULT_ATTRS: tuple[str, ...] = ("status", "message", *METRICS, "epochs", "diverged_epoch", "resumed_from_epoch")
+EXTRA_ATTRS: tuple[str, ...] = (STOPPED_AT_KEY, COHORT_SIZE_KEY, COHORT_INDEX_KEY)
+"""Scalars of a result's ``extra`` kept as user attributes too, so records repaired from the study keep them."""
 
 
 @dataclass(frozen=True)
@@ -159,14 +170,24 @@ def derive_seed(seed: int | None, trials_in_study: int) -> int | None:
 
 
 def build_sampler(spec: SamplerSpec, seed: int | None) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler the spec names, with ``seed``."""
+    """The Optuna sampler the spec names, with ``seed``.
+
+    Several asks in a row before any is told (a cohort's K members, concurrent Ray trials) must
+    not propose one point K times.  TPE: ``constant_liar=True`` — already Optuna 5's default,
+    passed explicitly so that it holds — counts running trials as bad points, pushing the next
+    asks away from them.  Optuna 5's GP sampler conditions on running trials by itself; random and
+    NSGA-II (a generation's children) draw independently.  An exact repeat is refused by the
+    searcher in any case (``OptunaSearcher._ask_new``).
+    """
     if spec.type == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if spec.type == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=spec.population_size or 10)
     if spec.type == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=spec.n_startup_trials or 10)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.n_startup_trials or 10, multivariate=True)
+    return optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=spec.n_startup_trials or 10, multivariate=True, constant_liar=True
+    )
 
 
 def config_key(params: Mapping[str, Any]) -> str:
@@ -186,7 +207,7 @@ def own_trials(study: optuna.Study, states: Sequence[TrialState] | None = None) 
 
 def result_from_attrs(trial: FrozenTrial) -> TrialResult:
     """A finished trial's result as told to Optuna (its user attributes), for repairing records."""
-    attrs = {k: v for k, v in trial.user_attrs.items() if k in RESULT_ATTRS}
+    attrs = {k: v for k, v in trial.user_attrs.items() if k in RESULT_ATTRS or k in EXTRA_ATTRS}
     if "status" not in attrs:
         attrs["status"] = {TrialState.COMPLETE: Status.OK, TrialState.PRUNED: Status.PRUNED}.get(
             trial.state, Status.FAILED
@@ -341,10 +362,20 @@ class OptunaSearcher(Searcher):
     def propose(self, count: int) -> list[Member]:
         """Up to ``count`` members for one Ray trial: interrupted trials first, then new asks.
 
-        Fewer (possibly none) when the space is exhausted.
+        With ``count`` > 1 (a cohort) the members of one interrupted cohort — those that share a
+        resume checkpoint — come together and alone; interrupted members without one are topped
+        up with new asks.  Fewer (possibly none) when the space is exhausted.
         """
         members: list[Member] = []
-        while self._adoptable and len(members) < count:
+        if count > 1 and self._adoptable:
+            checkpoint = self._resume.get(self._adoptable[0].number)
+            group = [t for t in self._adoptable if self._resume.get(t.number) == checkpoint][:count]
+            taken = {t.number for t in group}
+            self._adoptable = [t for t in self._adoptable if t.number not in taken]
+            members = [self._adopt(t) for t in group]
+            if checkpoint is not None:
+                return members
+        elif self._adoptable:
             members.append(self._adopt(self._adoptable.pop(0)))
         while len(members) < count:
             trial = self._ask_new()
@@ -479,8 +510,14 @@ class OptunaSearcher(Searcher):
         for key, value in result.scalars().items():
             if key in RESULT_ATTRS and value is not None:
                 trial.set_user_attr(key, value)
+        for key in EXTRA_ATTRS:
+            if isinstance(result.extra.get(key), (int, float, str)):
+                trial.set_user_attr(key, result.extra[key])
         values = result.objective_values(self._objectives)
         if result.status is Status.PRUNED:
+            for key, value in result.extra.items():
+                if key.startswith(PROXY_ATTR_PREFIX) and isinstance(value, (int, float)) and math.isfinite(value):
+                    trial.set_user_attr(key, float(value))
             frozen = self.study.tell(trial, state=TrialState.PRUNED)
         elif values is None:
             frozen = self.study.tell(trial, state=TrialState.FAIL)
@@ -492,11 +529,8 @@ class OptunaSearcher(Searcher):
 
     def tell_pruned(self, number: int, proxies: Mapping[str, float], message: str = "") -> None:
         """A scheduler stopped member ``number``: PRUNED, its last proxy values kept as user attributes."""
-        trial = self._pending.get(number)
-        if trial is None:
-            return
-        for name, value in proxies.items():
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                key = name if name.startswith(PROXY_ATTR_PREFIX) else f"{PROXY_ATTR_PREFIX}{name}"
-                trial.set_user_attr(key, float(value))
-        self.tell_result(number, TrialResult(Status.PRUNED, message or "stopped early by the scheduler"))
+        extra = {
+            name if name.startswith(PROXY_ATTR_PREFIX) else f"{PROXY_ATTR_PREFIX}{name}": v
+            for name, v in proxies.items()
+        }
+        self.tell_result(number, TrialResult(Status.PRUNED, message or "stopped early by the scheduler", extra=extra))

@@ -238,3 +238,23 @@ def test_proxy_branching_records_the_branches_a_run_chose(tmp_path):
     searcher.on_trial_complete("a")
     assert [t.state for t in own_trials(study)] == [TrialState.COMPLETE] * 2
     assert study.trials[members[1].number].params["threshold"] == 0.002
+
+
+def test_an_interrupted_cohort_is_handed_out_together_and_alone(tmp_path):
+    """Members of one interrupted cohort (one checkpoint) continue as one Ray trial, without new members;
+    interrupted members without a checkpoint start a cohort topped up with new asks."""
+    study, storage = make_study(tmp_path)
+    first = searcher_for(study, storage, budget=14, members_per_trial=4)
+    a, b, c = ([m.number for m in members_of(first.suggest(name))] for name in ("a", "b", "c"))
+    first.on_trial_result("a", final(a[0]))  # told before the kill
+    first.on_trial_result("c", final(c[0]))
+    checkpoints = {n: "/ray/a/state.pt" for n in a} | {n: "/ray/b/state.pt" for n in b}  # c never checkpointed
+
+    study, storage = make_study(tmp_path)  # a new driver
+    second = searcher_for(study, storage, budget=14, members_per_trial=4, resume_checkpoints=checkpoints)
+    d, e, f, g = (members_of(second.suggest(name)) for name in ("d", "e", "f", "g"))
+    assert [m.number for m in d] == a[1:] and {m.resume_checkpoint for m in d} == {"/ray/a/state.pt"}
+    assert [m.number for m in e] == b and {m.resume_checkpoint for m in e} == {"/ray/b/state.pt"}
+    assert [m.number for m in f][:3] == c[1:] and len(f) == 4 and f[3].number not in a + b + c
+    assert len(g) == 1 and g[0].resume_checkpoint is None  # 14 = 2 told + 3 + 4 + 4 + 1
+    assert second.suggest("h") == Searcher.FINISHED
