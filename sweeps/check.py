@@ -65,8 +65,10 @@ class CheckSummary:
         constraints = ", ".join(c.to_constraint().describe() for c in spec.constraints) or "none"
         space = f"; the space holds {self.space_size} configurations" if self.space_size is not None else ""
         budget = spec.budget
-        trials = f"{budget.num_samples} trials, {budget.max_concurrent_trials} at a time" + (
-            f", at most {budget.time_budget_s:g} s" if budget.time_budget_s else ""
+        trials = (
+            f"{budget.num_samples} trials, {budget.max_concurrent_trials} at a time"
+            + (f" in cohorts of {budget.cohort_size}" if budget.cohort_size > 1 else "")
+            + (f", at most {budget.time_budget_s:g} s" if budget.time_budget_s else "")
         )
         lines = [
             f"{self.source}: OK",
@@ -87,9 +89,11 @@ class CheckSummary:
     def one_line(self) -> str:
         """The line ``run``/``resume`` print after their check."""
         data, device = self.data.split(";")[0], self.device.split(" ")[0]
+        cohorts = self.spec.budget.cohort_size
         return (
             f"checked {self.source}: {self.spec.model} on {data}, device {device}, "
-            f"{self.spec.budget.num_samples} trials, {self.points} search points OK"
+            f"{self.spec.budget.num_samples} trials{f' in cohorts of {cohorts}' if cohorts > 1 else ''}, "
+            f"{self.points} search points OK"
         )
 
 
@@ -201,6 +205,14 @@ def check_model(spec: SweepSpec, source: str, data: Any, configs: list[tuple[str
     prunable = sum(getattr(module_, name).numel() for _, module_, name in prunable_weights(model))
     if not prunable:
         raise _fail(source, "model", f"{what} has no Linear or Conv layer to regularize and prune")
+    buffers = [name for name, _ in model.named_buffers()]
+    if buffers and spec.budget.cohort_size > 1:
+        raise _fail(
+            source,
+            "budget.cohort_size",
+            f"{spec.model!r} keeps buffers ({', '.join(buffers[:2])}, …: batch norm); cohorts train models "
+            "without them (cohort_size: 1 trains it)",
+        )
     seen = set()
     for where, config in configs:
         key = (config.reg, config.include_bias)
@@ -305,7 +317,8 @@ def check_device_and_resources(
         notes.append(f"trials wait for the autoscaler to add a node with {need:g} {unit} ({reason})")
     if device == "cpu" and gpus > 0:
         notes.append(f"device cpu with resources.gpus {gpus:g}: trials hold a GPU they do not use")
-    resources = f"{cpus:g} CPU, {gpus:g} GPU per trial; {where}: {have_cpus:g} CPU, {have_gpus:g} GPU"
+    unit = f"cohort of {spec.budget.cohort_size}" if spec.budget.cohort_size > 1 else "trial"
+    resources = f"{cpus:g} CPU, {gpus:g} GPU per {unit}; {where}: {have_cpus:g} CPU, {have_gpus:g} GPU"
     return resolved, resources, notes
 
 

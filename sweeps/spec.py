@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainables.config import DATASETS, ConfigError, TrialConfig, check_branchable
+from trainables.config import COHORT_SETTINGS, DATASETS, ConfigError, TrialConfig, check_branchable
 from trainables.contract import (
     METRICS,
     NONZERO_FRAC,
@@ -201,6 +201,16 @@ class BudgetSpec(_Strict):
     run; ``branch_mode`` says how the K are chosen (``proxy``: by the run, spanning the front of
     prune-now accuracy and sparsity over a grid of thresholds; ``optuna``: by the sampler, with
     the shared settings fixed).
+
+    ``cohort_size`` K > 1: one Ray trial trains up to K trials at once as one stacked model
+    (``trainables.cohort``), with the resources of one trial — K results per Ray trial, each its
+    own Optuna trial, results row and MLflow run.  The members of a cohort may differ only in
+    ``trainables.config.COHORT_SETTINGS`` (reg, strength, threshold, threshold_mode, lr,
+    finetune_lr, weight_decay, momentum, seed), so a spec that *searches* any other setting
+    (batch_size, epochs, optimizer, …) with K > 1 is refused here, naming the setting — our
+    choice: every cohort is then one stack, rather than grouping proposals that happen to agree.
+    K = 1 (the default) trains each trial on its own, as before.  ``cohort_size`` and
+    ``thresholds_per_run`` cannot both be > 1 yet.
     """
 
     num_samples: int = Field(default=12, ge=1)
@@ -208,6 +218,7 @@ class BudgetSpec(_Strict):
     time_budget_s: float | None = Field(default=None, gt=0)
     thresholds_per_run: int = Field(default=1, ge=1)
     branch_mode: Literal["proxy", "optuna"] = "proxy"
+    cohort_size: int = Field(default=1, ge=1)
 
 
 MOASHA_OBJECTIVES: tuple[str, ...] = tuple(PROXY_METRICS.values())  # the objectives with a prune-now proxy
@@ -333,6 +344,15 @@ class SweepSpec(_Strict):
         metrics = [objective.metric for objective in self.objectives]
         if len(set(metrics)) != len(metrics):
             raise ValueError("objectives: a metric is listed twice")
+        if self.budget.cohort_size > 1:
+            if self.budget.thresholds_per_run > 1:
+                raise ValueError("budget.cohort_size: cohort_size and thresholds_per_run cannot both be > 1 yet")
+            unshared = [name for name in self.search if name not in COHORT_SETTINGS]
+            if unshared:
+                raise ValueError(
+                    f"budget.cohort_size: the members of a cohort may differ only in {', '.join(COHORT_SETTINGS)}; "
+                    f"search.{unshared[0]} is searched (set it in trial, or use cohort_size: 1)"
+                )
         if self.budget.thresholds_per_run > 1:
             try:
                 check_branchable(self.search)
