@@ -3,6 +3,8 @@
 ``--thresholds 0.01,0.02,0.05`` trains one configuration with threshold branching
 (``trainables.branching.run_branches``): the regularized phase once, then one pruned and
 fine-tuned result per threshold, each the same as ``--threshold`` with that value.
+``--strengths 1e-4,3e-4,1e-3`` trains one cohort (``trainables.cohort.run_cohort``): one member
+per strength, every other flag shared, all stacked into one model — one result per strength.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +42,17 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=d.threshold)
     parser.add_argument(
         "--thresholds",
-        type=threshold_list,
+        type=number_list,
         default=None,
         help="comma-separated thresholds, e.g. 0.01,0.02,0.05: regularize once, then prune + finetune once per "
         "threshold (exactly as separate runs); one result line each (--json: a JSON list). Overrides --threshold",
+    )
+    parser.add_argument(
+        "--strengths",
+        type=number_list,
+        default=None,
+        help="comma-separated strengths, e.g. 1e-4,3e-4,1e-3: train one cohort, one member per strength stacked "
+        "into one model (every other flag shared); one result line each (--json: a JSON list). Overrides --strength",
     )
     parser.add_argument("--threshold-mode", default=d.threshold_mode, choices=THRESHOLD_MODES)
     parser.add_argument("--pretrain-epochs", type=int, default=d.pretrain_epochs)
@@ -68,12 +78,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--save",
         metavar="PATH",
-        help="save the final pruned model there (with --thresholds: PATH-0.pt, PATH-1.pt, … in threshold order); "
+        help="save the final pruned model there (with --thresholds or --strengths: PATH-0.pt, PATH-1.pt, … in their "
+        "order); "
         "load it with trainables.pipeline.load_model, export it with hoyersweep export",
     )
 
 
-def threshold_list(text: str) -> list[float]:
+def number_list(text: str) -> list[float]:
     """``0.01,0.02,0.05`` → [0.01, 0.02, 0.05]: distinct non-negative numbers (an argparse type)."""
     try:
         values = [float(part) for part in text.split(",") if part.strip()]
@@ -101,8 +112,9 @@ def json_safe(value: Any) -> Any:
 
 
 def _print_progress(metrics: dict[str, Any], _state: object) -> None:
-    branch = metrics.get("branch")
+    branch, member = metrics.get("branch"), metrics.get("member")
     tag = "" if branch is None else f"[{branch}] " if branch == "shared" else f"[branch {branch}] "
+    tag += "" if member is None else f"[member {member}] "
     print(
         f"{tag}epoch {metrics['epoch']:3d} {metrics['phase']:<8} loss {metrics['loss']:.4f} "
         f"val_acc {metrics[VAL_ACCURACY]:.4f} nonzero {metrics[NONZERO_FRAC]:.4f} flops {metrics[FLOPS_FRAC]:.4f}",
@@ -114,6 +126,10 @@ def _print_progress(metrics: dict[str, Any], _state: object) -> None:
 def train_command(args: argparse.Namespace) -> int:
     """Run one trial; the final ``TrialResult`` as JSON (``--json``, NaN as null) or a short table."""
     config = config_from_args(args)
+    if getattr(args, "strengths", None) and getattr(args, "thresholds", None):
+        raise ConfigError("--strengths and --thresholds cannot be combined yet; give one of them")
+    if getattr(args, "strengths", None):
+        return cohort_command(config, args.strengths, args.json, getattr(args, "save", None))
     if getattr(args, "thresholds", None):
         return branches_command(config, args.thresholds, args.json, getattr(args, "save", None))
     from trainables.pipeline import run_trial  # torch loads here, not when the parser is built
@@ -137,8 +153,8 @@ def train_command(args: argparse.Namespace) -> int:
 BRANCH_LINE_METRICS: tuple[str, ...] = (VAL_ACCURACY, TEST_ACCURACY, NONZERO_FRAC, FLOPS_FRAC, "wall_time_s")
 
 
-def branch_model_path(save: str | None, index: int) -> str | None:
-    """``--save m.pt`` with several thresholds: ``m-0.pt``, ``m-1.pt``, … in threshold order."""
+def numbered_model_path(save: str | None, index: int) -> str | None:
+    """``--save m.pt`` with several thresholds or strengths: ``m-0.pt``, ``m-1.pt``, … in their order."""
     if not save:
         return None
     path = Path(save)
@@ -157,7 +173,7 @@ def branches_command(config: TrialConfig, thresholds: list[float], as_json: bool
         config,
         [{"threshold": t} for t in thresholds],
         report=None if as_json else _print_progress,
-        model_path=lambda index: branch_model_path(save, index),
+        model_path=lambda index: numbered_model_path(save, index),
     )
     if as_json:
         rows = [{"threshold": t, **result.to_dict()} for t, result in zip(thresholds, results)]
@@ -166,6 +182,33 @@ def branches_command(config: TrialConfig, thresholds: list[float], as_json: bool
         for threshold, result in zip(thresholds, results):
             metrics = " ".join(f"{key} {result.metric(key):.4f}" for key in BRANCH_LINE_METRICS)
             print(f"threshold {threshold:g} status {result.status.value} {metrics}")
+    return 0 if all(result.ok for result in results) else 1
+
+
+def cohort_command(config: TrialConfig, strengths: list[float], as_json: bool, save: str | None = None) -> int:
+    """``--strengths``: one cohort, a member per strength; one line (or JSON object) per strength.
+
+    Each member is ``train --strength S`` with the same other flags, trained stacked with the
+    others (``run_cohort``; equal to a separate run up to float32 rounding).
+    """
+    from trainables.cohort import run_cohort  # torch loads here
+
+    def progress(member: int, metrics: dict[str, Any], state: object) -> None:
+        _print_progress({**metrics, "member": member}, state)
+
+    configs = [replace(config, strength=strength) for strength in strengths]
+    results = run_cohort(
+        configs,
+        report=None if as_json else progress,
+        model_paths=[numbered_model_path(save, index) for index in range(len(strengths))],
+    )
+    if as_json:
+        rows = [{"strength": s, **result.to_dict()} for s, result in zip(strengths, results)]
+        print(json.dumps(json_safe(rows), allow_nan=False))
+    else:
+        for strength, result in zip(strengths, results):
+            metrics = " ".join(f"{key} {result.metric(key):.4f}" for key in BRANCH_LINE_METRICS)
+            print(f"strength {strength:g} status {result.status.value} {metrics}")
     return 0 if all(result.ok for result in results) else 1
 
 
