@@ -36,6 +36,8 @@ from sweeps.spec import SweepSpec
 from sweeps.tracking import SweepTracker
 from trainables.config import TrialConfig
 from trainables.contract import (
+    COHORT_INDEX_KEY,
+    COHORT_SIZE_KEY,
     METRICS,
     MLFLOW_RUN_ATTR,
     MODEL_FILE_KEY,
@@ -51,8 +53,17 @@ from trainables.contract import (
 logger = logging.getLogger(__name__)
 EPOCH_FLUSH_S = 2.0  # live epoch curves reach MLflow at most this late; fewer sqlite commits on the driver
 LEDGER_METRICS: tuple[str, ...] = (*METRICS, "epochs", "resumed_from_epoch")
-# shared_run: a branch's regularized run; model_file: its saved model; stopped_at_rung: where moasha stopped it
-LEDGER_EXTRAS: tuple[str, ...] = ("report_wait_s", "node_id", SHARED_RUN_KEY, MODEL_FILE_KEY, STOPPED_AT_KEY)
+# shared_run: a branch's regularized run; model_file: its saved model; stopped_at_rung: where moasha stopped it;
+# cohort_size / cohort_index: the cohort a trial trained in (budget.cohort_size > 1) and its place there
+LEDGER_EXTRAS: tuple[str, ...] = (
+    "report_wait_s",
+    "node_id",
+    SHARED_RUN_KEY,
+    MODEL_FILE_KEY,
+    STOPPED_AT_KEY,
+    COHORT_SIZE_KEY,
+    COHORT_INDEX_KEY,
+)
 
 
 def current_front(spec: SweepSpec, rows: Iterable[dict[str, Any]]) -> pd.DataFrame:

@@ -51,7 +51,7 @@ from sweeps.recorder import (
     sweep_progress,
 )
 from sweeps.records import ResultsLedger, SweepState, now_iso
-from sweeps.scheduler import MOASHA
+from sweeps.scheduler import MOASHA, RungChannel, start_rung_channel
 from sweeps.searcher import (
     FINISHED_STATES,
     Branching,
@@ -336,36 +336,52 @@ def models_dir(spec: SweepSpec, sweep_dir: Path) -> str | None:
     return None if spec.models == "none" else str(sweep_dir / MODELS_DIR)
 
 
+def moasha_settings(spec: SweepSpec, sweep_dir: Path) -> dict[str, Any]:
+    """The arguments of MO-ASHA's rung state (``sweeps.scheduler.Rungs``), kept in ``<sweep>/scheduler.json``."""
+    settings = spec.scheduler
+    return {
+        "objectives": spec.metric_names,
+        "modes": spec.modes,
+        "grace_epochs": settings.grace_epochs,
+        "reduction_factor": settings.reduction_factor,
+        "max_epochs": settings.max_epochs or spec.trial_config(spec.example_params()).epochs,
+        "constraints": spec.constraint_rules,
+        "margin": settings.margin,
+        "state_path": sweep_dir / SCHEDULER_FILE,
+    }
+
+
 def build_scheduler(
     spec: SweepSpec, sweep_dir: Path, searcher: OptunaSearcher, recorder: SweepRecorder
 ) -> MOASHA | None:
-    """The spec's early-stopping scheduler (None: every trial trains to the end).
+    """The spec's early-stopping Tune scheduler (None: every trial trains to the end, or cohorts decide).
 
-    A stop is told to the searcher (PRUNED, proxies kept) and the recorder (status ``pruned``,
-    the rung on its run) for every member of the stopped Ray trial, before Tune ends it.
+    A stop is a pruned result (its rung and proxies) for every member of the stopped Ray trial,
+    told to the searcher (PRUNED, proxies kept) and the recorder (status ``pruned``, the rung on
+    its run) before Tune ends it — what a cohort member ranked out reports itself.  With
+    ``cohort_size`` > 1 Tune gets none: a scheduler stops whole Ray trials, so cohort members
+    consult the rung channel instead (``rung_channel``).
     """
-    if spec.scheduler.type != "moasha":
+    if spec.scheduler.type != "moasha" or spec.budget.cohort_size > 1:
         return None
 
     def stopped(trial_id: str, rung: int, proxies: dict[str, float]) -> None:
-        message = f"stopped by moasha at regularized epoch {rung}"
+        result = TrialResult(
+            Status.PRUNED, f"stopped by moasha at regularized epoch {rung}", extra={STOPPED_AT_KEY: rung, **proxies}
+        )
         for member in searcher.members(trial_id):
-            searcher.tell_pruned(member.number, proxies, message)
-            result = TrialResult(Status.PRUNED, message, extra={STOPPED_AT_KEY: rung, **proxies})
+            searcher.tell_result(member.number, result)
             recorder.submit(recorder.finished, member, result, trial_id)
 
-    settings = spec.scheduler
-    return MOASHA(
-        spec.metric_names,
-        spec.modes,
-        grace_epochs=settings.grace_epochs,
-        reduction_factor=settings.reduction_factor,
-        max_epochs=settings.max_epochs or spec.trial_config(spec.example_params()).epochs,
-        constraints=spec.constraint_rules,
-        margin=settings.margin,
-        state_path=sweep_dir / SCHEDULER_FILE,
-        on_stop=stopped,
-    )
+    return MOASHA(**moasha_settings(spec, sweep_dir), on_stop=stopped)
+
+
+def rung_channel(spec: SweepSpec, sweep_dir: Path) -> RungChannel | None:
+    """MO-ASHA for cohorts (``cohort_size`` > 1 and ``scheduler: moasha``): the rung state as a Ray actor
+    on the driver's node, which every cohort member consults at its rungs; None otherwise.  Needs Ray."""
+    if spec.scheduler.type != "moasha" or spec.budget.cohort_size <= 1:
+        return None
+    return start_rung_channel(moasha_settings(spec, sweep_dir))
 
 
 def build_tuner(
@@ -377,11 +393,13 @@ def build_tuner(
     recorder: SweepRecorder,
     interrupt: Interrupt,
     own_ray: bool = False,
+    channel: RungChannel | None = None,
 ) -> tune.Tuner:
     """One declarative Tuner: our searcher owns the budget (Tune's num_samples is unbounded).
 
     ``interrupt`` stops the experiment on Ctrl-C; with ``own_ray`` (a local Ray this driver
     started) the Ray processes are recorded as trials start, so a resume after a SIGKILL can stop them.
+    ``channel``: the rung channel cohort members consult (``rung_channel``).
     """
     callbacks: list[tune.Callback] = [JsonLoggerCallback(), RecorderCallback(recorder, directory=searcher)]
     if own_ray:
@@ -393,6 +411,8 @@ def build_tuner(
             checkpoint_interval_s=spec.checkpoint_interval_s,
             branching=branch_settings(spec, sweep_dir),
             models_dir=models_dir(spec, sweep_dir),
+            cohorts=spec.budget.cohort_size > 1,
+            stop=channel,
         ),
         {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus},
     )
@@ -427,11 +447,11 @@ def execute_sweep(
     num_cpus: int | None = None,
     num_gpus: int | None = None,
     quiet: bool = False,
-    members_per_trial: int = 1,
 ) -> SweepOutcome:
     """Run the results this sweep still owes, then tag the front and print where things are.
 
-    ``members_per_trial``: configurations one Ray trial trains (one after the other today).
+    One Ray trial trains one trial, or a cohort of up to ``budget.cohort_size`` (the searcher
+    hands out that many members per Ray trial).
     """
     configure_tune_environment()
     started = time.time()
@@ -467,7 +487,7 @@ def execute_sweep(
         spec.metric_names,
         spec.constraint_rules,
         budget=spec.budget.num_samples,
-        members_per_trial=members_per_trial,
+        members_per_trial=spec.budget.cohort_size,
         branching=Branching(spec.budget.thresholds_per_run, spec.budget.branch_mode, split_branch_settings),
         resume_checkpoints=resume_checkpoints(sweep_dir),
         on_member=recorder.open_run,
@@ -479,11 +499,17 @@ def execute_sweep(
         ray_processes = sweep_dir / RAY_PROCESSES_FILE
         if started_ray:
             processes.record(ray_processes, processes.descendants(os.getpid()))
+        channel = None
         try:
-            tuner = build_tuner(spec, sweep_dir, len(state.runs), searcher, fixed, recorder, interrupt, started_ray)
+            channel = rung_channel(spec, sweep_dir)
+            tuner = build_tuner(
+                spec, sweep_dir, len(state.runs), searcher, fixed, recorder, interrupt, started_ray, channel
+            )
             with interrupt.handling():
                 tuner.fit()
         finally:
+            if channel is not None:
+                ray.kill(channel.keeper)
             recorder.close()
             recorder.interrupt_running()
             progress.close()

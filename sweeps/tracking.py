@@ -30,6 +30,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from trainables.contract import (
+    COHORT_INDEX_KEY,
+    COHORT_SIZE_KEY,
     EPOCH_METRICS,
     FINAL_PREFIX,
     MESSAGE_TAG,
@@ -226,8 +228,9 @@ class SweepTracker:
         metrics += [
             Metric(k, float(result.extra[k]), timestamp, 0) for k in RESOURCE_METRICS if _finite(result.extra.get(k))
         ]
-        if result.extra.get(STOPPED_AT_KEY) is not None:  # stopped early: at which rung
-            tags.append(RunTag(f"hoyersweep.{STOPPED_AT_KEY}", str(result.extra[STOPPED_AT_KEY])))
+        for key in (STOPPED_AT_KEY, COHORT_SIZE_KEY, COHORT_INDEX_KEY):  # stopped early at a rung; trained in a cohort
+            if result.extra.get(key) is not None:
+                tags.append(RunTag(f"hoyersweep.{key}", str(result.extra[key])))
         if result.extra.get(SHARED_RUN_KEY) is not None:  # a branch: the regularized run it shares
             tags.append(RunTag(SHARED_RUN_TAG, str(result.extra[SHARED_RUN_KEY])))
         if result.message:

@@ -1,7 +1,8 @@
 """The one function trainable: DeepHoyer trials under Ray Tune.
 
-A Ray trial trains the members the searcher handed it (``sweeps.searcher.Member``), one after
-the other with ``trainables.run_trial``.  Every report names its member (``trial_number``):
+A Ray trial trains the members the searcher handed it (``sweeps.searcher.Member``): one with
+``trainables.run_trial``, the branches of one regularized run (``train_branches``), or a cohort
+trained as one stacked model (``train_cohort``).  Every report names its member (``trial_number``):
 each epoch's metrics, with a ``tune.Checkpoint`` at most every ``checkpoint_interval_s``
 seconds, and one final report per member (``final: True``) holding its ``TrialResult`` scalars
 and its per-layer table and history as JSON text (``TrialResult.from_dict`` decodes them).  A
@@ -26,9 +27,11 @@ import ray
 import torch
 from ray import tune
 
+from sweeps.scheduler import RungChannel
 from sweeps.searcher import BRANCH_INDEX_KEY, BRANCH_PLAN_KEY, BRANCH_SLOTS_KEY, Member, members_of
 from trainables import ConfigError, TrialConfig, run_trial
 from trainables.branching import prune_now_proxy, run_branches, select_thresholds
+from trainables.cohort import run_cohort
 from trainables.config import split_branch_settings
 from trainables.contract import MODEL_FILE_KEY, SHARED_RUN_KEY, TRIAL_NUMBER_KEY, Status, TrialResult
 from trainables.data import DataError
@@ -89,7 +92,8 @@ def _checkpoint_to_resume(workdir: Path, number: int, handed_over: str | None, s
     """A local copy of the checkpoint to continue ``number`` from: Ray's own (a retry) first, else the sweep's.
 
     With ``stage``, only a checkpoint taken in that stage counts (a branching run resumes inside
-    its shared phase from a checkpoint, and after it from its branch point).
+    its shared phase from a checkpoint, and after it from its branch point).  Its identity file is
+    copied beside it (``workdir / IDENTITY_FILE``: a cohort reads its members there).
     """
 
     def usable(identity: Path, source: Path) -> bool:
@@ -99,14 +103,18 @@ def _checkpoint_to_resume(workdir: Path, number: int, handed_over: str | None, s
         numbers = marker.get("trial_numbers") or [marker.get(TRIAL_NUMBER_KEY)]
         return number in numbers and (stage is None or marker.get("stage") == stage)
 
+    def copy(source: Path) -> Path:
+        shutil.copy(source.with_name(IDENTITY_FILE), workdir / IDENTITY_FILE)  # read by train_cohort
+        return Path(shutil.copy(source, workdir / CHECKPOINT_FILE))
+
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             source = Path(directory) / CHECKPOINT_FILE
             if usable(Path(directory) / IDENTITY_FILE, source):
-                return Path(shutil.copy(source, workdir / CHECKPOINT_FILE))
+                return copy(source)
     if handed_over and usable(Path(handed_over).with_name(IDENTITY_FILE), Path(handed_over)):
-        return Path(shutil.copy(handed_over, workdir / CHECKPOINT_FILE))
+        return copy(Path(handed_over))
     return None
 
 
@@ -252,21 +260,128 @@ def train_branches(
         point.unlink(missing_ok=True)
 
 
+COHORT_STAGE = "cohort"  # the stage of a cohort's checkpoints (their identity also lists every member's params)
+
+
+def _cohort_of(
+    members: list[Member], configs: dict[int, TrialConfig], fixed: dict[str, Any], workdir: Path
+) -> tuple[Path | None, list[tuple[int, TrialConfig]]]:
+    """The checkpoint to continue ``members`` from (or None) and the cohort it holds, in stack order.
+
+    Without a checkpoint the cohort is the members themselves.  A checkpoint lists its cohort's
+    members (``trial_numbers`` and their ``params``); it is used when it holds every member
+    handed out.  Members of that cohort not handed out (recorded before the interruption) ride
+    along as passengers: the stack must be whole to continue, their results are not reported.
+    """
+    first = members[0]
+    mine = [(m.number, configs[m.number]) for m in members]
+    resume_from = _checkpoint_to_resume(workdir, first.number, first.resume_checkpoint, COHORT_STAGE)
+    if resume_from is None:
+        return None, mine
+    identity = json.loads((workdir / IDENTITY_FILE).read_text())
+    numbers, params = identity.get("trial_numbers") or [], identity.get("params") or []
+    if len(numbers) != len(params) or not {m.number for m in members} <= set(numbers):
+        return None, mine  # not this cohort's checkpoint: start afresh rather than mix two stacks
+    try:
+        cohort = [(n, configs.get(n) or TrialConfig.from_dict({**fixed, **p})) for n, p in zip(numbers, params)]
+    except DETERMINISTIC_ERRORS:
+        return None, mine
+    return resume_from, cohort
+
+
+def train_cohort(
+    members: list[Member],
+    fixed: dict[str, Any],
+    checkpoint_interval_s: float,
+    models_dir: str | None = None,
+    stop: RungChannel | None = None,
+) -> None:
+    """Train ``members`` as one cohort (``trainables.cohort.run_cohort``); one final report each.
+
+    A member whose configuration is bad gets its ``failed`` result at once and the others train
+    without it.  Every epoch of every member goes to ``tune.report`` under its own
+    ``trial_number``, with a checkpoint of the whole cohort at most every ``checkpoint_interval_s``
+    (its identity lists every member and its params).  A cohort resumes from Ray's checkpoint (a
+    retry) or from the one the sweep handed over.  ``stop``: the rung channel of early stopping
+    (each member asks at its rungs; one ranked out ends ``pruned`` while the others go on).  An
+    error of the whole cohort (out of memory, a bad shared setting, bad data) is a ``failed``
+    result for every member.
+    """
+    configs: dict[int, TrialConfig] = {}
+    for member in members:
+        try:
+            configs[member.number] = TrialConfig.from_dict({**fixed, **member.params})
+        except DETERMINISTIC_ERRORS as error:
+            tune.report(final_report(member, failed_result(error), {}))
+    members = [m for m in members if m.number in configs]
+    if not members:
+        return
+    mine = {m.number for m in members}
+    with tempfile.TemporaryDirectory() as workdir:
+        resume_from, cohort = _cohort_of(members, configs, fixed, Path(workdir))
+        numbers = [number for number, _ in cohort]
+        params = [{k: v for k, v in config.to_dict().items() if k not in fixed} for _, config in cohort]
+        reporter = Reporter(
+            checkpoint_interval_s,
+            lambda state: {
+                "trial_numbers": numbers,
+                TRIAL_NUMBER_KEY: numbers[0],
+                "epoch": state.epoch,
+                "stage": COHORT_STAGE,
+                "params": params,
+            },
+        )
+
+        def report(index: int, metrics: dict[str, Any], state: Any) -> None:
+            if numbers[index] in mine:
+                reporter({**metrics, TRIAL_NUMBER_KEY: numbers[index]}, state)
+
+        def ranked_out(index: int, metrics: dict[str, Any]) -> bool:
+            """A passenger leaves the stack at once; a member asks the rung channel at its rungs."""
+            if numbers[index] not in mine:
+                return True
+            return stop is not None and stop.stops(numbers[index], metrics)
+
+        paths = [model_file(models_dir, f"trial-{n:04d}") if n in mine else None for n in numbers]
+        try:
+            results = run_cohort(
+                [config for _, config in cohort],
+                report,
+                resume_from=resume_from,
+                model_paths=paths,
+                stop=ranked_out if stop is not None or len(cohort) > len(mine) else None,
+            )
+        except DETERMINISTIC_ERRORS as error:
+            results = [failed_result(error)] * len(cohort)
+    for member in members:
+        index = numbers.index(member.number)
+        result = results[index]
+        if paths[index] and result.ok:
+            result.extra[MODEL_FILE_KEY] = paths[index]
+        tune.report(final_report(member, result, reporter.extra()))
+
+
 def deephoyer_trainable(
     config: dict[str, Any],
     fixed: dict[str, Any],
     checkpoint_interval_s: float = 30.0,
     branching: BranchSettings | None = None,
     models_dir: str | None = None,
+    cohorts: bool = False,
+    stop: RungChannel | None = None,
 ) -> None:
     """Run the members of one Ray trial: ``fixed`` settings plus each member's sampled params.
 
     With ``branching``, the members are branches of one regularized run (``train_branches``);
-    otherwise each member trains on its own, one after the other.
+    with ``cohorts`` (``budget.cohort_size`` > 1) or several members, they train as one cohort
+    (``train_cohort``, consulting the rung channel ``stop`` when early stopping is on); a single
+    member otherwise trains on its own (``train_member``).
     """
     members = members_of(config)
     if branching is not None:
         train_branches(members, int(config.get(BRANCH_SLOTS_KEY, 0)), fixed, checkpoint_interval_s, branching)
-        return
-    for member in members:
-        train_member(member, fixed, checkpoint_interval_s, models_dir)
+    elif cohorts or len(members) > 1:
+        train_cohort(members, fixed, checkpoint_interval_s, models_dir, stop)
+    else:
+        for member in members:
+            train_member(member, fixed, checkpoint_interval_s, models_dir)

@@ -255,17 +255,24 @@ def test_sweeps_in_one_storage_share_the_pretrain_cache(tmp_path):
 
 
 def test_one_ray_trial_can_train_several_members_each_recorded_as_its_own_trial(local_ray, tmp_path):
-    from sweeps.runner import execute_sweep, prepare_sweep
-
     spec, _ = load_spec(
         "sweeps/digits_quick.yaml",
-        {"budget.num_samples": 5, "trial.epochs": 2, "trial.finetune_epochs": 1, "trial.batch_size": 256},
+        {
+            "budget.num_samples": 5,
+            "budget.cohort_size": 2,
+            "trial.epochs": 2,
+            "trial.finetune_epochs": 1,
+            "trial.batch_size": 256,
+        },
     )
-    sweep_dir, state = prepare_sweep(spec, str(tmp_path))
-    outcome = execute_sweep(spec, sweep_dir, state, quiet=True, members_per_trial=2)
+    outcome = run_sweep(spec, storage=str(tmp_path), quiet=True)
+    sweep_dir = outcome.sweep_dir
     rows = ResultsLedger(sweep_dir / "results.jsonl").rows
     assert outcome.total == 5 and len(set(trained_configs(rows))) == 5
-    assert len({row["ray_trial_id"] for row in rows.values()}) == 3  # 2 + 2 + 1 members
+    sizes: dict[str, list[int]] = {}
+    for row in rows.values():
+        sizes.setdefault(row["ray_trial_id"], []).append(row["cohort_size"])
+    assert sorted(sizes.values()) == [[1], [2, 2], [2, 2]]  # cohorts of 2 + 2 + the 1 still owed
     study = study_of(sweep_dir)
     assert sorted(t.number for t in own_trials(study)) == sorted(rows)
     _, runs = children(sweep_dir, json.loads((sweep_dir / "state.json").read_text())["parent_run_id"])
