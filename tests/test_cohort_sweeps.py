@@ -241,3 +241,29 @@ def test_train_strengths_trains_one_cohort(tmp_path, capsys):
     assert raised.value.code == 2 and err == [
         "hoyersweep train: error: --strengths and --thresholds cannot be combined yet; give one of them"
     ]
+
+
+def test_a_member_with_a_bad_configuration_fails_alone(local_ray, tmp_path):
+    spec = parse_spec(
+        {
+            "name": "cohort_bad_member",
+            "trial": {"epochs": 2, "finetune_epochs": 1, "batch_size": 256},
+            "search": {
+                "lr": {"type": "categorical", "choices": [0.01, 0.0]},  # lr 0 is not a valid setting
+                "seed": {"type": "categorical", "choices": [0, 1]},
+            },
+            "sampler": {"type": "random", "seed": 0},
+            "budget": {"num_samples": 4, "max_concurrent_trials": 1, "cohort_size": 4},
+            "max_failures": 0,
+        },
+        "cohort_bad_member.yaml",
+    )
+    outcome = run_sweep(spec, storage=str(tmp_path), quiet=True)
+    rows = ResultsLedger(outcome.sweep_dir / "results.jsonl").rows
+    assert len(rows) == 4 and len({row["ray_trial_id"] for row in rows.values()}) == 1
+    for row in rows.values():
+        if row["param.lr"] == 0.0:
+            assert row["status"] == Status.FAILED and "lr must be > 0" in row["message"], row
+        else:  # trained in a cohort of the two valid members
+            assert row["status"] == Status.OK and row["cohort_size"] == 2, row
+    assert sum(row["status"] == Status.FAILED for row in rows.values()) == 2
