@@ -171,7 +171,8 @@ def test_an_interrupted_cohort_resumes_to_the_same_results(tmp_path):
 
     with pytest.raises(Crash):
         run_cohort(configs, report=report)
-    resumed = run_cohort(configs, resume_from=checkpoint)
+    moved = [dict(c, pretrain_cache_dir=str(tmp_path / "elsewhere")) for c in configs]  # where, not what
+    resumed = run_cohort(moved, resume_from=checkpoint)
     for mine, theirs in zip(resumed, whole):
         close_results(mine, theirs, loss_rtol=1e-6)
         assert mine.resumed_from_epoch == 2
@@ -179,16 +180,32 @@ def test_an_interrupted_cohort_resumes_to_the_same_results(tmp_path):
         run_cohort([dict(c, strength=0.5) for c in configs], resume_from=checkpoint)
 
 
-def test_a_member_ranked_out_leaves_as_pruned_and_the_others_go_on():
+def test_a_member_ranked_out_leaves_as_pruned_and_the_others_go_on(tmp_path):
+    """Its result is final at once (``on_end`` before the others' next epoch), a checkpoint written at
+    that epoch holds the decision, and the others' results are those of a cohort without it."""
+
     def stop(member, metrics):
         return member == 1 and metrics["phase_epoch"] == 1
 
+    events = []
+    checkpoint = tmp_path / "cohort.pt"
+
+    def report(member, metrics, state):
+        events.append(("epoch", member, metrics["epoch"]))
+        if metrics["epoch"] == 1 and member == 2:
+            state.save(checkpoint)
+
     alone = run_cohort([MEMBERS[0], MEMBERS[2]])
-    results = run_cohort(MEMBERS[:3], stop=stop)
+    results = run_cohort(MEMBERS[:3], report=report, stop=stop, on_end=lambda m, r: events.append(("end", m, r.status)))
     assert results[1].status == Status.PRUNED and results[1].extra[STOPPED_AT_KEY] == 1
     assert "proxy_val_accuracy" in results[1].extra and len(results[1].history) == 1
+    assert events.index(("end", 1, Status.PRUNED)) < events.index(("epoch", 0, 2))
     close_results(results[0], alone[0])
     close_results(results[2], alone[1])
+    asked = []
+    resumed = run_cohort(MEMBERS[:3], resume_from=checkpoint, stop=lambda m, metrics: asked.append(m) or False)
+    assert resumed[1].status == Status.PRUNED and 1 not in asked
+    close_results(resumed[0], results[0], loss_rtol=1e-6)
 
 
 def test_memory_plan_splits_a_cohort_that_would_not_fit_and_refuses_one_that_never_fits(tmp_path):
@@ -227,7 +244,8 @@ def test_each_member_branches_at_its_branch_point_like_separate_trials(tmp_path)
             state.save(checkpoint)
 
     results = run_cohort_branches(configs, branches, report=report)
-    assert ("shared" in {b for _, b, p in seen if p == "train"}) and {b for _, b, p in seen if p == "finetune"} == {0, 1, 2}
+    assert "shared" in {b for _, b, p in seen if p == "train"}
+    assert {b for _, b, p in seen if p == "finetune"} == {0, 1, 2}
     assert [len(r) for r in results] == [2, 3]
     for member, (config, member_branches) in enumerate(zip(configs, branches)):
         for branch, settings in enumerate(member_branches):

@@ -49,8 +49,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.config import BRANCH_SETTINGS, ConfigError, TrialConfig, check_cohort
+from trainables.config import BRANCH_SETTINGS, ConfigError, TrialConfig, check_cohort, same_computation
 from trainables.contract import (
+    COHORT_INDEX_KEY,
+    COHORT_SIZE_KEY,
     FLOPS_FRAC,
     NONZERO_FRAC,
     PROXY_FLOPS_FRAC,
@@ -83,11 +85,11 @@ from trainables.pruning import Masks, SparsityReport, compute_masks, output_posi
 from trainables.regularizers import prunable_weights, stacked_regularization
 
 COHORT_FORMAT = "hoyersweep-cohort-1"
-COHORT_SIZE_KEY = "cohort_size"  # a member's result: how many members its cohort trained together
-COHORT_INDEX_KEY = "cohort_index"  # a member's result: its place in the cohort
 
 CohortReportFn = Callable[[int, dict[str, Any], "CohortState"], None]
 """``report(member, metrics, state)``: one epoch of one member (its index in the cohort)."""
+EndFn = Callable[[int, int, TrialResult], None]
+"""``on_end(member, branch, result)``: a result is final (as soon as its row leaves the stack)."""
 StopFn = Callable[[int, dict[str, Any]], bool]
 """``stop(member, metrics)`` after each regularized epoch: True ranks the member out (``pruned``)."""
 
@@ -280,11 +282,13 @@ class Cohort:
         stop: StopFn | None = None,
         indices: Sequence[int] | None = None,
         branches: Sequence[Sequence[dict[str, Any]]] | None = None,
+        on_end: EndFn | None = None,
     ) -> None:
         indices = list(indices) if indices is not None else list(range(len(configs)))
         self.data = data
         self.report = report
         self.stop = stop
+        self.on_end = on_end
         self.branching = branches is not None
         self.branch_configs = {
             member: [
@@ -309,6 +313,7 @@ class Cohort:
         self.phases = plan_phases(first)
         self.augment = augmenter(first, data)
         self.shared = first
+        self.member_configs = dict(zip(indices, configs))
         self.rows = [Row(config, member) for config, member in zip(configs, indices)]
         self.active = list(range(len(self.rows)))
         self.parked: list[int] = []
@@ -627,18 +632,17 @@ class Cohort:
             self.cursor = Cursor(name, index + 1)
             if not self.active:
                 return
-            reports = self.measure(name, index + 1, lr, losses)
-            for row, metrics in zip(self.active, reports):
+            reports = list(zip(self.active, self.measure(name, index + 1, lr, losses)))
+            for row, metrics in reports:
                 self.rows[row].history.append(metrics)
-            if self.report is not None:
-                for row, metrics in zip(list(self.active), reports):
-                    self.report(self.rows[row].member, dict(metrics), CohortState(self))
             if self.stop is not None and name == TRAIN and self.masks is None:
-                self.rank_out(
-                    [r for r, metrics in zip(self.active, reports) if self.stop(self.rows[r].member, metrics)]
-                )
-                if not self.active:
-                    return
+                # decided before the reports, so that a checkpoint a report writes holds the decisions
+                self.rank_out([row for row, metrics in reports if self.stop(self.rows[row].member, metrics)])
+            if self.report is not None:
+                for row, metrics in reports:
+                    self.report(self.rows[row].member, dict(metrics), CohortState(self))
+            if not self.active:
+                return
 
     def rank_out(self, rows: Sequence[int]) -> None:
         """Rows the ``stop`` callback ranked out: ``pruned``, with the epoch and their proxies."""
@@ -755,22 +759,23 @@ class Cohort:
                     for epoch, tracked in zip(record.history, record.tracked)
                 ]
             sparsity = self.sparsity(row, _pair(config) if self.masks is None else None)
-            record.results.append(
-                build_result(
-                    status, record.message, accuracies, sparsity, history, record.marks, self.elapsed(), resources
-                )
+            result = build_result(
+                status, record.message, accuracies, sparsity, history, record.marks, self.elapsed(), resources
             )
+            record.results.append(result)
+            if self.on_end is not None:
+                self.on_end(record.member, record.branch if record.branch is not None else branch, result)
 
     def finish(self, model_path: ModelPath | None) -> None:
-        """Results of the rows that trained to the end; their models saved where ``model_path`` says."""
+        """Results of the rows that trained to the end, each model saved (where ``model_path`` says) first."""
         self.sync()
         for row in list(self.active):
-            self.end(row, Status.OK)
             record = self.rows[row]
             path = model_path(record.member, record.branch or 0) if model_path is not None else None
             if path is not None:
                 masks = {n: self.masks[n][row] for n in self.prunable} if self.masks is not None else {}
                 write_model_file(self.view(row), masks, record.config, self.data, path)
+            self.end(row, Status.OK)
         self.active = []
 
     def results(self) -> dict[int, list[TrialResult]]:
@@ -804,6 +809,10 @@ class Cohort:
         self.params = {n: payload["params"][n].to(device) for n in self.names}
         self.masks = {n: m.to(device) for n, m in payload["masks"].items()} if payload["masks"] is not None else None
         self.rows = [Row.from_payload(row) for row in payload["rows"]]
+        for row in self.rows:  # today's data path, cache folder and device (the checkpoint may have moved)
+            row.config = (
+                self.member_configs[row.member] if row.branch is None else self.branch_configs[row.member][row.branch]
+            )
         self.active = list(payload["active"])
         self.parked = list(payload["parked"])
         self.optimizer_state = payload["optimizer"]
@@ -886,14 +895,17 @@ def run_cohort(
     model_paths: Sequence[str | os.PathLike | None] | None = None,
     stop: StopFn | None = None,
     free_bytes: int | None = None,
+    on_end: Callable[[int, TrialResult], None] | None = None,
 ) -> list[TrialResult]:
     """Train ``configs`` as one cohort (or, when memory says so, as consecutive chunks); a result per member, in order.
 
     ``report(member, metrics, state)`` is called for every member's every epoch (``state.save``
     checkpoints the cohort for ``resume_from``); ``stop(member, metrics)`` may rank a member out
     after a regularized epoch; ``model_paths[member]`` is where an ok member's model is saved.
-    ``free_bytes`` overrides the memory the planner sees (tests).  Bad settings or a mixed cohort
-    raise ``ConfigError``; bad data raises ``DataError``.
+    ``on_end(member, result)`` is called as soon as a member's result is final (a member that
+    diverges or is ranked out ends before its cohort does).  ``free_bytes`` overrides the memory
+    the planner sees (tests).  Bad settings or a mixed cohort raise ``ConfigError``; bad data
+    raises ``DataError``.
     """
     paths = list(model_paths) if model_paths else None
     results = run_cohort_branches(
@@ -904,6 +916,7 @@ def run_cohort(
         (lambda member, _branch: paths[member]) if paths else None,
         stop,
         free_bytes,
+        (lambda member, _branch, result: on_end(member, result)) if on_end is not None else None,
     )
     return [member[0] for member in results]
 
@@ -916,6 +929,7 @@ def run_cohort_branches(
     model_path: ModelPath | None = None,
     stop: StopFn | None = None,
     free_bytes: int | None = None,
+    on_end: EndFn | None = None,
 ) -> list[list[TrialResult]]:
     """A cohort whose members each branch at the branch point: member i's results, one per ``branches[i]``.
 
@@ -968,6 +982,7 @@ def run_cohort_branches(
             stop,
             indices=chunk,
             branches=[member_branches[i] for i in chunk] if branches is not None else None,
+            on_end=on_end,
         )
         if payload is not None and sorted(int(m) for m in payload["members"]) == chunk:
             cohort.restore(payload)
@@ -991,10 +1006,11 @@ def _cohort_checkpoint(
     for member, stored in payload["members"].items():
         member = int(member)
         expected = (
-            [TrialConfig.from_dict({**configs[member].to_dict(), **b}).to_dict() for b in branches[member]]
+            [TrialConfig.from_dict({**configs[member].to_dict(), **b}) for b in branches[member]]
             if member < len(configs)
-            else None
+            else []
         )
-        if expected != [TrialConfig.from_dict(c).to_dict() for c in stored]:
+        saved = [TrialConfig.from_dict(c) for c in stored]
+        if len(expected) != len(saved) or not all(same_computation(a, b) for a, b in zip(expected, saved)):
             raise ConfigError(f"{path}: a checkpoint of other configurations than this cohort's")
     return payload

@@ -163,6 +163,17 @@ def check_branchable(searched_names: Iterable[str]) -> None:
         )
 
 
+PLACE_SETTINGS: tuple[str, ...] = ("data_dir", "pretrain_cache_dir", "init_checkpoint", "device", "num_threads")
+"""Where and on what a trial runs, not what it computes: a checkpoint resumes under other values
+(a moved sweep folder, another data path or device)."""
+
+
+def same_computation(a: TrialConfig, b: TrialConfig) -> bool:
+    """Whether two configs compute the same trial (equal but for ``PLACE_SETTINGS``)."""
+    strip = lambda config: {k: v for k, v in config.to_dict().items() if k not in PLACE_SETTINGS}  # noqa: E731
+    return strip(a) == strip(b)
+
+
 COHORT_SETTINGS: tuple[str, ...] = (
     "reg",
     "strength",
