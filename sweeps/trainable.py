@@ -343,6 +343,18 @@ def train_cohort(
             return stop is not None and stop.stops(numbers[index], metrics)
 
         paths = [model_file(models_dir, f"trial-{n:04d}") if n in mine else None for n in numbers]
+        reported: set[int] = set()
+
+        def ended(index: int, result: TrialResult) -> None:
+            """A member's final report as soon as it leaves the stack (its Optuna trial told at once)."""
+            member = next((m for m in members if m.number == numbers[index]), None)
+            if member is None or member.number in reported:
+                return
+            if paths[index] and result.ok:
+                result.extra[MODEL_FILE_KEY] = paths[index]
+            tune.report(final_report(member, result, reporter.extra()))
+            reported.add(member.number)
+
         try:
             results = run_cohort(
                 [config for _, config in cohort],
@@ -350,15 +362,12 @@ def train_cohort(
                 resume_from=resume_from,
                 model_paths=paths,
                 stop=ranked_out if stop is not None or len(cohort) > len(mine) else None,
+                on_end=ended,
             )
         except DETERMINISTIC_ERRORS as error:
             results = [failed_result(error)] * len(cohort)
-    for member in members:
-        index = numbers.index(member.number)
-        result = results[index]
-        if paths[index] and result.ok:
-            result.extra[MODEL_FILE_KEY] = paths[index]
-        tune.report(final_report(member, result, reporter.extra()))
+    for index, result in enumerate(results):  # those a resumed checkpoint held finished, or all after an error
+        ended(index, result)
 
 
 def deephoyer_trainable(
