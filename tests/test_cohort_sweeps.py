@@ -235,12 +235,20 @@ def test_train_strengths_trains_one_cohort(tmp_path, capsys):
     assert [r["status"] for r in results] == ["ok"] * 3
     assert [(r["cohort_size"], r["cohort_index"]) for r in results] == [(3, 0), (3, 1), (3, 2)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m-0.pt", "m-1.pt", "m-2.pt"]
-    with pytest.raises(SystemExit) as raised:
-        main(["train", "--strengths", "1e-4,3e-4", "--thresholds", "0.01,0.02"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert raised.value.code == 2 and err == [
-        "hoyersweep train: error: --strengths and --thresholds cannot be combined yet; give one of them"
+    argv = ["train", "--strengths", "1e-4,3e-4", "--thresholds", "0.01,0.05", "--epochs", "2"]
+    argv += ["--finetune-epochs", "1", "--batch-size", "256", "--json"]
+    assert main(argv) == 0
+    branched = json.loads(capsys.readouterr().out)
+    assert [(r["strength"], r["threshold"]) for r in branched] == [
+        (1e-4, 0.01),
+        (1e-4, 0.05),
+        (3e-4, 0.01),
+        (3e-4, 0.05),
     ]
+    assert branched[0]["nonzero_frac"] > branched[1]["nonzero_frac"]  # each branch pruned at its own threshold
+    with pytest.raises(SystemExit) as raised:
+        main(["train", "--strengths", "1e-4,x"])
+    assert raised.value.code == 2 and "--strengths" in capsys.readouterr().err
 
 
 def test_a_member_with_a_bad_configuration_fails_alone(local_ray, tmp_path):

@@ -5,6 +5,8 @@
 fine-tuned result per threshold, each the same as ``--threshold`` with that value.
 ``--strengths 1e-4,3e-4,1e-3`` trains one cohort (``trainables.cohort.run_cohort``): one member
 per strength, every other flag shared, all stacked into one model — one result per strength.
+Both together: each member branches at its branch point (``run_cohort_branches``), one result
+per (strength, threshold).
 """
 
 from __future__ import annotations
@@ -126,10 +128,9 @@ def _print_progress(metrics: dict[str, Any], _state: object) -> None:
 def train_command(args: argparse.Namespace) -> int:
     """Run one trial; the final ``TrialResult`` as JSON (``--json``, NaN as null) or a short table."""
     config = config_from_args(args)
-    if getattr(args, "strengths", None) and getattr(args, "thresholds", None):
-        raise ConfigError("--strengths and --thresholds cannot be combined yet; give one of them")
     if getattr(args, "strengths", None):
-        return cohort_command(config, args.strengths, args.json, getattr(args, "save", None))
+        thresholds = getattr(args, "thresholds", None)
+        return cohort_command(config, args.strengths, args.json, getattr(args, "save", None), thresholds)
     if getattr(args, "thresholds", None):
         return branches_command(config, args.thresholds, args.json, getattr(args, "save", None))
     from trainables.pipeline import run_trial  # torch loads here, not when the parser is built
@@ -185,31 +186,47 @@ def branches_command(config: TrialConfig, thresholds: list[float], as_json: bool
     return 0 if all(result.ok for result in results) else 1
 
 
-def cohort_command(config: TrialConfig, strengths: list[float], as_json: bool, save: str | None = None) -> int:
+def cohort_command(
+    config: TrialConfig,
+    strengths: list[float],
+    as_json: bool,
+    save: str | None = None,
+    thresholds: list[float] | None = None,
+) -> int:
     """``--strengths``: one cohort, a member per strength; one line (or JSON object) per strength.
 
     Each member is ``train --strength S`` with the same other flags, trained stacked with the
-    others (``run_cohort``; equal to a separate run up to float32 rounding).
+    others (``run_cohort``; equal to a separate run up to float32 rounding).  With ``thresholds``
+    each member branches (``run_cohort_branches``): one result per (strength, threshold), saved
+    as ``PATH-i.pt`` in that order.
     """
-    from trainables.cohort import run_cohort  # torch loads here
+    from trainables.cohort import run_cohort_branches  # torch loads here
 
     def progress(member: int, metrics: dict[str, Any], state: object) -> None:
         _print_progress({**metrics, "member": member}, state)
 
     configs = [replace(config, strength=strength) for strength in strengths]
-    results = run_cohort(
+    branches = [[{"threshold": t} for t in thresholds]] * len(configs) if thresholds else None
+    per_member = len(thresholds) if thresholds else 1
+    results = run_cohort_branches(
         configs,
+        branches,
         report=None if as_json else progress,
-        model_paths=[numbered_model_path(save, index) for index in range(len(strengths))],
+        model_path=lambda member, branch: numbered_model_path(save, member * per_member + branch),
     )
+    rows = [
+        ({"strength": s, **({"threshold": thresholds[b]} if thresholds else {})}, result)
+        for s, member_results in zip(strengths, results)
+        for b, result in enumerate(member_results)
+    ]
     if as_json:
-        rows = [{"strength": s, **result.to_dict()} for s, result in zip(strengths, results)]
-        print(json.dumps(json_safe(rows), allow_nan=False))
+        print(json.dumps(json_safe([{**key, **result.to_dict()} for key, result in rows]), allow_nan=False))
     else:
-        for strength, result in zip(strengths, results):
-            metrics = " ".join(f"{key} {result.metric(key):.4f}" for key in BRANCH_LINE_METRICS)
-            print(f"strength {strength:g} status {result.status.value} {metrics}")
-    return 0 if all(result.ok for result in results) else 1
+        for key, result in rows:
+            metrics = " ".join(f"{name} {result.metric(name):.4f}" for name in BRANCH_LINE_METRICS)
+            settings = " ".join(f"{name} {value:g}" for name, value in key.items())
+            print(f"{settings} status {result.status.value} {metrics}")
+    return 0 if all(result.ok for _, result in rows) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
