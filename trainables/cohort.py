@@ -11,18 +11,23 @@ for training jobs in general; here it runs the DeepHoyer phases per member:
 - each member starts from its own seed (``torch.manual_seed(seed)`` then the model, exactly as
   ``run_trial``) and draws its own batch order from (seed, phase, epoch); members that share a
   seed share each batch (one gather, broadcast), the others gather their own;
-- the regularizer is each member's ``reg`` × ``strength`` (members grouped by ``reg``; the
-  plain-autograd formulas of ``trainables.regularizers`` mapped over the member dimension);
+- the regularizer is each member's ``reg`` × ``strength`` (members grouped by ``reg``;
+  ``trainables.regularizers.stacked_regularization``: Hoyer-Square and Group-HS as one fused
+  Function over the member dimension, the others mapped with ``vmap``);
 - pruning takes each member's ``threshold`` / ``threshold_mode`` into each member's mask, held
   through fine-tuning (``weight × mask`` in the forward, pruned entries zeroed, as
   ``torch.nn.utils.prune`` does for a single trial);
 - every epoch each member reports what ``run_trial`` would report (projected sparsity, the
   prune-now proxy), and its final ``TrialResult`` has its own FLOPs and per-layer sparsity.
+- with ``run_cohort_branches`` each member branches at its branch point: its row of the stack
+  becomes one row per branch (``BRANCH_SETTINGS``), each pruned and fine-tuned as its own trial
+  would be, with the pre-prune history at its own threshold (tracked every epoch).
 
 What members may differ in, and what they must share, is ``trainables.config.COHORT_SETTINGS``
 (``check_cohort`` refuses a mixed cohort in one line).  A member whose loss turns non-finite
 leaves the stack as ``diverged``; a member the ``stop`` callback ranks out leaves it as
-``pruned``; the others go on, unchanged (their slices never mix with another member's).  A
+``pruned`` (asked after each regularized epoch, before that epoch's reports); ``on_end`` hears of
+each result as soon as it is final; the others go on, unchanged (their slices never mix).  A
 ``CohortState`` passed to ``report`` saves the whole cohort (weights, optimizer state, masks,
 histories, finished results) so ``run_cohort(..., resume_from=path)`` continues it exactly.
 Before training, ``plan_cohort`` estimates the memory of one member and splits a cohort that

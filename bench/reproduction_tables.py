@@ -1,0 +1,129 @@
+"""The reproduction tables of docs/reproduction.md, regenerated from the committed results (no training).
+
+Usage (from the repository root; needs pandas/pyarrow only — no torch, Ray or MLflow)::
+
+    python bench/reproduction_tables.py                       # every table under docs/reproduction/data/
+    python bench/reproduction_tables.py docs/reproduction/data/mnist_lenet300_long.parquet
+
+Each ``*.parquet`` there is one reproduction sweep's whole results table, saved with
+``hoyersweep pareto <sweep folder> --save <file>.parquet``.  For each file: the sweep's budget
+(results, regularized runs, epochs), then, at every nonzero cap, the trial chosen on
+**validation** accuracy among the ok trials under the cap (``analysis.pareto.
+most_accurate_with_sparsity``) with its test accuracy beside it — test accuracy is never used
+to choose — and the published anchors of the same model drawn from ``ANCHORS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from analysis.pareto import most_accurate_with_sparsity  # noqa: E402
+from analysis.results import load_results  # noqa: E402
+
+DATA = ROOT / "docs" / "reproduction" / "data"
+CAPS = (0.0036, 0.008, 0.01, 0.015, 0.02, 0.05, 0.083)
+ANCHORS: dict[str, list[tuple[str, float, float]]] = {
+    "lenet300_100/mnist": [
+        ("Han et al. 2015 (pruning)", 0.9841, 0.083),
+        ("Sparse VD (Molchanov 2017)", 0.9808, 0.0147),
+        ("independent DeepHoyer reproduction", 0.9799, 0.0372),
+        ("target (floor)", 0.984, 0.015),
+        ("target (stretch)", 0.984, 0.010),
+    ],
+    "lenet5/mnist": [
+        ("Han et al. 2015", 0.9923, 0.083),
+        ("Sparse VD", 0.9925, 0.0036),
+        ("independent DeepHoyer reproduction", 0.9917, 0.0141),
+        ("target (floor)", 0.992, 0.008),
+        ("target (stretch)", 0.9925, 0.0036),
+    ],
+    "lenet5/fashion_mnist": [("DeepHoyer reproduction, Group-HS", 0.9082, 0.019), ("target", 0.91, 0.015)],
+}
+
+
+def _pct(value: float) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f} %"
+
+
+def budget_line(table: pd.DataFrame) -> str:
+    """Results, regularized runs (threshold branches of one run share every other setting) and epochs."""
+    ok = table[table["status"] == "ok"]
+    shared = [c for c in ("reg", "strength", "lr", "weight_decay", "seed") if c in table.columns]
+    runs = len(table.drop_duplicates(shared)) if shared else len(table)
+    first = table.iloc[0]
+    return (
+        f"{len(table)} results ({len(ok)} ok) from {runs} regularized runs; {int(first['pretrain_epochs'])} dense + "
+        f"{int(first['epochs'])} regularized + {int(first['finetune_epochs'])} fine-tune epochs per trial, "
+        f"batch {int(first['batch_size'])}, augment {first['augment']}"
+    )
+
+
+def caps_table(table: pd.DataFrame) -> list[str]:
+    lines = [
+        "| nonzero cap | trial | strength | threshold | val acc | **test acc** | nonzero | FLOPs |",
+        "|---|" + "---:|" * 7,
+    ]
+    for cap in CAPS:
+        row = most_accurate_with_sparsity(table, cap)
+        if row is None:
+            lines.append(f"| ≤ {100 * cap:g} % | — | | | | | | |")
+            continue
+        lines.append(
+            f"| ≤ {100 * cap:g} % | {int(row['trial_number'])} | {row['strength']:.2g} | "
+            f"{row['threshold']:.3g} | {_pct(row['val_accuracy'])} | "
+            f"**{_pct(row['test_accuracy'])}** | {_pct(row['nonzero_frac'])} | {_pct(row['flops_frac'])} |"
+        )
+    return lines
+
+
+def anchors_lines(table: pd.DataFrame) -> list[str]:
+    """Each anchor: does a validation-chosen trial at its nonzero fraction reach its accuracy (on test)?"""
+    key = f"{table['model'].iloc[0]}/{table['dataset'].iloc[0]}" if {"model", "dataset"} <= set(table.columns) else ""
+    lines = []
+    for name, accuracy, nonzero in ANCHORS.get(key, []):
+        row = most_accurate_with_sparsity(table, nonzero)
+        mine = (
+            "nothing under the cap" if row is None else f"{_pct(row['test_accuracy'])} at {_pct(row['nonzero_frac'])}"
+        )
+        verdict = (
+            ""
+            if row is None
+            else (
+                " — reached"
+                if row["test_accuracy"] >= accuracy
+                else f" — missed by {100 * (accuracy - row['test_accuracy']):.2f} points"
+            )
+        )
+        lines.append(f"- {name}: {_pct(accuracy)} at {_pct(nonzero)}; here {mine}{verdict}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="*", help="parquet tables (default: every one under docs/reproduction/data/)")
+    args = parser.parse_args(argv)
+    files = [Path(f) for f in args.files] or sorted(DATA.glob("*.parquet"))
+    if not files:
+        print(f"no parquet tables under {DATA}", file=sys.stderr)
+        return 1
+    for path in files:
+        table = load_results(path)
+        print(f"### {path.stem}\n\n{budget_line(table)}.\n")
+        print("\n".join(caps_table(table)))
+        anchors = anchors_lines(table)
+        if anchors:
+            print("\n" + "\n".join(anchors))
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
