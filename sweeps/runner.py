@@ -51,7 +51,7 @@ from sweeps.recorder import (
     sweep_progress,
 )
 from sweeps.records import ResultsLedger, SweepState, now_iso
-from sweeps.scheduler import MOASHA, RungChannel, start_rung_channel
+from sweeps.scheduler import MOASHA, RungChannel, Rungs, start_rung_channel
 from sweeps.searcher import (
     FINISHED_STATES,
     Branching,
@@ -373,7 +373,7 @@ def build_scheduler(
             searcher.tell_result(member.number, result)
             recorder.submit(recorder.finished, member, result, trial_id)
 
-    return MOASHA(**moasha_settings(spec, sweep_dir), on_stop=stopped)
+    return MOASHA(Rungs(**moasha_settings(spec, sweep_dir)), on_stop=stopped)
 
 
 def rung_channel(spec: SweepSpec, sweep_dir: Path) -> RungChannel | None:

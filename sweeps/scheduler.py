@@ -215,30 +215,9 @@ class MOASHA(FIFOScheduler):
     trial.  The rung state and the decision are ``Rungs``'.
     """
 
-    def __init__(
-        self,
-        objectives: Sequence[str],
-        modes: Sequence[str],
-        *,
-        grace_epochs: int,
-        reduction_factor: int,
-        max_epochs: int,
-        constraints: Sequence[Constraint] = (),
-        margin: float = 1.0,
-        state_path: Path | None = None,
-        on_stop: StopFn | None = None,
-    ) -> None:
+    def __init__(self, rungs: Rungs, on_stop: StopFn | None = None) -> None:
         super().__init__()
-        self.state = Rungs(
-            objectives,
-            modes,
-            grace_epochs=grace_epochs,
-            reduction_factor=reduction_factor,
-            max_epochs=max_epochs,
-            constraints=constraints,
-            margin=margin,
-            state_path=state_path,
-        )
+        self.state = rungs
         self.on_stop = on_stop
         self.stopped: dict[str, tuple[int, dict[str, float]]] = {}  # Ray trial id → (rung, proxies)
 

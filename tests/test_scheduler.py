@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
-from sweeps.scheduler import MOASHA, rank_order, rung_epochs
+from sweeps.scheduler import MOASHA, Rungs, rank_order, rung_epochs
 from trainables.contract import Constraint
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
@@ -15,13 +15,14 @@ CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 
 def scheduler(tmp_path=None, **kwargs) -> MOASHA:
     settings = {"grace_epochs": 1, "reduction_factor": 3, "max_epochs": 9, **kwargs}
-    return MOASHA(
+    rungs = Rungs(
         ["val_accuracy", "nonzero_frac"],
         ["max", "min"],
         constraints=[Constraint("val_accuracy", min=0.8)],
         state_path=(tmp_path / "scheduler.json") if tmp_path else None,
         **settings,
     )
+    return MOASHA(rungs)
 
 
 def report(moasha: MOASHA, number: int, epoch: int, accuracy: float, nonzero: float, phase: str = "train") -> str:
@@ -70,4 +71,4 @@ def test_rung_records_survive_a_restart_and_a_trial_is_never_counted_twice(tmp_p
 
 def test_objectives_without_a_proxy_are_refused():
     with pytest.raises(ValueError, match="no prune-now proxy for loss"):
-        MOASHA(["loss"], ["min"], grace_epochs=1, reduction_factor=3, max_epochs=9)
+        Rungs(["loss"], ["min"], grace_epochs=1, reduction_factor=3, max_epochs=9)
