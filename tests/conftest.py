@@ -1,5 +1,8 @@
 """Shared fixtures: one real local Ray for the in-process sweep tests."""
 
+import os
+from pathlib import Path
+
 import pytest
 
 
@@ -24,3 +27,17 @@ def digits_sweep(local_ray, tmp_path_factory):
         {"budget.num_samples": 6, "trial.epochs": 2, "trial.finetune_epochs": 1, "trial.batch_size": 256},
     )
     return run_sweep(spec, storage=str(tmp_path_factory.mktemp("sweeps")), quiet=True)
+
+
+def session_pids(sid: int) -> list[int]:
+    """The live (not zombie) processes of session ``sid`` (an interrupted or killed driver started its own)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            text = Path(f"/proc/{entry}/stat").read_text() if entry.isdigit() else ""
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split() if text else []
+        if fields and int(fields[3]) == sid and fields[0] not in "ZXx":
+            pids.append(int(entry))
+    return pids

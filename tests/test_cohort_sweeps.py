@@ -14,6 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from conftest import session_pids
 from mlflow.tracking import MlflowClient
 
 from sweeps.cli import main
@@ -64,20 +65,6 @@ def test_a_cohort_sweep_records_every_member_as_its_own_trial(local_ray, tmp_pat
     for run in runs:  # each member's own curves and tags
         assert run.info.status == "FINISHED" and run.data.tags["hoyersweep.cohort_size"] == "4"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1, 2, 3]
-
-
-def session_pids(sid: int) -> list[int]:
-    """The live (not zombie) processes of session ``sid`` (the killed driver started its own)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        try:
-            text = Path(f"/proc/{entry}/stat").read_text() if entry.isdigit() else ""
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2 :].split() if text else []
-        if fields and int(fields[3]) == sid and fields[0] not in "ZXx":
-            pids.append(int(entry))
-    return pids
 
 
 def test_a_killed_cohort_sweep_resumes_losing_and_repeating_nothing(tmp_path):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import session_pids
 from mlflow.tracking import MlflowClient
 
 from sweeps.records import ResultsLedger
@@ -122,20 +123,6 @@ def test_a_small_categorical_space_trains_each_configuration_once_failures_inclu
     _, runs = children(outcome.sweep_dir, state["parent_run_id"])
     expected = sorted("FINISHED" if r["status"] == "ok" else "FAILED" for r in rows.values())
     assert sorted(run.info.status for run in runs) == expected
-
-
-def session_pids(sid: int) -> list[int]:
-    """The live (not zombie) processes of session ``sid`` (the interrupted driver started its own)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        try:
-            text = Path(f"/proc/{entry}/stat").read_text() if entry.isdigit() else ""
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2 :].split() if text else []
-        if fields and int(fields[3]) == sid and fields[0] not in "ZXx":
-            pids.append(int(entry))
-    return pids
 
 
 def _hoyersweep(*args: str) -> list[str]:
