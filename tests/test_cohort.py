@@ -255,3 +255,15 @@ def test_each_member_branches_at_its_branch_point_like_separate_trials(tmp_path)
         close_results(mine, theirs, loss_rtol=1e-6)
     with pytest.raises(ConfigError, match="may set only"):
         run_cohort_branches(configs, [[{"strength": 1.0}], [{}]])
+
+
+def test_a_convolutional_cohort_matches_separate_trials():
+    """LeNet-5: vmapped convolutions, Group-HS over filters and channels, FLOPs per output position."""
+    configs = [
+        dict(BASE, model="lenet5", epochs=1, reg="group_hs", strength=1e-3, threshold=0.02, seed=0),
+        dict(BASE, model="lenet5", epochs=1, reg="hs", strength=3e-4, threshold=0.05, seed=1),
+    ]
+    for mine, config in zip(run_cohort(configs), configs):
+        theirs = run_trial(config)
+        close_results(mine, theirs)
+        assert mine.flops_frac == theirs.flops_frac and mine.flops_frac != mine.nonzero_frac
