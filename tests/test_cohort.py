@@ -19,6 +19,7 @@ import math
 import pytest
 import torch
 
+from trainables.branching import select_thresholds, threshold_grid
 from trainables.cohort import (
     COHORT_SIZE_KEY,
     StackedOptimizer,
@@ -267,3 +268,28 @@ def test_a_convolutional_cohort_matches_separate_trials():
         theirs = run_trial(config)
         close_results(mine, theirs)
         assert mine.flops_frac == theirs.flops_frac and mine.flops_frac != mine.nonzero_frac
+
+
+def test_members_choose_their_branches_from_their_prune_now_front():
+    """``choose`` sees each member's proxy points over the grid at the branch point; the branches it
+    returns end as their own trials would (pre-prune sparsity of a chosen branch: NaN, not tracked)."""
+    seen, picked = {}, {}
+
+    def choose(member, points):
+        seen[member] = points
+        picked[member] = [t for t in select_thresholds(points, 3) if t != MEMBERS[member]["threshold"]][:2]
+        return [{"threshold": t} for t in picked[member]]
+
+    grid = threshold_grid(0.005, 0.2, 8)
+    results = run_cohort_branches(MEMBERS[:2], None, choose=choose, grid=grid, chosen_per_member=2)
+    assert sorted(seen) == [0, 1] and [p.threshold for p in seen[0]] == pytest.approx(grid)
+    assert seen[0][0].nonzero_frac > seen[0][-1].nonzero_frac  # sparser at higher thresholds
+    for member, config in enumerate(MEMBERS[:2]):
+        assert len(results[member]) == 3  # its own threshold, then the two chosen
+        close_results(results[member][0], run_trial(config))
+        for threshold, chosen in zip(picked[member], results[member][1:]):
+            single = run_trial({**config, "threshold": threshold})
+            for key in FINAL:
+                assert abs(chosen.metric(key) - single.metric(key)) <= SAMPLE + 1e-12, key
+            assert math.isnan(chosen.history[0]["nonzero_frac"])
+            assert chosen.history[-1]["nonzero_frac"] == pytest.approx(single.history[-1]["nonzero_frac"])

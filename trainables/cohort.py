@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.branching import ProxyPoint
 from trainables.config import BRANCH_SETTINGS, ConfigError, TrialConfig, check_cohort, same_computation
 from trainables.contract import (
     COHORT_INDEX_KEY,
@@ -93,6 +94,8 @@ COHORT_FORMAT = "hoyersweep-cohort-1"
 
 CohortReportFn = Callable[[int, dict[str, Any], "CohortState"], None]
 """``report(member, metrics, state)``: one epoch of one member (its index in the cohort)."""
+ChooseFn = Callable[[int, list["ProxyPoint"]], list[dict[str, Any]]]
+"""``choose(member, points)`` at the branch point: more branches for ``member`` from its prune-now front."""
 EndFn = Callable[[int, int, TrialResult], None]
 """``on_end(member, branch, result)``: a result is final (as soon as its row leaves the stack)."""
 StopFn = Callable[[int, dict[str, Any]], bool]
@@ -195,6 +198,24 @@ def _pair(config: TrialConfig) -> tuple[float, str]:
     return (config.threshold, config.threshold_mode)
 
 
+TRACKED_METRICS: tuple[str, ...] = (NONZERO_FRAC, FLOPS_FRAC, PROXY_VAL_ACCURACY, PROXY_NONZERO_FRAC, PROXY_FLOPS_FRAC)
+
+
+def branch_history(row: Row, config: TrialConfig, branch: int) -> list[dict[str, Any]]:
+    """Row ``row``'s pre-prune history as branch ``branch`` (``config``) of it would have it.
+
+    Sparsity and proxies at the branch's own (threshold, mode) where the row tracked that pair;
+    NaN where it did not (a branch chosen at the branch point, as ``run_branches`` leaves it).
+    """
+    history = []
+    for epoch, tracked in zip(row.history, row.tracked):
+        own = tracked.get(_pair(config))
+        if own is None:
+            own = {key: math.nan for key in TRACKED_METRICS if key in epoch}
+        history.append({**epoch, **own, "branch": branch})
+    return history
+
+
 @dataclass
 class Row:
     """One row of the stack: a member's regularized run, or after the branch point one of its branches.
@@ -288,13 +309,17 @@ class Cohort:
         indices: Sequence[int] | None = None,
         branches: Sequence[Sequence[dict[str, Any]]] | None = None,
         on_end: EndFn | None = None,
+        choose: ChooseFn | None = None,
+        grid: Sequence[float] = (),
     ) -> None:
         indices = list(indices) if indices is not None else list(range(len(configs)))
         self.data = data
         self.report = report
         self.stop = stop
         self.on_end = on_end
-        self.branching = branches is not None
+        self.choose = choose
+        self.grid = list(grid)
+        self.branching = branches is not None or choose is not None
         self.branch_configs = {
             member: [
                 TrialConfig.from_dict({**config.to_dict(), **branch})
@@ -696,9 +721,16 @@ class Cohort:
         """At the branch point: each active row becomes one row per branch of its member.
 
         A branch's history is its member's with the sparsity (and proxies) at the branch's own
-        (threshold, mode): the history its own trial would have.
+        (threshold, mode): the history its own trial would have.  With ``choose``, each member
+        first adds the branches it picks from its prune-now front over ``grid`` (``proxy_points``).
         """
         self.sync()
+        if self.choose is not None:
+            for row in self.active:
+                member = self.rows[row].member
+                base = self.member_configs[member]
+                extra = self.choose(member, self.proxy_points(row))
+                self.branch_configs[member] += [TrialConfig.from_dict({**base.to_dict(), **b}) for b in extra]
         rows, source = [], []
         for position, record in enumerate(self.rows):
             if position not in self.active:
@@ -706,10 +738,7 @@ class Cohort:
                 source.append(position)
                 continue
             for branch, config in enumerate(self.branch_configs[record.member]):
-                history = [
-                    {**epoch, **tracked.get(_pair(config), {}), "branch": branch}
-                    for epoch, tracked in zip(record.history, record.tracked)
-                ]
+                history = branch_history(record, config, branch)
                 rows.append(Row(config, record.member, branch, history, [], dict(record.marks), record.message))
                 source.append(position)
         index = self._index(source)
@@ -717,6 +746,16 @@ class Cohort:
         self.active = [k for k, row in enumerate(rows) if row.branch is not None]
         self.rows = rows
         self.work = {}
+
+    def proxy_points(self, row: int) -> list[ProxyPoint]:
+        """What pruning row ``row`` now at each threshold of ``grid`` (its own mode) would give: one
+        vmapped validation pass over every threshold (``branching.prune_now_proxy`` for a cohort row)."""
+        mode = self.rows[row].config.threshold_mode
+        pairs = [(threshold, mode) for threshold in self.grid]
+        masks = self.stacked_masks([row] * len(pairs), pairs)
+        fractions = self.fractions([row] * len(pairs), masks)
+        accuracy = self.validate([row] * len(pairs), masks)[0].tolist()
+        return [ProxyPoint(t, a, n, f) for (t, _), a, (n, f) in zip(pairs, accuracy, fractions)]
 
     def prune(self) -> None:
         """Prune each active row at its own threshold into its own mask (once: a no-op when pruned)."""
@@ -759,10 +798,7 @@ class Cohort:
         for branch, config in enumerate(configs):
             history = record.history
             if record.branch is None and self.branching:
-                history = [
-                    {**epoch, **tracked.get(_pair(config), {}), "branch": branch}
-                    for epoch, tracked in zip(record.history, record.tracked)
-                ]
+                history = branch_history(record, config, branch)
             sparsity = self.sparsity(row, _pair(config) if self.masks is None else None)
             result = build_result(
                 status, record.message, accuracies, sparsity, history, record.marks, self.elapsed(), resources
@@ -813,6 +849,12 @@ class Cohort:
         device = self.data.train_x.device
         self.params = {n: payload["params"][n].to(device) for n in self.names}
         self.masks = {n: m.to(device) for n, m in payload["masks"].items()} if payload["masks"] is not None else None
+        self.branch_configs = {
+            int(member): [
+                TrialConfig.from_dict({**self.member_configs[int(member)].to_dict(), **_branch_part(c)}) for c in stored
+            ]
+            for member, stored in payload["members"].items()
+        }  # the branches a chooser added before the checkpoint included
         self.rows = [Row.from_payload(row) for row in payload["rows"]]
         for row in self.rows:  # today's data path, cache folder and device (the checkpoint may have moved)
             row.config = (
@@ -935,6 +977,9 @@ def run_cohort_branches(
     stop: StopFn | None = None,
     free_bytes: int | None = None,
     on_end: EndFn | None = None,
+    choose: ChooseFn | None = None,
+    grid: Sequence[float] = (),
+    chosen_per_member: int = 0,
 ) -> list[list[TrialResult]]:
     """A cohort whose members each branch at the branch point: member i's results, one per ``branches[i]``.
 
@@ -942,7 +987,11 @@ def run_cohort_branches(
     ``trainables.branching.run_branches`` takes them; ``{}`` is the member's own settings).  Each
     branch's result is the one ``run_trial({**configs[i], **branch})`` returns, but for timings;
     reports carry ``branch`` = ``"shared"`` before the branch point, the branch's index after.
-    ``branches=None``: no branching (one result per member, reports without ``branch``).
+    ``branches=None``: no branching (one result per member, reports without ``branch``), unless
+    ``choose`` is given: then at the branch point ``choose(member, points)`` — the member's
+    prune-now front over the thresholds of ``grid`` (``ProxyPoint``s, as ``branching.ProxyChoice``
+    sees them) — returns more branches (at most ``chosen_per_member``, for the memory plan),
+    trained after the given ones; their pre-prune histories hold NaN sparsity (not tracked).
     ``model_path(member, branch)``: where each ok branch's model goes.  See ``run_cohort``.
     """
     configs = [c if isinstance(c, TrialConfig) else TrialConfig.from_dict(c) for c in configs]
@@ -976,7 +1025,7 @@ def run_cohort_branches(
         chunks.append(sorted(int(m) for m in payload["members"]))
     pending = [i for i in range(len(configs)) if i not in done and i not in (chunks[0] if chunks else [])]
     if pending:
-        rows = max(len(member_branches[i]) for i in pending)
+        rows = max(len(member_branches[i]) for i in pending) + chosen_per_member
         planned = plan_cohort([configs[i] for i in pending], data, free_bytes, rows)
         chunks += [[pending[position] for position in chunk] for chunk in planned]
     for chunk in chunks:
@@ -988,6 +1037,8 @@ def run_cohort_branches(
             indices=chunk,
             branches=[member_branches[i] for i in chunk] if branches is not None else None,
             on_end=on_end,
+            choose=choose,
+            grid=grid,
         )
         if payload is not None and sorted(int(m) for m in payload["members"]) == chunk:
             cohort.restore(payload)
@@ -999,6 +1050,10 @@ def run_cohort_branches(
         cohort.finish(model_path)
         done.update(cohort.results())
     return [done[i] for i in range(len(configs))]
+
+
+def _branch_part(config: dict[str, Any]) -> dict[str, Any]:
+    return {key: config[key] for key in BRANCH_SETTINGS if key in config}
 
 
 def _cohort_checkpoint(
@@ -1015,7 +1070,7 @@ def _cohort_checkpoint(
             if member < len(configs)
             else []
         )
-        saved = [TrialConfig.from_dict(c) for c in stored]
-        if len(expected) != len(saved) or not all(same_computation(a, b) for a, b in zip(expected, saved)):
+        saved = [TrialConfig.from_dict(c) for c in stored]  # a chooser may have added branches after these
+        if len(expected) > len(saved) or not all(same_computation(a, b) for a, b in zip(expected, saved)):
             raise ConfigError(f"{path}: a checkpoint of other configurations than this cohort's")
     return payload
