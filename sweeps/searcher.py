@@ -62,6 +62,7 @@ from trainables.contract import (
     COHORT_SIZE_KEY,
     DUPLICATE_ATTR,
     METRICS,
+    SHARED_RUN_KEY,
     STOPPED_AT_KEY,
     TRIAL_NUMBER_KEY,
     WARM_START_ATTR,
@@ -77,6 +78,7 @@ RESUME_KEY = "resume_checkpoint"
 BRANCH_SLOTS_KEY = "branch_slots"  # proxy branching: how many more branches the Ray trial chooses itself
 BRANCH_PLAN_KEY = "branch_plan"  # a Ray trial's report of the branch settings it chose (JSON list of dicts)
 BRANCH_INDEX_KEY = "branch_index"  # which branch of its Ray trial a report belongs to (0 = the asked member)
+GROUP_SLOTS_KEY = "group_slots"  # a branching cohort: [first member's number, branch slots] of each regularized run
 CONDITIONED_ASKS = 20  # tries for a branch that repeats no known configuration, before giving up on it
 PROXY_ATTR_PREFIX = "proxy_"
 MAX_DUPLICATE_ASKS = 200
@@ -248,6 +250,8 @@ class OptunaSearcher(Searcher):
         self._branching = branching if branching is not None and branching.per_run > 1 else None
         self._slots: dict[str, int] = {}  # Ray trial id → budget reserved for branches it will choose
         self._branch_numbers: dict[str, list[int | None]] = {}  # Ray trial id → trial number of each branch index
+        self._group_slots: dict[str, dict[int, int]] = {}  # branching cohort: Ray trial id → run's first → slots
+        self._group_numbers: dict[str, dict[int, list[int | None]]] = {}  # … → run's first → numbers by branch
         self._resume = dict(resume_checkpoints or {})
         self._max_duplicate_asks = max_duplicate_asks
         self._on_member = on_member  # called as each member is handed out; returns user attrs for its trial
@@ -288,7 +292,12 @@ class OptunaSearcher(Searcher):
         if self.exhausted or self.remaining == 0:
             return Searcher.FINISHED
         slots = 0
-        if self._branching is not None:
+        groups: list[tuple[list[Member], int]] = []
+        if self._branching is not None and self._members_per_trial > 1:
+            groups = self.propose_branch_groups(self._members_per_trial)
+            members = [member for group, _ in groups for member in group]
+            slots = sum(group_slots for _, group_slots in groups)
+        elif self._branching is not None:
             members, slots = self.propose_branches(min(self._branching.per_run, self.remaining))
         else:
             members = self.propose(min(self._members_per_trial, self.remaining))
@@ -301,11 +310,14 @@ class OptunaSearcher(Searcher):
         if slots:
             self._slots[trial_id] = slots
             config[BRANCH_SLOTS_KEY] = slots
+        if groups:
+            self._group_slots[trial_id] = {group[0].number: group_slots for group, group_slots in groups}
+            config[GROUP_SLOTS_KEY] = [[group[0].number, group_slots] for group, group_slots in groups]
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if result.get(BRANCH_PLAN_KEY) is not None:
-            self.add_branches(trial_id, json.loads(result[BRANCH_PLAN_KEY]))
+            self.add_branches(trial_id, json.loads(result[BRANCH_PLAN_KEY]), result.get(TRIAL_NUMBER_KEY))
         number = self.member_number(trial_id, result)
         if result.get("final") and number is not None:
             self.tell_result(number, TrialResult.from_dict(result))
@@ -317,11 +329,14 @@ class OptunaSearcher(Searcher):
         return list(self._live.get(trial_id, []))
 
     def member_number(self, trial_id: str, result: Mapping[str, Any]) -> int | None:
-        """The Optuna trial number a report belongs to: named outright, or by its branch index."""
+        """The Optuna trial number a report belongs to: named outright, or by its branch index (of its
+        regularized run, ``shared_run``, in a branching cohort)."""
         if result.get(TRIAL_NUMBER_KEY) is not None:
             return int(result[TRIAL_NUMBER_KEY])
         index = result.get(BRANCH_INDEX_KEY)
         numbers = self._branch_numbers.get(trial_id) or [m.number for m in self._live.get(trial_id, [])]
+        if result.get(SHARED_RUN_KEY) is not None and trial_id in self._group_numbers:
+            numbers = self._group_numbers[trial_id].get(int(result[SHARED_RUN_KEY]), [])
         if index is None or not 0 <= int(index) < len(numbers):
             return None
         return numbers[int(index)]
@@ -332,6 +347,8 @@ class OptunaSearcher(Searcher):
             self.tell_result(int(result[TRIAL_NUMBER_KEY]), TrialResult.from_dict(result))
         self._issued -= self._slots.pop(trial_id, 0)  # branches it never chose return to the budget
         self._branch_numbers.pop(trial_id, None)
+        self._group_slots.pop(trial_id, None)
+        self._group_numbers.pop(trial_id, None)
         for member in self._live.pop(trial_id, []):
             if member.number not in self._pending:
                 continue
@@ -411,14 +428,38 @@ class OptunaSearcher(Searcher):
             members.append(Member(trial.number, dict(trial.params)))
         return members, 0
 
-    def add_branches(self, trial_id: str, plan: list[dict[str, Any]]) -> list[Member]:
+    def propose_branch_groups(self, count: int) -> list[tuple[list[Member], int]]:
+        """A branching cohort: up to ``count`` regularized runs (``propose_branches`` each) and their slots.
+
+        Each run takes its members and slots from what the budget has left; the runs share one
+        Ray trial and one stack (``sweeps.trainable.train_cohort``).
+        """
+        groups: list[tuple[list[Member], int]] = []
+        left = self.remaining
+        while len(groups) < count and left > 0:
+            members, slots = self.propose_branches(min(self._branching.per_run, left))
+            if not members:
+                break
+            groups.append((members, slots))
+            left -= len(members) + slots
+        return groups
+
+    def add_branches(self, trial_id: str, plan: list[dict[str, Any]], first: int | None = None) -> list[Member]:
         """Record the branches a Ray trial chose (proxy mode): each its own Optuna trial, full parameters.
 
         The first member's parameters with each plan entry's branch settings are enqueued and asked,
         so the sampler sees every branch; a branch repeating a known configuration is dropped and
-        its budget slot returned.
+        its budget slot returned.  In a branching cohort ``first`` (the run's first member) says
+        which of the trial's regularized runs chose them.
         """
-        members, slots = self._live.get(trial_id, []), self._slots.pop(trial_id, 0)
+        live = self._live.get(trial_id, [])
+        if trial_id in self._group_slots and first is not None:
+            key = self._branching.shared_key(next(m.params for m in live if m.number == first))
+            members = [m for m in live if self._branching.shared_key(m.params) == key]
+            slots = self._group_slots[trial_id].pop(first, 0)
+            self._slots[trial_id] = self._slots.get(trial_id, 0) - slots
+        else:
+            members, slots = live, self._slots.pop(trial_id, 0)
         added: list[Member] = []
         numbers: list[int | None] = [m.number for m in members]
         for branch in plan[:slots]:
@@ -432,9 +473,12 @@ class OptunaSearcher(Searcher):
             self._pending[trial.number] = trial
             added.append(Member(trial.number, dict(trial.params)))
             numbers.append(trial.number)
-        self._branch_numbers[trial_id] = numbers
+        if trial_id in self._group_slots and first is not None:
+            self._group_numbers.setdefault(trial_id, {})[first] = numbers
+        else:
+            self._branch_numbers[trial_id] = numbers
         self._issued -= slots - len(added)
-        self._live[trial_id] = [*members, *added]
+        self._live[trial_id] = [*live, *added]
         self._handed_out(added)
         return added
 

@@ -209,8 +209,9 @@ class BudgetSpec(_Strict):
     finetune_lr, weight_decay, momentum, seed), so a spec that *searches* any other setting
     (batch_size, epochs, optimizer, …) with K > 1 is refused here, naming the setting — our
     choice: every cohort is then one stack, rather than grouping proposals that happen to agree.
-    K = 1 (the default) trains each trial on its own, as before.  ``cohort_size`` and
-    ``thresholds_per_run`` cannot both be > 1 yet.
+    K = 1 (the default) trains each trial on its own, as before.  With ``thresholds_per_run`` > 1
+    too, a Ray trial trains up to K regularized runs as one stack, each branching into its
+    ``thresholds_per_run`` trials (``sweeps.trainable.train_branching_cohort``).
     """
 
     num_samples: int = Field(default=12, ge=1)
@@ -345,8 +346,6 @@ class SweepSpec(_Strict):
         if len(set(metrics)) != len(metrics):
             raise ValueError("objectives: a metric is listed twice")
         if self.budget.cohort_size > 1:
-            if self.budget.thresholds_per_run > 1:
-                raise ValueError("budget.cohort_size: cohort_size and thresholds_per_run cannot both be > 1 yet")
             unshared = [name for name in self.search if name not in COHORT_SETTINGS]
             if unshared:
                 raise ValueError(

@@ -28,10 +28,17 @@ import torch
 from ray import tune
 
 from sweeps.scheduler import RungChannel
-from sweeps.searcher import BRANCH_INDEX_KEY, BRANCH_PLAN_KEY, BRANCH_SLOTS_KEY, Member, members_of
+from sweeps.searcher import (
+    BRANCH_INDEX_KEY,
+    BRANCH_PLAN_KEY,
+    BRANCH_SLOTS_KEY,
+    GROUP_SLOTS_KEY,
+    Member,
+    members_of,
+)
 from trainables import ConfigError, TrialConfig, run_trial
 from trainables.branching import prune_now_proxy, run_branches, select_thresholds
-from trainables.cohort import run_cohort
+from trainables.cohort import run_cohort, run_cohort_branches
 from trainables.config import split_branch_settings
 from trainables.contract import MODEL_FILE_KEY, SHARED_RUN_KEY, TRIAL_NUMBER_KEY, Status, TrialResult
 from trainables.data import DataError
@@ -261,6 +268,7 @@ def train_branches(
 
 
 COHORT_STAGE = "cohort"  # the stage of a cohort's checkpoints (their identity also lists every member's params)
+BRANCHING_COHORT_STAGE = "branching-cohort"  # the stage of a branching cohort's checkpoints
 
 
 def _cohort_of(
@@ -307,12 +315,7 @@ def train_cohort(
     error of the whole cohort (out of memory, a bad shared setting, bad data) is a ``failed``
     result for every member.
     """
-    configs: dict[int, TrialConfig] = {}
-    for member in members:
-        try:
-            configs[member.number] = TrialConfig.from_dict({**fixed, **member.params})
-        except DETERMINISTIC_ERRORS as error:
-            tune.report(final_report(member, failed_result(error), {}))
+    configs = _valid_configs(members, fixed)
     members = [m for m in members if m.number in configs]
     if not members:
         return
@@ -370,6 +373,123 @@ def train_cohort(
         ended(index, result)
 
 
+def _valid_configs(members: list[Member], fixed: dict[str, Any]) -> dict[int, TrialConfig]:
+    """Each member's config; a member whose configuration is bad gets its ``failed`` final report now."""
+    configs: dict[int, TrialConfig] = {}
+    for member in members:
+        try:
+            configs[member.number] = TrialConfig.from_dict({**fixed, **member.params})
+        except DETERMINISTIC_ERRORS as error:
+            tune.report(final_report(member, failed_result(error), {}))
+    return configs
+
+
+def train_branching_cohort(
+    members: list[Member],
+    group_slots: list[list[int]],
+    fixed: dict[str, Any],
+    checkpoint_interval_s: float,
+    settings: BranchSettings,
+    stop: RungChannel | None = None,
+) -> None:
+    """A branching cohort: several regularized runs as one stack, each branching at its branch point.
+
+    Members that agree on everything but the branch settings are one run (``trainables.config.
+    split_branch_settings``), its first member first; ``group_slots`` pairs each run's first
+    member with the branches it chooses itself (proxy mode: from its prune-now front over
+    ``settings.grid``, reported as its ``branch_plan``, which the searcher turns into trials).
+    Reports and final results name their run (``shared_run``) and branch (``branch_index``), as
+    ``train_branches``' do; the rung channel ranks whole runs.  A checkpoint is used to resume
+    only when it holds exactly the members handed out (otherwise the cohort starts afresh: a
+    resumed sweep hands chosen branches out as members of their own).
+    """
+    configs = _valid_configs(members, fixed)
+    members = [m for m in members if m.number in configs]
+    if not members:
+        return
+    runs: dict[str, list[Member]] = {}
+    for member in members:
+        shared, _ = split_branch_settings(configs[member.number].to_dict())
+        runs.setdefault(json.dumps(shared, sort_keys=True, default=str), []).append(member)
+    groups = list(runs.values())
+    slots = {int(first): int(count) for first, count in group_slots}
+    numbers = [m.number for m in members]
+    reporter = Reporter(
+        checkpoint_interval_s,
+        lambda state: {
+            "trial_numbers": numbers,
+            TRIAL_NUMBER_KEY: numbers[0],
+            "epoch": state.epoch,
+            "stage": BRANCHING_COHORT_STAGE,
+        },
+    )
+
+    def number_of(run: int, branch: int) -> int | None:
+        group = groups[run]
+        return group[branch].number if branch < len(group) else None  # a chosen branch: the searcher knows it
+
+    def report(run: int, metrics: dict[str, Any], state: Any) -> None:
+        branch = metrics.get("branch")
+        index = None if branch == SHARED_STAGE else int(branch)
+        number = groups[run][0].number if index is None else number_of(run, index)
+        reporter(
+            {**metrics, TRIAL_NUMBER_KEY: number, BRANCH_INDEX_KEY: index, SHARED_RUN_KEY: groups[run][0].number}, state
+        )
+
+    def choose(run: int, points: list[Any]) -> list[dict[str, Any]]:
+        first = groups[run][0]
+        count = slots.get(first.number, 0)
+        if not count:
+            return []
+        own = configs[first.number].threshold
+        plan = [{"threshold": t} for t in select_thresholds(points, count + 1) if t != own][:count]
+        tune.report({TRIAL_NUMBER_KEY: first.number, BRANCH_PLAN_KEY: json.dumps(plan)})
+        return plan
+
+    def model_path(run: int, branch: int) -> str | None:
+        return model_file(settings.models_dir, f"run-{groups[run][0].number:04d}-branch-{branch}")
+
+    reported: set[tuple[int, int]] = set()
+
+    def ended(run: int, branch: int, result: TrialResult) -> None:
+        if (run, branch) in reported:
+            return
+        number = number_of(run, branch)
+        extra = {**reporter.extra(), SHARED_RUN_KEY: groups[run][0].number, BRANCH_INDEX_KEY: branch}
+        path = model_path(run, branch)
+        if path and result.ok:
+            extra[MODEL_FILE_KEY] = path
+        tune.report(final_report(Member(number, {}) if number is not None else None, result, extra))
+        reported.add((run, branch))
+
+    with tempfile.TemporaryDirectory() as workdir:
+        first = members[0]
+        resume_from = _checkpoint_to_resume(
+            Path(workdir), first.number, first.resume_checkpoint, BRANCHING_COHORT_STAGE
+        )
+        if resume_from is not None:
+            identity = json.loads((Path(workdir) / IDENTITY_FILE).read_text())
+            resume_from = resume_from if sorted(identity.get("trial_numbers") or []) == sorted(numbers) else None
+        try:
+            results = run_cohort_branches(
+                [configs[group[0].number] for group in groups],
+                [[split_branch_settings(configs[m.number].to_dict())[1] for m in group] for group in groups],
+                report,
+                resume_from=resume_from,
+                model_path=model_path,
+                stop=(lambda run, metrics: stop.stops(groups[run][0].number, metrics)) if stop is not None else None,
+                on_end=ended,
+                choose=choose if any(slots.values()) else None,
+                grid=settings.grid,
+                chosen_per_member=max(slots.values(), default=0),
+            )
+        except DETERMINISTIC_ERRORS as error:
+            results = [[failed_result(error)] * len(group) for group in groups]
+    for run, run_results in enumerate(results):  # those a resumed checkpoint held finished, or all after an error
+        for branch, result in enumerate(run_results):
+            ended(run, branch, result)
+
+
 def deephoyer_trainable(
     config: dict[str, Any],
     fixed: dict[str, Any],
@@ -387,7 +507,11 @@ def deephoyer_trainable(
     member otherwise trains on its own (``train_member``).
     """
     members = members_of(config)
-    if branching is not None:
+    if branching is not None and cohorts:
+        train_branching_cohort(
+            members, config.get(GROUP_SLOTS_KEY) or [], fixed, checkpoint_interval_s, branching, stop
+        )
+    elif branching is not None:
         train_branches(members, int(config.get(BRANCH_SLOTS_KEY, 0)), fixed, checkpoint_interval_s, branching)
     elif cohorts or len(members) > 1:
         train_cohort(members, fixed, checkpoint_interval_s, models_dir, stop)
