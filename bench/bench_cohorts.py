@@ -14,7 +14,8 @@ rate; one seed, so the members share each batch).  *Cohort*: ``run_cohort`` in o
 process with ``--threads`` torch threads.  *Separate*: ``run_trial`` per trial in a pool of P
 worker processes (P from ``--processes``; on CPU each gets ``threads / P`` threads, on a GPU
 every process shares the one device), trials handed out as workers free up.  Every worker has
-loaded torch and the data before the clock starts.  The two alternate within each repeat and
+loaded torch and run each code path once (a short digits run) before the clock starts; each trial
+then loads its data as a sweep's trial does (a cohort once for all its members).  The two alternate within each repeat and
 the table shows medians: wall time, trials per hour, training samples per second (samples ×
 epochs of all phases / wall), the cohort's speed-up over the best separate run, and the
 largest difference in final validation accuracy between a trial trained in the cohort and
@@ -43,14 +44,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _init_worker(threads: int, warmup: dict[str, Any]) -> None:
-    """Set the worker's threads and load torch, the data and the model code before any timing."""
+    """Set the worker's threads and load torch and the training code (one short digits run of each kind,
+    on the benchmark's device and model) before any timing; the benchmark's data loads in the first trial."""
     import torch
 
     torch.set_num_threads(threads)
     from trainables.cohort import run_cohort
     from trainables.pipeline import run_trial
 
-    short = {**warmup, "epochs": 1, "finetune_epochs": 0}
+    short = {**warmup, "dataset": "digits", "data_dir": None, "epochs": 1, "finetune_epochs": 0}  # code paths, not data
     run_trial(short)
     run_cohort([short, {**short, "strength": 2 * short.get("strength", 1e-4)}])  # torch.func's first call is slow
 
