@@ -15,9 +15,10 @@ process with ``--threads`` torch threads.  *Separate*: ``run_trial`` per trial i
 worker processes (P from ``--processes``; on CPU each gets ``threads / P`` threads, on a GPU
 every process shares the one device), trials handed out as workers free up.  Every worker has
 loaded torch and run each code path once (a short digits run) before the clock starts; each trial
-then loads its data as a sweep's trial does (a cohort once for all its members).  The two alternate within each repeat and
-the table shows medians: wall time, trials per hour, training samples per second (samples ×
-epochs of all phases / wall), the cohort's speed-up over the best separate run, and the
+then loads its data as a sweep's trial does (a cohort once for all its members).  The two
+alternate within each repeat and the table shows medians: wall time, trials per hour, training
+samples per second (samples × epochs of all phases / wall), the cohort's speed-up over the best
+separate run, and the
 largest difference in final validation accuracy between a trial trained in the cohort and
 alone (equal up to float rounding: see tests/test_cohort.py).
 
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         f"medians of {repeats}\n"
     )
     print(
-        "| model | K | cohort s | best separate (P) s | cohort trials/h | separate trials/h | "
+        "| model | K | cohort s | best separate (P, trials) s | cohort trials/h | separate trials/h | "
         "cohort samples/s | speed-up | max Δ val acc |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
