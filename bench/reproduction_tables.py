@@ -77,7 +77,7 @@ def caps_table(table: pd.DataFrame) -> list[str]:
             lines.append(f"| ≤ {100 * cap:g} % | — | | | | | | |")
             continue
         lines.append(
-            f"| ≤ {100 * cap:g} % | {int(row['trial_number'])} | {row['strength']:.2g} | "
+            f"| ≤ {100 * cap:g} % | {int(row['trial_number'])} | {row['strength']:.2e} | "
             f"{row['threshold']:.3g} | {_pct(row['val_accuracy'])} | "
             f"**{_pct(row['test_accuracy'])}** | {_pct(row['nonzero_frac'])} | {_pct(row['flops_frac'])} |"
         )
@@ -97,7 +97,7 @@ def anchors_lines(table: pd.DataFrame) -> list[str]:
             ""
             if row is None
             else (
-                " — reached"
+                " — matched or beaten (at least its accuracy, at most its nonzero)"
                 if row["test_accuracy"] >= accuracy
                 else f" — missed by {100 * (accuracy - row['test_accuracy']):.2f} points"
             )
