@@ -271,6 +271,20 @@ COHORT_STAGE = "cohort"  # the stage of a cohort's checkpoints (their identity a
 BRANCHING_COHORT_STAGE = "branching-cohort"  # the stage of a branching cohort's checkpoints
 
 
+def cohort_reporter(interval_s: float, numbers: list[int], stage: str, **identity: Any) -> Reporter:
+    """The ``Reporter`` of a cohort: its checkpoints name every member (and ``identity``'s extras)."""
+    return Reporter(
+        interval_s,
+        lambda state: {
+            "trial_numbers": numbers,
+            TRIAL_NUMBER_KEY: numbers[0],
+            "epoch": state.epoch,
+            "stage": stage,
+            **identity,
+        },
+    )
+
+
 def _cohort_of(
     members: list[Member], configs: dict[int, TrialConfig], fixed: dict[str, Any], workdir: Path
 ) -> tuple[Path | None, list[tuple[int, TrialConfig]]]:
@@ -324,16 +338,7 @@ def train_cohort(
         resume_from, cohort = _cohort_of(members, configs, fixed, Path(workdir))
         numbers = [number for number, _ in cohort]
         params = [{k: v for k, v in config.to_dict().items() if k not in fixed} for _, config in cohort]
-        reporter = Reporter(
-            checkpoint_interval_s,
-            lambda state: {
-                "trial_numbers": numbers,
-                TRIAL_NUMBER_KEY: numbers[0],
-                "epoch": state.epoch,
-                "stage": COHORT_STAGE,
-                "params": params,
-            },
-        )
+        reporter = cohort_reporter(checkpoint_interval_s, numbers, COHORT_STAGE, params=params)
 
         def report(index: int, metrics: dict[str, Any], state: Any) -> None:
             if numbers[index] in mine:
@@ -414,15 +419,7 @@ def train_branching_cohort(
     groups = list(runs.values())
     slots = {int(first): int(count) for first, count in group_slots}
     numbers = [m.number for m in members]
-    reporter = Reporter(
-        checkpoint_interval_s,
-        lambda state: {
-            "trial_numbers": numbers,
-            TRIAL_NUMBER_KEY: numbers[0],
-            "epoch": state.epoch,
-            "stage": BRANCHING_COHORT_STAGE,
-        },
-    )
+    reporter = cohort_reporter(checkpoint_interval_s, numbers, BRANCHING_COHORT_STAGE)
 
     def number_of(run: int, branch: int) -> int | None:
         group = groups[run]
