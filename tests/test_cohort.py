@@ -293,3 +293,20 @@ def test_members_choose_their_branches_from_their_prune_now_front():
                 assert abs(chosen.metric(key) - single.metric(key)) <= SAMPLE + 1e-12, key
             assert math.isnan(chosen.history[0]["nonzero_frac"])
             assert chosen.history[-1]["nonzero_frac"] == pytest.approx(single.history[-1]["nonzero_frac"])
+
+
+def test_dense_pretraining_in_a_cohort_and_from_the_pretrain_cache(tmp_path):
+    """Members pretrain stacked (each its own dense run, cached under its own key); a second cohort takes
+    them from the cache — one member cached, one not — and both equal separate trials."""
+    cache = str(tmp_path / "cache")
+    configs = [dict(m, pretrain_epochs=1, pretrain_cache_dir=cache) for m in (MEMBERS[0], MEMBERS[1])]
+    first = run_cohort(configs)
+    assert len(list((tmp_path / "cache").glob("dense-*.pt"))) == 2
+    for mine, config in zip(first, configs):
+        close_results(mine, run_trial({**config, "pretrain_cache_dir": None}))
+    mixed = [configs[0], dict(configs[1], seed=5)]  # the first is cached, the second pretrains
+    cached, pretrained = run_cohort(mixed)
+    assert [e["phase"] for e in cached.history][0] == "train"  # dense weights from the cache, as a trial's
+    close_results(cached, run_trial(mixed[0]))
+    assert [e["phase"] for e in pretrained.history][0] == "pretrain"
+    close_results(pretrained, run_trial({**mixed[1], "pretrain_cache_dir": None}))
