@@ -227,7 +227,17 @@ def check_model(spec: SweepSpec, source: str, data: Any, configs: list[tuple[str
         if not math.isfinite(value):
             raise _fail(source, where, f"regularizer {config.reg!r} on {spec.model!r} is {value}")
     total = sum(p.numel() for p in model.parameters())
-    return f"{spec.model}: {total:,} parameters ({prunable:,} prunable)"
+    text = f"{spec.model}: {total:,} parameters ({prunable:,} prunable)"
+    if spec.budget.cohort_size > 1:
+        from trainables.cohort import member_memory
+
+        rows = spec.budget.cohort_size * spec.budget.thresholds_per_run
+        need = member_memory(configs[0][1], data) * rows
+        text += (
+            f"; a cohort of {spec.budget.cohort_size} ({rows} rows after the branch point) needs about "
+            f"{need / 2**20:,.0f} MiB on its device (one that has less trains it in chunks)"
+        )
+    return text
 
 
 def check_checkpoint(configs: list[tuple[str, TrialConfig]], source: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -189,6 +190,7 @@ def test_check_shows_cohorts_and_refuses_a_model_with_buffers(tmp_path, capsys):
     assert main(["check", path, "--storage", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "40 trials, 2 at a time in cohorts of 4" in out and "1 CPU, 0 GPU per cohort of 4" in out
+    assert re.search(r"a cohort of 4 \(4 rows after the branch point\) needs about \d+ MiB", out), out
     with pytest.raises(SystemExit) as raised:
         main(["check", path, "--storage", str(tmp_path / "out"), "--set", "model=resnet20"])
     err = capsys.readouterr().err.strip().splitlines()
