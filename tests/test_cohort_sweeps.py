@@ -96,10 +96,12 @@ def test_a_cohort_sweep_records_every_member_as_its_own_trial(local_ray, tmp_pat
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1, 2, 3]
 
 
-def test_a_killed_cohort_sweep_resumes_losing_and_repeating_nothing(tmp_path):
-    """SIGKILL of the driver while cohorts train, then ``resume``: every trial has exactly one ledger row,
-    Optuna result and MLflow run; nothing finished before the kill runs again; interrupted members
-    continue from their cohort's checkpoint."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["sigkill", "sigint"])
+def test_a_killed_cohort_sweep_resumes_losing_and_repeating_nothing(tmp_path, sig):
+    """SIGKILL (or Ctrl-C's SIGINT) of the driver while cohorts train, then ``resume``: every trial has
+    exactly one ledger row, Optuna result and MLflow run; nothing finished before the kill runs again;
+    interrupted members continue from their cohort's checkpoint.  After SIGINT the driver exits 130
+    and leaves no MLflow run RUNNING."""
     num_samples = 12  # 3 cohorts of 4, 2 at a time
     args = ["run", "sweeps/digits_quick.yaml", "--storage", str(tmp_path), "--num-samples", str(num_samples)]
     args += ["--num-cpus", "2", "--set", "budget.cohort_size=4", "--set", "trial.epochs=6"]
@@ -120,12 +122,16 @@ def test_a_killed_cohort_sweep_resumes_losing_and_repeating_nothing(tmp_path):
                 break  # a cohort is reporting its results: the others are training
             time.sleep(0.05)
         assert driver.poll() is None, (tmp_path / "driver.log").read_text()
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=60)
+        driver.send_signal(sig)
+        driver.wait(timeout=120)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
             driver.wait()
+    if sig == signal.SIGINT:
+        assert driver.returncode == 130, (tmp_path / "driver.log").read_text()
+        _, runs = child_runs(sweep_dir)
+        assert runs and all(run.info.status != "RUNNING" for run in runs)
     done_before = set(ResultsLedger(results).rows)
     assert 1 <= len(done_before) < num_samples
     running_at_kill = {t.number for t in own_trials(study_of(sweep_dir)) if not t.state.is_finished()}
