@@ -4,6 +4,7 @@ Usage (from the repository root; needs pandas/pyarrow only — no torch, Ray or 
 
     python bench/reproduction_tables.py                       # every table under docs/reproduction/data/
     python bench/reproduction_tables.py docs/reproduction/data/mnist_lenet300_long.parquet
+    python bench/reproduction_tables.py --figure docs/reproduction/lenet300_fronts.png   # + the fronts figure
 
 Each ``*.parquet`` there is one reproduction sweep's whole results table, saved with
 ``hoyersweep pareto <sweep folder> --save <file>.parquet``.  For each file: the sweep's budget
@@ -25,7 +26,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from analysis.pareto import most_accurate_with_sparsity  # noqa: E402
+from analysis.pareto import most_accurate_with_sparsity, pareto_front  # noqa: E402
 from analysis.results import load_results  # noqa: E402
 
 DATA = ROOT / "docs" / "reproduction" / "data"
@@ -106,16 +107,57 @@ def anchors_lines(table: pd.DataFrame) -> list[str]:
     return lines
 
 
+def fronts_figure(tables: dict[str, pd.DataFrame], path: Path) -> None:
+    """Each sweep's validation front (chosen on val accuracy and nonzero), drawn at its test accuracy,
+    with the published anchors of the same model as labelled points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    key = ""
+    for name, table in tables.items():
+        front = pareto_front(table).sort_values("nonzero_frac")
+        axes.plot(100 * front["nonzero_frac"], 100 * front["test_accuracy"], "o-", ms=4, label=f"{name} (front)")
+        key = f"{table['model'].iloc[0]}/{table['dataset'].iloc[0]}"
+    for label, accuracy, nonzero in ANCHORS.get(key, []):
+        marker = "*" if label.startswith("target") else "D"
+        axes.plot(100 * nonzero, 100 * accuracy, marker, color="black", ms=8 if marker == "*" else 5)
+        left = label == "target (stretch)"  # the two targets sit side by side: label one to the left
+        axes.annotate(
+            label,
+            (100 * nonzero, 100 * accuracy),
+            textcoords="offset points",
+            xytext=(-5, 6) if left else (5, 4),
+            ha="right" if left else "left",
+            fontsize=7,
+        )
+    axes.set_xscale("log")
+    axes.set_xlabel("nonzero weights (%), log scale")
+    axes.set_ylabel("test accuracy (%) of the validation front")
+    axes.set_title(f"{key}: fronts chosen on validation, published anchors")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="*", help="parquet tables (default: every one under docs/reproduction/data/)")
+    parser.add_argument("--figure", type=Path, help="also draw the tables' fronts and the anchors into this PNG")
     args = parser.parse_args(argv)
     files = [Path(f) for f in args.files] or sorted(DATA.glob("*.parquet"))
     if not files:
         print(f"no parquet tables under {DATA}", file=sys.stderr)
         return 1
+    tables = {path.stem: load_results(path) for path in files}
+    if args.figure:
+        fronts_figure(tables, args.figure)
     for path in files:
-        table = load_results(path)
+        table = tables[path.stem]
         print(f"### {path.stem}\n\n{budget_line(table)}.\n")
         print("\n".join(caps_table(table)))
         anchors = anchors_lines(table)
