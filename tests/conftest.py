@@ -1,6 +1,8 @@
 """Shared fixtures: one real local Ray for the in-process sweep tests."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,3 +43,14 @@ def session_pids(sid: int) -> list[int]:
         if fields and int(fields[3]) == sid and fields[0] not in "ZXx":
             pids.append(int(entry))
     return pids
+
+
+def resume_in_subprocess(sweep_dir: Path) -> subprocess.CompletedProcess:
+    """``hoyersweep resume <sweep_dir>`` as a user runs it: a fresh interpreter, 2 CPUs, from the project root."""
+    return subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", "resume", str(sweep_dir), "--num-cpus", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )

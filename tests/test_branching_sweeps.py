@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import resume_in_subprocess
 from mlflow.tracking import MlflowClient
 
 from sweeps.records import ResultsLedger
@@ -88,13 +89,7 @@ def test_an_interrupted_branching_sweep_resumes_without_retraining_a_shared_phas
     points = list((sweep_dir / "branch_points").glob("*.pt"))
     assert points, "the interrupted run's branch point is kept for the resume"
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "sweeps.cli", "resume", str(sweep_dir), "--num-cpus", "2"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
+    resumed = resume_in_subprocess(sweep_dir)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     rows = ResultsLedger(sweep_dir / "results.jsonl").rows
     assert len(rows) == 8 and len(set(configs(rows))) == 8  # nothing lost, no branch trained twice

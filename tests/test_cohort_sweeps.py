@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import session_pids
+from conftest import resume_in_subprocess, session_pids
 from mlflow.tracking import MlflowClient
 
 from sweeps.cli import main
@@ -138,13 +138,7 @@ def test_a_killed_cohort_sweep_resumes_losing_and_repeating_nothing(tmp_path, si
     interrupted_with_checkpoint = set(resume_checkpoints(sweep_dir)) & running_at_kill
     assert interrupted_with_checkpoint, "no interrupted cohort had a checkpoint to continue from"
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "sweeps.cli", "resume", str(sweep_dir), "--num-cpus", "2"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
+    resumed = resume_in_subprocess(sweep_dir)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert not session_pids(driver.pid), "processes of the killed run are left"
 

@@ -351,6 +351,7 @@ class Cohort:
         self.cursor = Cursor(PRETRAIN)
         self.work: dict[str, torch.Tensor] = {}
         self.work_masks: dict[str, torch.Tensor] = {}
+        self.stale = False  # the working stack has steps the store has not seen
         self.optimizer: StackedOptimizer | None = None
         self.optimizer_state: dict[str, Any] | None = None
         self.earlier: dict[int, list[dict[str, Any]]] = {}  # results of chunks trained before this one
@@ -377,12 +378,13 @@ class Cohort:
     # the working stack
 
     def sync(self) -> None:
-        """Write the working stack back into the store."""
-        if self.work:
+        """Write the working stack back into the store (once per optimizer step, however often asked)."""
+        if self.work and self.stale:
             index = self._index(self.active)
             with torch.no_grad():
                 for name in self.names:
                     self.params[name][index] = self.work[name].detach()
+        self.stale = False
 
     def build_work(self) -> None:
         """The active rows' slices as fresh leaf tensors (and their masks, once pruned)."""
@@ -538,6 +540,7 @@ class Cohort:
                 tensor.grad = None
             loss.backward()
             self.optimizer.step(list(self.work.values()), lr)
+            self.stale = True
             task_sum += task.detach()
             batches += 1
         task_mean = task_sum / max(batches, 1)

@@ -170,8 +170,11 @@ PLACE_SETTINGS: tuple[str, ...] = ("data_dir", "pretrain_cache_dir", "init_check
 
 def same_computation(a: TrialConfig, b: TrialConfig) -> bool:
     """Whether two configs compute the same trial (equal but for ``PLACE_SETTINGS``)."""
-    strip = lambda config: {k: v for k, v in config.to_dict().items() if k not in PLACE_SETTINGS}  # noqa: E731
-    return strip(a) == strip(b)
+    return _computation(a) == _computation(b)
+
+
+def _computation(config: TrialConfig) -> dict[str, Any]:
+    return {k: v for k, v in config.to_dict().items() if k not in PLACE_SETTINGS}
 
 
 COHORT_SETTINGS: tuple[str, ...] = (
