@@ -1,25 +1,34 @@
-"""Reproduction: a shipped sweep with Hoyer-Square against `l1` and plain magnitude pruning (λ = 0).
+"""Reproduction: a shipped sweep with Hoyer-Square against Hoyer, `l1` and plain magnitude pruning (λ = 0).
 
-Runs the spec three times through the product path (``run_sweep``, as ``hoyersweep run`` does:
-Ray Tune + Optuna + MLflow), once per method, with the same epochs and number of trials:
+Runs the spec once per method (and per seed with ``--seeds``) through the product path
+(``run_sweep``, as ``hoyersweep run`` does: Ray Tune + Optuna + MLflow), with the same epochs,
+number of trials and threshold branching:
 
 - ``hs``: the spec as shipped (with ``reg: hs`` fixed if the spec searches the regularizer);
-- ``l1``: ``reg: l1``, its strength range shifted up ``--l1-shift`` decades (an L1 gradient is
-  about that much smaller than an HS one at the same λ, so the same range would be unfair);
+- ``hoyer``: ``reg: hoyer``, its strength range shifted up ``--hoyer-shift`` decades;
+- ``l1``: ``reg: l1``, its strength range shifted up ``--l1-shift`` decades;
 - ``magnitude``: ``reg: none`` (λ = 0) and only the threshold searched, per layer in units of
   the weights' standard deviation (``threshold_mode: std``, range ``--magnitude-range``), the
   one-shot form of Han et al.'s pruning: dense training, prune, fine-tune.
 
-The model of each method is chosen on **validation** accuracy among trials whose minimised
+The shifts keep each regularizer's pull comparable: on LeNet-300-100 the mean |∂HS/∂w| over the
+prunable weights is 728× the mean |∂Hoyer/∂w| and 33× the mean |∂L1/∂w| (= 1) at
+initialisation (18× L1's on the dense-trained model), so one range for all would starve Hoyer
+and L1.  Seed ``s`` sets both ``trial.seed`` (initialisation, data order) and the sampler's seed.
+
+The model of each sweep is chosen on **validation** accuracy among trials whose minimised
 objective (``nonzero_frac``, or ``flops_frac`` for a FLOPs spec) is at most ``--cap``
 (``most_accurate_with_sparsity``); its test accuracy is reported beside it, never used to choose.
-Prints a markdown table and one JSON line, and
-writes one HTML report with a front per method (``--report``).
+Prints a markdown table and one JSON line, writes one HTML report with a front per sweep
+(``--report``) and saves every sweep's results table in one parquet file (``--save``, the
+table ``hoyersweep pareto <sweeps> --save`` writes), from which ``bench/reproduction_tables.py``
+computes the mean ± spread over seeds.
 
 Usage::
 
     python bench/bench_reproduction.py --spec sweeps/mnist_lenet300.yaml --data-dir ../shared/data/mnist \
-        --num-samples 20 --set trial.epochs=15 --report docs/reproduction/mnist_lenet300.html
+        --num-samples 24 --seeds 3 --set trial.epochs=15 --set budget.thresholds_per_run=8 \
+        --save docs/reproduction/data/methods_mnist_lenet300.parquet
     python bench/bench_reproduction.py --quick     # digits, 8 trials per method, 1-2 minutes
 """
 
@@ -41,12 +50,12 @@ sys.path.insert(0, str(ROOT))
 
 from analysis.pareto import most_accurate_with_sparsity  # noqa: E402
 from analysis.report import build_report  # noqa: E402
-from analysis.results import from_sweep_dir  # noqa: E402
+from analysis.results import from_sweep_dir, load_results, write_parquet  # noqa: E402
 from sweeps.runner import run_sweep  # noqa: E402
 from sweeps.spec import SweepSpec, load_spec, parse_spec  # noqa: E402
 from trainables.contract import PARETO_FILE  # noqa: E402
 
-METHODS = ("hs", "l1", "magnitude")
+METHODS = ("hs", "hoyer", "l1", "magnitude")
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -61,17 +70,30 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def method_spec(base: SweepSpec, method: str, l1_shift: float, magnitude_range: tuple[float, float]) -> SweepSpec:
-    """The spec of one method: same data, model, epochs, objectives, budget and sampler as ``base``."""
+def method_spec(
+    base: SweepSpec,
+    method: str,
+    shifts: dict[str, float],
+    magnitude_range: tuple[float, float],
+    seed: int | None = None,
+) -> SweepSpec:
+    """The spec of one method (and seed): same data, model, epochs, objectives, budget and sampler as ``base``.
+
+    ``shifts`` maps a regularizer (``hoyer``, ``l1``) to the decades its strength range moves up.
+    """
     data = base.model_dump(mode="json", exclude_none=True)
-    data["name"] = f"{base.name}-{method}"
+    data["name"] = f"{base.name}-{method}" if seed is None else f"{base.name}-{method}-s{seed}"
     data["warm_start"] = False  # each method starts cold: no trials borrowed from earlier sweeps
+    if seed is not None:
+        data["trial"]["seed"] = seed
+        data["sampler"]["seed"] = seed
     if data["search"].pop("reg", None) is not None:  # a spec that searches the regularizer: fix it per method
         data["trial"]["reg"] = "hs"
-    if method == "l1":
-        data["trial"]["reg"] = "l1"
+    if method in shifts:
+        data["trial"]["reg"] = method
         strength = data["search"]["strength"]
-        strength["low"], strength["high"] = strength["low"] * 10**l1_shift, strength["high"] * 10**l1_shift
+        factor = 10 ** shifts[method]
+        strength["low"], strength["high"] = strength["low"] * factor, strength["high"] * factor
     elif method == "magnitude":
         data["search"].pop("strength", None)
         data["search"].pop("threshold_mode", None)
@@ -139,6 +161,15 @@ def main() -> None:
         "--l1-shift", type=float, default=1.0, help="decades to shift l1's strength range up (default 1)"
     )
     parser.add_argument(
+        "--hoyer-shift", type=float, default=2.9, help="decades to shift hoyer's strength range up (default 2.9)"
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        help="run every method with trial and sampler seeds 0..N-1 (sweeps named <spec>-<method>-s<seed>)",
+    )
+    parser.add_argument("--save", metavar="PARQUET", help="save every sweep's results table in one parquet file")
+    parser.add_argument(
         "--magnitude-range",
         default="0.1,4.0",
         help="std-multiple threshold range of the λ = 0 baseline (default 0.1,4.0)",
@@ -168,8 +199,15 @@ def main() -> None:
         overrides["budget.num_samples"] = args.num_samples
     base, _ = load_spec(args.spec, overrides)
     low, high = (float(v) for v in args.magnitude_range.split(","))
+    shifts = {"l1": args.l1_shift, "hoyer": args.hoyer_shift}
     metric = sparsity_metric(base)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    seeds: list[int | None] = list(range(args.seeds)) if args.seeds else [None]
+    specs = {
+        (method if seed is None else f"{method}-s{seed}"): method_spec(base, method, shifts, (low, high), seed)
+        for seed in seeds
+        for method in methods
+    }
 
     sweep_dirs: dict[str, Path] = {}
     walls: dict[str, float] = {}
@@ -178,30 +216,31 @@ def main() -> None:
         """Read the stored sweeps (while they exist: a scratch storage goes away after the run)."""
         if args.report:
             write_report(base, list(sweep_dirs.values()), args.report, metric, args.cap)
+        if args.save:
+            write_parquet(load_results([str(d) for d in sweep_dirs.values()]), args.save)
+            print(f"saved: {args.save}")
         return summarise(sweep_dirs, walls, metric, args.cap)
 
     if args.from_storage:
         if not args.storage:
             parser.error("--from-storage needs --storage")
-        for method in methods:
-            sweep_dirs[method] = Path(args.storage) / method_spec(base, method, args.l1_shift, (low, high)).name
-            if not (sweep_dirs[method] / "state.json").exists():
-                parser.error(f"{sweep_dirs[method]}: no stored sweep of method {method}")
+        for label, spec in specs.items():
+            sweep_dirs[label] = Path(args.storage) / spec.name
+            if not (sweep_dirs[label] / "state.json").exists():
+                parser.error(f"{sweep_dirs[label]}: no stored sweep {label}")
         rows = report_and_summarise()
     else:
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
         try:
             with tempfile.TemporaryDirectory() as scratch:
                 storage = Path(args.storage or scratch)
-                for method in methods:
-                    spec = method_spec(base, method, args.l1_shift, (low, high))
+                for label, spec in specs.items():
                     started = time.perf_counter()
                     outcome = run_sweep(spec, storage=str(storage), quiet=True)
-                    walls[method] = time.perf_counter() - started
-                    sweep_dirs[method] = outcome.sweep_dir
+                    walls[label] = time.perf_counter() - started
+                    sweep_dirs[label] = outcome.sweep_dir
                     print(
-                        f"{method}: {outcome.ok}/{outcome.total} trials ok in {walls[method]:.0f} s; "
-                        f"{outcome.sweep_dir}",
+                        f"{label}: {outcome.ok}/{outcome.total} trials ok in {walls[label]:.0f} s; {outcome.sweep_dir}",
                         flush=True,
                     )
                 rows = report_and_summarise()
@@ -229,7 +268,7 @@ def write_report(base: SweepSpec, sweep_dirs: list[Path], output: str, metric: s
 
 
 def summarise(sweep_dirs: dict[str, Path], walls: dict[str, float], metric: str, cap: float) -> list[dict[str, Any]]:
-    """One row per method, read from the stored sweep only: trials, front size, the chosen trial."""
+    """One row per sweep (method, or method-seed), read from the stored sweep only: trials, front, the chosen trial."""
     rows = []
     for method, sweep_dir in sweep_dirs.items():
         table = from_sweep_dir(sweep_dir)

@@ -4,7 +4,8 @@ Usage (from the repository root; needs pandas/pyarrow only — no torch, Ray or 
 
     python bench/reproduction_tables.py                       # every table under docs/reproduction/data/
     python bench/reproduction_tables.py docs/reproduction/data/mnist_lenet300_long.parquet
-    python bench/reproduction_tables.py --figure docs/reproduction/lenet300_fronts.png   # + the fronts figure
+    python bench/reproduction_tables.py --figure docs/reproduction/lenet300_fronts.png \
+        --methods-figures docs/reproduction                   # + the fronts figure, one figure per comparison
 
 Each ``*.parquet`` there is one reproduction sweep's whole results table, saved with
 ``hoyersweep pareto <sweep folder> --save <file>.parquet``.  For each file: the sweep's budget
@@ -12,12 +13,18 @@ Each ``*.parquet`` there is one reproduction sweep's whole results table, saved 
 **validation** accuracy among the ok trials under the cap (``analysis.pareto.
 most_accurate_with_sparsity``) with its test accuracy beside it — test accuracy is never used
 to choose — and the published anchors of the same model drawn from ``ANCHORS``.
+
+A ``methods_*.parquet`` file holds a method comparison (``bench/bench_reproduction.py --seeds N
+--save``): several sweeps, one per regularizer and seed.  For it the table is, at every cap, the
+mean ± standard deviation over seeds of the test accuracy of each seed's validation-chosen
+trial (and the mean nonzero fraction), and its figure draws every seed's front per method.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -107,20 +114,60 @@ def anchors_lines(table: pd.DataFrame) -> list[str]:
     return lines
 
 
-def fronts_figure(tables: dict[str, pd.DataFrame], path: Path) -> None:
-    """Each sweep's validation front (chosen on val accuracy and nonzero), drawn at its test accuracy,
-    with the published anchors of the same model as labelled points."""
-    import matplotlib
+def method_name(reg: str) -> str:
+    """The comparison's name of a regularizer (λ = 0 is one-shot magnitude pruning)."""
+    return "λ = 0 (magnitude)" if reg == "none" else reg
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    key = ""
-    for name, table in tables.items():
-        front = pareto_front(table).sort_values("nonzero_frac")
-        axes.plot(100 * front["nonzero_frac"], 100 * front["test_accuracy"], "o-", ms=4, label=f"{name} (front)")
-        key = f"{table['model'].iloc[0]}/{table['dataset'].iloc[0]}"
+def _method_order(reg: str) -> tuple[int, str]:
+    """HS first, then the other regularizers of the paper, the baselines last."""
+    order = ("hs", "group_hs", "hoyer", "l1", "group_lasso", "none")
+    return (order.index(reg) if reg in order else len(order), reg)
+
+
+def chosen_per_seed(table: pd.DataFrame, cap: float) -> dict[str, list[pd.Series]]:
+    """Per method, the validation-chosen trial under ``cap`` of each seed's sweep (seeds with none left out)."""
+    chosen: dict[str, list[pd.Series]] = {}
+    for (reg, _seed), sweep in table.groupby(["reg", "seed"], sort=True):
+        row = most_accurate_with_sparsity(sweep, cap)
+        chosen.setdefault(method_name(str(reg)), [])
+        if row is not None:
+            chosen[method_name(str(reg))].append(row)
+    return chosen
+
+
+def _mean_spread(values: list[float]) -> str:
+    if not values:
+        return "—"
+    spread = f" ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else ""
+    return f"{100 * statistics.fmean(values):.2f}{spread} %"
+
+
+def methods_table(table: pd.DataFrame) -> list[str]:
+    """Mean ± std over seeds of each method's validation-chosen test accuracy, at every cap (mean nonzero)."""
+    seeds = table.groupby("reg")["seed"].nunique()
+    seeds = seeds.reindex(sorted(seeds.index, key=_method_order))
+    methods = [method_name(str(reg)) for reg in seeds.index]
+    cells: dict[str, list[str]] = {method: [] for method in methods}
+    for cap in CAPS:
+        chosen = chosen_per_seed(table, cap)
+        for method in methods:
+            rows = chosen.get(method, [])
+            accuracy = _mean_spread([float(r["test_accuracy"]) for r in rows])
+            nonzero = _pct(statistics.fmean(float(r["nonzero_frac"]) for r in rows)) if rows else ""
+            count = "" if len(rows) == seeds.max() else f", {len(rows)} of {seeds.max()} seeds"
+            cells[method].append(f"{accuracy} ({nonzero}{count})" if rows else "—")
+    lines = [
+        "| method | seeds | " + " | ".join(f"≤ {100 * cap:g} %" for cap in CAPS) + " |",
+        "|---|---:|" + "---:|" * len(CAPS),
+    ]
+    for reg, method in zip(seeds.index, methods):
+        lines.append(f"| {method} | {seeds[reg]} | " + " | ".join(cells[method]) + " |")
+    return lines
+
+
+def _draw_anchors(axes, key: str) -> None:
+    """The published anchors (diamonds) and targets (stars) of ``key`` ("model/dataset"), labelled."""
     for label, accuracy, nonzero in ANCHORS.get(key, []):
         marker = "*" if label.startswith("target") else "D"
         axes.plot(100 * nonzero, 100 * accuracy, marker, color="black", ms=8 if marker == "*" else 5)
@@ -133,6 +180,18 @@ def fronts_figure(tables: dict[str, pd.DataFrame], path: Path) -> None:
             ha="right" if left else "left",
             fontsize=7,
         )
+
+
+def _figure(path: Path, key: str, draw) -> None:
+    """One log-nonzero × test-accuracy figure: ``draw(axes)`` plots the fronts, then the anchors of ``key``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    draw(axes)
+    _draw_anchors(axes, key)
     axes.set_xscale("log")
     axes.set_xlabel("nonzero weights (%), log scale")
     axes.set_ylabel("test accuracy (%) of the validation front")
@@ -144,20 +203,77 @@ def fronts_figure(tables: dict[str, pd.DataFrame], path: Path) -> None:
     plt.close(figure)
 
 
+def _key(table: pd.DataFrame) -> str:
+    return f"{table['model'].iloc[0]}/{table['dataset'].iloc[0]}"
+
+
+def fronts_figure(tables: dict[str, pd.DataFrame], path: Path) -> None:
+    """Each sweep's validation front (chosen on val accuracy and nonzero), drawn at its test accuracy,
+    with the published anchors of the same model as labelled points."""
+
+    def draw(axes) -> None:
+        for name, table in tables.items():
+            front = pareto_front(table).sort_values("nonzero_frac")
+            axes.plot(100 * front["nonzero_frac"], 100 * front["test_accuracy"], "o-", ms=4, label=f"{name} (front)")
+
+    _figure(path, _key(next(iter(tables.values()))), draw)
+
+
+def methods_figure(table: pd.DataFrame, path: Path) -> None:
+    """Every seed's validation front of every method (one colour per method), at test accuracy, and the anchors."""
+
+    def draw(axes) -> None:
+        regs = sorted(table["reg"].unique(), key=_method_order)
+        for index, reg in enumerate(regs):
+            sweeps = table[table["reg"] == reg]
+            colour = f"C{index}"
+            for number, (_seed, sweep) in enumerate(sweeps.groupby("seed", sort=True)):
+                front = pareto_front(sweep).sort_values("nonzero_frac")
+                axes.plot(
+                    100 * front["nonzero_frac"],
+                    100 * front["test_accuracy"],
+                    "o-",
+                    color=colour,
+                    ms=3,
+                    lw=1,
+                    alpha=0.8,
+                    label=f"{method_name(str(reg))} ({sweeps['seed'].nunique()} seeds)" if number == 0 else None,
+                )
+
+    _figure(path, _key(table), draw)
+
+
+def is_comparison(path: Path) -> bool:
+    """A method comparison's file (several sweeps, one per regularizer and seed) rather than one sweep's."""
+    return path.stem.startswith("methods_")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="*", help="parquet tables (default: every one under docs/reproduction/data/)")
-    parser.add_argument("--figure", type=Path, help="also draw the tables' fronts and the anchors into this PNG")
+    parser.add_argument("--figure", type=Path, help="also draw the sweeps' fronts and the anchors into this PNG")
+    parser.add_argument(
+        "--methods-figures", type=Path, metavar="DIR", help="also draw each method comparison into DIR/<file stem>.png"
+    )
     args = parser.parse_args(argv)
     files = [Path(f) for f in args.files] or sorted(DATA.glob("*.parquet"))
     if not files:
         print(f"no parquet tables under {DATA}", file=sys.stderr)
         return 1
     tables = {path.stem: load_results(path) for path in files}
-    if args.figure:
-        fronts_figure(tables, args.figure)
+    sweeps = {path.stem: tables[path.stem] for path in files if not is_comparison(path)}
+    if args.figure and sweeps:
+        fronts_figure(sweeps, args.figure)
     for path in files:
         table = tables[path.stem]
+        if is_comparison(path):
+            if args.methods_figures:
+                methods_figure(table, args.methods_figures / f"{path.stem}.png")
+            print(f"### {path.stem}\n\n{budget_line(table)}, in all: one sweep per method and seed.\n")
+            print("Test accuracy of each seed's validation-chosen trial, mean ± std over seeds (mean nonzero):\n")
+            print("\n".join(methods_table(table)))
+            print()
+            continue
         print(f"### {path.stem}\n\n{budget_line(table)}.\n")
         print("\n".join(caps_table(table)))
         anchors = anchors_lines(table)
