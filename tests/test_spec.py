@@ -99,22 +99,26 @@ def _bench_module(name: str):
 def test_reproduction_baselines_share_everything_but_the_method():
     bench = _bench_module("bench_reproduction")
     base, _ = load_spec("sweeps/mnist_lenet300.yaml")
-    hs, l1, magnitude = (
-        bench.method_spec(base, m, l1_shift=1.0, magnitude_range=(0.1, 4.0)) for m in ("hs", "l1", "magnitude")
+    shifts = {"l1": 1.0, "hoyer": 2.9}
+    hs, hoyer, l1, magnitude = (
+        bench.method_spec(base, m, shifts, magnitude_range=(0.1, 4.0)) for m in ("hs", "hoyer", "l1", "magnitude")
     )
-    assert [s.name for s in (hs, l1, magnitude)] == [
+    assert [s.name for s in (hs, hoyer, l1, magnitude)] == [
         "mnist_lenet300-hs",
+        "mnist_lenet300-hoyer",
         "mnist_lenet300-l1",
         "mnist_lenet300-magnitude",
     ]
     assert hs.trial == base.trial and hs.search == base.search and not hs.warm_start
     assert l1.trial["reg"] == "l1" and l1.search["strength"].low == pytest.approx(10 * base.search["strength"].low)
+    assert hoyer.trial["reg"] == "hoyer"
+    assert hoyer.search["strength"].high == pytest.approx(10**2.9 * base.search["strength"].high)
     assert (
         magnitude.trial["reg"] == "none"
         and set(magnitude.search) == {"threshold"}
         and magnitude.trial["threshold_mode"] == "std"
     )
-    for other in (l1, magnitude):  # same schedule, data, objectives and budget
+    for other in (hoyer, l1, magnitude):  # same schedule, data, objectives and budget
         assert {k: v for k, v in other.trial.items() if k not in ("reg", "strength", "threshold_mode")} == {
             k: v for k, v in base.trial.items() if k not in ("reg", "strength", "threshold_mode")
         }
@@ -124,7 +128,9 @@ def test_reproduction_baselines_share_everything_but_the_method():
             base.dataset,
             base.model,
         )
+    seeded = bench.method_spec(base, "l1", shifts, (0.1, 4.0), seed=2)  # a seed sets the trial's and the sampler's
+    assert (seeded.name, seeded.trial["seed"], seeded.sampler.seed) == ("mnist_lenet300-l1-s2", 2, 2)
     searched_reg, _ = load_spec("sweeps/digits_quick.yaml")  # searches reg: each method fixes it
-    assert "reg" not in bench.method_spec(searched_reg, "hs", 1.0, (0.1, 4.0)).search
+    assert "reg" not in bench.method_spec(searched_reg, "hs", shifts, (0.1, 4.0)).search
     with pytest.raises(ValueError, match="method must be one of"):
-        bench.method_spec(base, "l0", 1.0, (0.1, 4.0))
+        bench.method_spec(base, "l0", shifts, (0.1, 4.0))
