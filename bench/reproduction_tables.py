@@ -6,6 +6,12 @@ Usage (from the repository root; needs pandas/pyarrow only — no torch, Ray or 
     python bench/reproduction_tables.py docs/reproduction/data/mnist_lenet300_long.parquet
     python bench/reproduction_tables.py --figure docs/reproduction/lenet300_fronts.png \
         --methods-figures docs/reproduction                   # + the fronts figure, one figure per comparison
+    python bench/reproduction_tables.py --write docs/reproduction.md     # refresh the doc's generated blocks
+    python bench/reproduction_tables.py --check docs/reproduction.md     # exit 1 if the doc drifted from the data
+
+In a doc, ``<!-- generated: STEM -->`` … ``<!-- end generated -->`` holds the block of
+``docs/reproduction/data/STEM.parquet``; ``--write`` rewrites every such block and a test runs
+``--check``, so a number in those blocks cannot disagree with the committed results.
 
 Each ``*.parquet`` there is one reproduction sweep's whole results table, saved with
 ``hoyersweep pareto <sweep folder> --save <file>.parquet``.  For each file: the sweep's budget
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -248,6 +255,42 @@ def is_comparison(path: Path) -> bool:
     return path.stem.startswith("methods_")
 
 
+def section(path: Path, table: pd.DataFrame) -> list[str]:
+    """The markdown a results file contributes: its budget and, at every cap, the validation-chosen trials."""
+    if is_comparison(path):
+        return [
+            f"{budget_line(table)}, in all: one sweep per method and seed.",
+            "",
+            "Test accuracy of each seed's validation-chosen trial, mean ± std over seeds (mean nonzero):",
+            "",
+            *methods_table(table),
+        ]
+    anchors = anchors_lines(table)
+    return [f"{budget_line(table)}.", "", *caps_table(table), *([""] + anchors if anchors else [])]
+
+
+MARKER = re.compile(r"(<!-- generated: (?P<stem>[\w.-]+) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.S)
+
+
+def fill(doc: str, sections: dict[str, list[str]]) -> tuple[str, list[str]]:
+    """``doc`` with the text between each ``<!-- generated: STEM -->`` and ``<!-- end generated -->``
+    replaced by the section of results file STEM; also the stems whose text changed.
+
+    A marker naming no results file raises ``KeyError`` (a doc must not quote a table it cannot regenerate)."""
+    changed: list[str] = []
+
+    def replace(match: re.Match[str]) -> str:
+        stem = match["stem"]
+        if stem not in sections:
+            raise KeyError(f"{stem}: no docs/reproduction/data/{stem}.parquet for this generated block")
+        body = "\n".join(sections[stem]) + "\n"
+        if body != match["body"]:
+            changed.append(stem)
+        return match.group(1) + body + match.group(4)
+
+    return MARKER.sub(replace, doc), changed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="*", help="parquet tables (default: every one under docs/reproduction/data/)")
@@ -255,31 +298,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--methods-figures", type=Path, metavar="DIR", help="also draw each method comparison into DIR/<file stem>.png"
     )
+    parser.add_argument(
+        "--write", type=Path, metavar="DOC", help="rewrite DOC's generated blocks from the tables (printing nothing)"
+    )
+    parser.add_argument(
+        "--check", type=Path, metavar="DOC", help="exit 1 if any generated block of DOC differs from the tables"
+    )
     args = parser.parse_args(argv)
     files = [Path(f) for f in args.files] or sorted(DATA.glob("*.parquet"))
     if not files:
         print(f"no parquet tables under {DATA}", file=sys.stderr)
         return 1
     tables = {path.stem: load_results(path) for path in files}
+    sections = {path.stem: section(path, tables[path.stem]) for path in files}
     sweeps = {path.stem: tables[path.stem] for path in files if not is_comparison(path)}
     if args.figure and sweeps:
         fronts_figure(sweeps, args.figure)
+    if args.methods_figures:
+        for path in filter(is_comparison, files):
+            methods_figure(tables[path.stem], args.methods_figures / f"{path.stem}.png")
+    for doc in filter(None, (args.write, args.check)):
+        try:
+            text, changed = fill(doc.read_text(encoding="utf-8"), sections)
+        except (OSError, KeyError) as error:
+            print(f"{doc}: {error}", file=sys.stderr)
+            return 1
+        if doc == args.check and changed:
+            print(f"{doc}: generated blocks out of date: {', '.join(changed)} (rerun with --write)", file=sys.stderr)
+            return 1
+        if doc == args.write:
+            doc.write_text(text, encoding="utf-8")
+    if args.write or args.check:
+        return 0
     for path in files:
-        table = tables[path.stem]
-        if is_comparison(path):
-            if args.methods_figures:
-                methods_figure(table, args.methods_figures / f"{path.stem}.png")
-            print(f"### {path.stem}\n\n{budget_line(table)}, in all: one sweep per method and seed.\n")
-            print("Test accuracy of each seed's validation-chosen trial, mean ± std over seeds (mean nonzero):\n")
-            print("\n".join(methods_table(table)))
-            print()
-            continue
-        print(f"### {path.stem}\n\n{budget_line(table)}.\n")
-        print("\n".join(caps_table(table)))
-        anchors = anchors_lines(table)
-        if anchors:
-            print("\n" + "\n".join(anchors))
-        print()
+        print(f"### {path.stem}\n\n" + "\n".join(sections[path.stem]) + "\n")
     return 0
 
 

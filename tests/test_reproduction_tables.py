@@ -52,3 +52,15 @@ def test_the_committed_tables_regenerate(tables, capsys):
     assert tables.main([]) == 0
     out = capsys.readouterr().out
     assert "### mnist_lenet300_long" in out and "target (floor)" in out
+
+
+def test_generated_blocks_are_rewritten_from_the_tables_and_unknown_ones_refused(tables):
+    doc = (
+        "intro\n<!-- generated: a -->\nstale\n<!-- end generated -->\n"
+        "middle\n<!-- generated: b -->\nok\n<!-- end generated -->\n"
+    )
+    text, changed = tables.fill(doc, {"a": ["fresh", "rows"], "b": ["ok"]})
+    assert changed == ["a"]
+    assert text == doc.replace("stale\n", "fresh\nrows\n")
+    with pytest.raises(KeyError, match="c: no docs/reproduction/data/c.parquet"):
+        tables.fill("<!-- generated: c -->\nx\n<!-- end generated -->", {})
