@@ -10,7 +10,8 @@ Usage (from the repository root; needs pandas/pyarrow only — no torch, Ray or 
     python bench/reproduction_tables.py --check docs/reproduction.md     # exit 1 if the doc drifted from the data
 
 In a doc, ``<!-- generated: STEM -->`` … ``<!-- end generated -->`` holds the block of
-``docs/reproduction/data/STEM.parquet``; ``--write`` rewrites every such block and a test runs
+``docs/reproduction/data/STEM.parquet`` (``summary``: every target's verdict for every sweep
+file); ``--write`` rewrites every such block and a test runs
 ``--check``, so a number in those blocks cannot disagree with the committed results.
 
 Each ``*.parquet`` there is one reproduction sweep's whole results table, saved with
@@ -99,25 +100,41 @@ def caps_table(table: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _key(table: pd.DataFrame) -> str:
+    """``model/dataset`` of a results table (the key of ``ANCHORS``)."""
+    return f"{table['model'].iloc[0]}/{table['dataset'].iloc[0]}" if {"model", "dataset"} <= set(table.columns) else ""
+
+
+def anchor_verdict(table: pd.DataFrame, accuracy: float, nonzero: float) -> tuple[str, str]:
+    """The validation-chosen trial at the anchor's nonzero fraction ("test at nonzero") and the verdict."""
+    row = most_accurate_with_sparsity(table, nonzero)
+    if row is None:
+        return "nothing under the cap", "missed"
+    mine = f"{_pct(row['test_accuracy'])} at {_pct(row['nonzero_frac'])}"
+    if row["test_accuracy"] >= accuracy:
+        return mine, "matched or beaten (at least its accuracy, at most its nonzero)"
+    return mine, f"missed by {100 * (accuracy - row['test_accuracy']):.2f} points"
+
+
 def anchors_lines(table: pd.DataFrame) -> list[str]:
     """Each anchor: does a validation-chosen trial at its nonzero fraction reach its accuracy (on test)?"""
-    key = f"{table['model'].iloc[0]}/{table['dataset'].iloc[0]}" if {"model", "dataset"} <= set(table.columns) else ""
     lines = []
-    for name, accuracy, nonzero in ANCHORS.get(key, []):
-        row = most_accurate_with_sparsity(table, nonzero)
-        mine = (
-            "nothing under the cap" if row is None else f"{_pct(row['test_accuracy'])} at {_pct(row['nonzero_frac'])}"
-        )
-        verdict = (
-            ""
-            if row is None
-            else (
-                " — matched or beaten (at least its accuracy, at most its nonzero)"
-                if row["test_accuracy"] >= accuracy
-                else f" — missed by {100 * (accuracy - row['test_accuracy']):.2f} points"
-            )
-        )
-        lines.append(f"- {name}: {_pct(accuracy)} at {_pct(nonzero)}; here {mine}{verdict}")
+    for name, accuracy, nonzero in ANCHORS.get(_key(table), []):
+        mine, verdict = anchor_verdict(table, accuracy, nonzero)
+        lines.append(f"- {name}: {_pct(accuracy)} at {_pct(nonzero)}; here {mine} — {verdict}")
+    return lines
+
+
+def summary_table(tables: dict[str, pd.DataFrame]) -> list[str]:
+    """Every target of every sweep's model: the sweep's validation-chosen trial under it, and the verdict."""
+    lines = ["| results | target | chosen on validation: test at nonzero | verdict |", "|---|---|---|---|"]
+    for stem, table in tables.items():
+        for name, accuracy, nonzero in ANCHORS.get(_key(table), []):
+            if name.startswith("target"):
+                mine, verdict = anchor_verdict(table, accuracy, nonzero)
+                target = f"{name}: ≥ {_pct(accuracy)} at ≤ {_pct(nonzero)}"
+                verdict = "reached" if verdict.startswith("matched") else verdict
+                lines.append(f"| {stem} ({_key(table)}) | {target} | {mine} | **{verdict}** |")
     return lines
 
 
@@ -208,10 +225,6 @@ def _figure(path: Path, key: str, draw) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
-
-
-def _key(table: pd.DataFrame) -> str:
-    return f"{table['model'].iloc[0]}/{table['dataset'].iloc[0]}"
 
 
 def fronts_figure(tables: dict[str, pd.DataFrame], path: Path) -> None:
@@ -312,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     tables = {path.stem: load_results(path) for path in files}
     sections = {path.stem: section(path, tables[path.stem]) for path in files}
     sweeps = {path.stem: tables[path.stem] for path in files if not is_comparison(path)}
+    if sweeps:  # the doc's block "summary": every target of every sweep
+        sections["summary"] = summary_table(sweeps)
     if args.figure and sweeps:
         fronts_figure(sweeps, args.figure)
     if args.methods_figures:
@@ -330,8 +345,8 @@ def main(argv: list[str] | None = None) -> int:
             doc.write_text(text, encoding="utf-8")
     if args.write or args.check:
         return 0
-    for path in files:
-        print(f"### {path.stem}\n\n" + "\n".join(sections[path.stem]) + "\n")
+    for stem, lines in sections.items():
+        print(f"### {stem}\n\n" + "\n".join(lines) + "\n")
     return 0
 
 
