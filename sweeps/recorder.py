@@ -30,20 +30,14 @@ from ray import tune
 from analysis.pareto import nondominated_mask, region_hypervolume
 from sweeps import processes
 from sweeps.progress import Progress
-from sweeps.records import ResultsLedger, now_iso
+from sweeps.records import ResultsLedger, ledger_row, trial_params
 from sweeps.searcher import FINISHED_STATES, Member, members_of, own_trials, result_from_attrs
 from sweeps.spec import SweepSpec
 from sweeps.tracking import SweepTracker
-from trainables.config import TrialConfig
 from trainables.contract import (
-    COHORT_INDEX_KEY,
-    COHORT_SIZE_KEY,
-    METRICS,
     MLFLOW_RUN_ATTR,
     MODEL_FILE_KEY,
     RESULT_STATUSES,
-    SHARED_RUN_KEY,
-    STOPPED_AT_KEY,
     TRIAL_NUMBER_KEY,
     Status,
     TrialResult,
@@ -52,18 +46,6 @@ from trainables.contract import (
 
 logger = logging.getLogger(__name__)
 EPOCH_FLUSH_S = 2.0  # live epoch curves reach MLflow at most this late; fewer sqlite commits on the driver
-LEDGER_METRICS: tuple[str, ...] = (*METRICS, "epochs", "resumed_from_epoch")
-# shared_run: a branch's regularized run; model_file: its saved model; stopped_at_rung: where moasha stopped it;
-# cohort_size / cohort_index: the cohort a trial trained in (budget.cohort_size > 1) and its place there
-LEDGER_EXTRAS: tuple[str, ...] = (
-    "report_wait_s",
-    "node_id",
-    SHARED_RUN_KEY,
-    MODEL_FILE_KEY,
-    STOPPED_AT_KEY,
-    COHORT_SIZE_KEY,
-    COHORT_INDEX_KEY,
-)
 
 
 def current_front(spec: SweepSpec, rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -140,8 +122,7 @@ class SweepRecorder:
 
     def trial_params(self, sampled: dict[str, Any]) -> dict[str, Any]:
         """Every TrialConfig setting of a member as it ran: defaults, fixed settings, sampled values."""
-        searched = {k: v for k, v in sampled.items() if k in self.spec.search}
-        return {**TrialConfig().to_dict(), **self.fixed, **searched}
+        return trial_params(self.fixed, self.spec.search, sampled)
 
     # --- events (called on the writer thread, or directly when repairing) -----------------
 
@@ -165,11 +146,14 @@ class SweepRecorder:
         if run_id is not None:
             self.tracker.buffer_epoch(run_id, metrics)
 
-    def finished(self, member: Member, result: TrialResult, ray_trial_id: str = "") -> None:
+    def finished(
+        self, member: Member, result: TrialResult, ray_trial_id: str = "", kept: Mapping[str, Any] | None = None
+    ) -> None:
         """Record one member's end everywhere it belongs (each step skips what is already there).
 
         An interrupted member closes its MLflow run (KILLED, re-opened by a resume) and gets no
-        ledger row; every other status is a result and gets one.
+        ledger row; every other status is a result and gets one.  ``kept``: ledger fields kept from
+        where the result was first recorded (``driver_run``, ``finished_at``: an imported result).
         """
         run_id = self.tracker.child(member.number, self.name, self.trial_params(member.params))
         error = self.error_log(member.number, result)
@@ -188,21 +172,19 @@ class SweepRecorder:
             self.tracker.log_dataset(run_id, self.spec.dataset, *self.data_identity(), sizes)
         if self.spec.models == "all" and result.extra.get(MODEL_FILE_KEY):
             self.tracker.log_model(run_id, result.extra[MODEL_FILE_KEY])
-        values = result.to_dict()
-        row = {
-            "sweep": self.name,
-            "trial_number": member.number,
-            "status": result.status.value,
-            "message": result.message,
-            **{f"param.{k}": v for k, v in member.params.items() if k in self.spec.search},
-            **{k: values.get(k) for k in (*LEDGER_METRICS, *LEDGER_EXTRAS)},
-            "driver_run": self.driver_run,
-            "config": self.trial_params(member.params),
-            "mlflow_run_id": run_id,
-            "ray_trial_id": ray_trial_id,
-            "finished_at": now_iso(),
-            "layers": result.layers,
-        }
+        kept = kept or {}
+        row = ledger_row(
+            self.name,
+            member.number,
+            member.params,
+            result,
+            searched=self.spec.search,
+            config=self.trial_params(member.params),
+            driver_run=int(kept.get("driver_run") or self.driver_run),
+            mlflow_run_id=run_id,
+            ray_trial_id=ray_trial_id,
+            finished_at=kept.get("finished_at"),
+        )
         self.ledger.append(row)
         rows = list(self.ledger.rows.values())
         front = current_front(self.spec, rows)

@@ -17,17 +17,83 @@ import json
 import math
 import os
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sweeps.folder import is_torn, read_state, stored_tracking_uri
-from trainables.contract import STATE_FILE, read_ledger, resolve_tracking_uri
+from trainables.config import TrialConfig
+from trainables.contract import (
+    COHORT_INDEX_KEY,
+    COHORT_SIZE_KEY,
+    METRICS,
+    MODEL_FILE_KEY,
+    SHARED_RUN_KEY,
+    STATE_FILE,
+    STOPPED_AT_KEY,
+    TrialResult,
+    read_ledger,
+    resolve_tracking_uri,
+)
+
+LEDGER_METRICS: tuple[str, ...] = (*METRICS, "epochs", "resumed_from_epoch")
+# shared_run: a branch's regularized run; model_file: its saved model; stopped_at_rung: where moasha stopped it;
+# cohort_size / cohort_index: the cohort a trial trained in (budget.cohort_size > 1) and its place there
+LEDGER_EXTRAS: tuple[str, ...] = (
+    "report_wait_s",
+    "node_id",
+    SHARED_RUN_KEY,
+    MODEL_FILE_KEY,
+    STOPPED_AT_KEY,
+    COHORT_SIZE_KEY,
+    COHORT_INDEX_KEY,
+)
 
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def trial_params(fixed: Mapping[str, Any], searched: Mapping[str, Any], sampled: Mapping[str, Any]) -> dict[str, Any]:
+    """Every TrialConfig setting of a member as it ran: defaults, fixed settings, sampled values of ``searched``."""
+    return {**TrialConfig().to_dict(), **fixed, **{k: v for k, v in sampled.items() if k in searched}}
+
+
+def ledger_row(
+    sweep: str,
+    number: int,
+    params: Mapping[str, Any],
+    result: TrialResult,
+    *,
+    searched: Mapping[str, Any],
+    config: dict[str, Any],
+    driver_run: int,
+    mlflow_run_id: str | None = None,
+    ray_trial_id: str = "",
+    finished_at: str | None = None,
+) -> dict[str, Any]:
+    """One ``results.jsonl`` line: a member's sampled params, its result's metrics and extras, where it is recorded.
+
+    The one place the row's shape is decided: the Ray sweep's recorder and the Ray-free driver
+    (``sweeps.asktell``) both write these rows, and ``analysis.results`` reads them.
+    """
+    values = result.to_dict()
+    return {
+        "sweep": sweep,
+        "trial_number": number,
+        "status": result.status.value,
+        "message": result.message,
+        **{f"param.{k}": v for k, v in params.items() if k in searched},
+        **{k: values.get(k) for k in (*LEDGER_METRICS, *LEDGER_EXTRAS)},
+        "driver_run": driver_run,
+        "config": config,
+        "mlflow_run_id": mlflow_run_id,
+        "ray_trial_id": ray_trial_id,
+        "finished_at": finished_at or now_iso(),
+        "layers": result.layers,
+    }
 
 
 @dataclass

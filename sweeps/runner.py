@@ -33,6 +33,7 @@ from ray.tune.logger import JsonLoggerCallback
 
 from analysis.pareto import Objective, knee_point
 from sweeps import processes
+from sweeps import study as study_module
 from sweeps.folder import (
     absolute_tracking_uri,
     optuna_url,
@@ -41,6 +42,7 @@ from sweeps.folder import (
     verify_records,
 )
 from sweeps.interrupt import Interrupt
+from sweeps.plan import branch_settings, fixed_settings, models_dir
 from sweeps.progress import Progress, SweepOutcome, failure_counts, print_summary
 from sweeps.recorder import (
     ProcessRecorder,
@@ -56,27 +58,21 @@ from sweeps.searcher import (
     FINISHED_STATES,
     Branching,
     OptunaSearcher,
-    build_sampler,
-    derive_seed,
     distributions,
     own_trials,
 )
-from sweeps.spec import FloatParam, SpecError, SweepSpec, load_spec
+from sweeps.spec import SpecError, SweepSpec, load_spec
 from sweeps.tracking import SweepTracker
-from sweeps.trainable import CHECKPOINT_FILE, IDENTITY_FILE, BranchSettings, deephoyer_trainable
-from trainables.branching import threshold_grid
+from sweeps.trainable import CHECKPOINT_FILE, IDENTITY_FILE, deephoyer_trainable
 from trainables.config import split_branch_settings
 from trainables.contract import (
-    BRANCH_POINTS_DIR,
     FLOPS_FRAC,
     KNEE_ALIAS,
     LOGS_DIR,
     MLFLOW_ARTIFACTS_DIR,
     MODEL_FILE_KEY,
-    MODELS_DIR,
     NONZERO_FRAC,
     PARETO_FILE,
-    PRETRAIN_CACHE_DIR,
     RAY_DIR,
     RAY_PROCESSES_FILE,
     RESULTS_FILE,
@@ -94,7 +90,6 @@ from trainables.contract import (
 )
 
 logger = logging.getLogger(__name__)
-PROXY_GRID_SIZE = 32  # thresholds a proxy-branching run evaluates at its branch point (one validation pass each)
 PARETO_COLUMNS: tuple[str, ...] = (VAL_ACCURACY, TEST_ACCURACY, NONZERO_FRAC, FLOPS_FRAC, "mlflow_run_id")
 
 TUNE_ENVIRONMENT: dict[str, str] = {
@@ -171,22 +166,6 @@ def git_commit() -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def fixed_settings(spec: SweepSpec, sweep_dir: Path) -> dict[str, Any]:
-    """Trial settings every trial shares: the spec's, with threads from the CPU share and a shared pretrain cache.
-
-    The pretrain cache sits in the storage folder, beside the sweep folders, so every sweep
-    there (another method, sampler or seed of the same model and data) reuses one dense
-    pretraining; entries are keyed by every setting pretraining depends on.
-    """
-    settings = {"dataset": spec.dataset, "data_dir": spec.data_dir, "model": spec.model, **spec.trial}
-    if spec.data_dir:
-        settings["data_dir"] = str(Path(spec.data_dir).expanduser().resolve())
-    settings.setdefault("num_threads", max(1, int(spec.resources.cpus)))
-    if settings.get("pretrain_epochs"):
-        settings.setdefault("pretrain_cache_dir", str((sweep_dir.parent / PRETRAIN_CACHE_DIR).resolve()))
-    return settings
-
-
 def warm_start(study: optuna.Study, spec: SweepSpec, sweep_dir: Path) -> int:
     """Copy the results of earlier sweeps of the same problem into a new study, as finished trials.
 
@@ -241,18 +220,12 @@ def open_study(
     spec: SweepSpec, state: SweepState, storage: optuna.storages.BaseStorage, sweep_dir: Path, progress: Progress
 ) -> optuna.Study:
     """The sweep's study, created (and warm-started) on first use, with a sampler that continues its sequence."""
-    directions = ["maximize" if mode == "max" else "minimize" for mode in spec.modes]
-    study = optuna.create_study(
-        storage=storage, study_name=state.study_name, directions=directions, load_if_exists=True
-    )
-    if not study.user_attrs:
-        study.set_metric_names(spec.metric_names)
-        study.set_user_attr("problem_hash", spec.problem_hash())
-        study.set_user_attr("sweep", state.name)
+
+    def warm(study: optuna.Study) -> None:
         if spec.warm_start and (copied := warm_start(study, spec, sweep_dir)):
             progress.say(f"warm start: {copied} finished trials from earlier sweeps of the same problem")
-    seed = derive_seed(spec.sampler.seed, len(study.get_trials(deepcopy=False)))
-    return optuna.load_study(study_name=state.study_name, storage=storage, sampler=build_sampler(spec.sampler, seed))
+
+    return study_module.open_study(storage, state.study_name, spec, state.name, warm)
 
 
 def _init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None) -> bool:
@@ -316,24 +289,6 @@ def start_tracking(spec: SweepSpec, sweep_dir: Path, state: SweepState) -> Sweep
     spec_text = (sweep_dir / SPEC_FILE).read_text()
     state.parent_run_id = tracker.start_parent(state.parent_run_id, state.name, params, tags, spec_text)
     return tracker
-
-
-def branch_settings(spec: SweepSpec, sweep_dir: Path) -> BranchSettings | None:
-    """What a branching run needs (None when runs do not branch): where branch points live, the proxy grid."""
-    if spec.budget.thresholds_per_run <= 1:
-        return None
-    grid: tuple[float, ...] = ()
-    threshold = spec.search.get("threshold")
-    if spec.budget.branch_mode == "proxy" and isinstance(threshold, FloatParam):
-        grid = tuple(threshold_grid(threshold.low, threshold.high, PROXY_GRID_SIZE, log=threshold.log))
-    return BranchSettings(
-        str(sweep_dir / BRANCH_POINTS_DIR), grid, keep=spec.keep_branch_points, models_dir=models_dir(spec, sweep_dir)
-    )
-
-
-def models_dir(spec: SweepSpec, sweep_dir: Path) -> str | None:
-    """Where trials save their final models (``<sweep>/models``), or None with ``models: none``."""
-    return None if spec.models == "none" else str(sweep_dir / MODELS_DIR)
 
 
 def moasha_settings(spec: SweepSpec, sweep_dir: Path) -> dict[str, Any]:

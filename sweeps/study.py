@@ -582,3 +582,24 @@ class StudyProposer:
             for name, v in proxies.items()
         }
         self.tell_result(number, TrialResult(Status.PRUNED, message or "stopped early by the scheduler", extra=extra))
+
+
+def open_study(
+    storage: optuna.storages.BaseStorage,
+    study_name: str,
+    spec: SweepSpec,
+    sweep_name: str,
+    warm: Callable[[optuna.Study], None] | None = None,
+) -> optuna.Study:
+    """The sweep's study, created on first use (objectives named, ``warm`` run once), with a sampler that
+    continues its sequence (``derive_seed`` over the trials already in the study)."""
+    directions = ["maximize" if mode == "max" else "minimize" for mode in spec.modes]
+    study = optuna.create_study(storage=storage, study_name=study_name, directions=directions, load_if_exists=True)
+    if not study.user_attrs:
+        study.set_metric_names(spec.metric_names)
+        study.set_user_attr("problem_hash", spec.problem_hash())
+        study.set_user_attr("sweep", sweep_name)
+        if warm is not None:
+            warm(study)
+    seed = derive_seed(spec.sampler.seed, len(study.get_trials(deepcopy=False)))
+    return optuna.load_study(study_name=study_name, storage=storage, sampler=build_sampler(spec.sampler, seed))

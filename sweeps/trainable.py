@@ -12,21 +12,28 @@ checkpoint a resumed sweep hands it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
 import time
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray
-import torch
 from ray import tune
 
+from sweeps.plan import (
+    DETERMINISTIC_ERRORS,
+    BranchSettings,
+    branch_point_path,
+    branch_runs,
+    cohort_in_checkpoint,
+    failed_result,
+    member_config,
+    model_file,
+    valid_configs,
+)
 from sweeps.scheduler import RungChannel
 from sweeps.searcher import (
     BRANCH_INDEX_KEY,
@@ -36,25 +43,11 @@ from sweeps.searcher import (
     Member,
     members_of,
 )
-from trainables import ConfigError, TrialConfig, run_trial
+from trainables import TrialConfig, run_trial
 from trainables.branching import prune_now_proxy, run_branches, select_thresholds
 from trainables.cohort import run_cohort, run_cohort_branches
 from trainables.config import split_branch_settings
-from trainables.contract import MODEL_FILE_KEY, SHARED_RUN_KEY, TRIAL_NUMBER_KEY, Status, TrialResult
-from trainables.data import DataError
-
-DETERMINISTIC_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, torch.OutOfMemoryError)
-"""Errors that would happen again for the same configuration: a ``failed`` result, never a Ray retry.
-
-Anything else (a worker or node that died, a lost connection) is left to Ray's ``max_failures``.
-"""
-
-
-def failed_result(error: BaseException) -> TrialResult:
-    """A ``failed`` result carrying the error's one-line reason and its full traceback."""
-    message = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".rstrip(": ")
-    return TrialResult(Status.FAILED, message, extra={"traceback": traceback.format_exc()})
-
+from trainables.contract import MODEL_FILE_KEY, SHARED_RUN_KEY, TRIAL_NUMBER_KEY, TrialResult
 
 CHECKPOINT_FILE = "state.pt"
 IDENTITY_FILE = "trial.json"  # beside the state: whose checkpoint this is, for a resumed sweep
@@ -138,24 +131,12 @@ def final_report(member: Member | None, result: TrialResult, extra: dict[str, An
     }
 
 
-def model_file(models_dir: str | None, name: str) -> str | None:
-    """Where a trial's final model goes (``<sweep>/models/<name>.pt``), or None when models are not kept.
-
-    Written by the worker into the sweep folder (shared storage on a cluster); the driver logs it
-    to MLflow and ``hoyersweep export`` reads it.
-    """
-    if not models_dir:
-        return None
-    Path(models_dir).mkdir(parents=True, exist_ok=True)
-    return str(Path(models_dir) / f"{name}.pt")
-
-
 def train_member(
     member: Member, fixed: dict[str, Any], checkpoint_interval_s: float, models_dir: str | None = None
 ) -> None:
     """Train one member to its final report; a bad configuration or bad data is a ``failed`` result."""
     try:
-        config = TrialConfig.from_dict({**fixed, **member.params})
+        config = member_config(member, fixed)
     except DETERMINISTIC_ERRORS as error:
         tune.report(final_report(member, failed_result(error), {}))
         return
@@ -176,21 +157,6 @@ def train_member(
     tune.report(final_report(member, result, reporter.extra()))
 
 
-@dataclass(frozen=True)
-class BranchSettings:
-    """How a Ray trial branches: the proxy grid (proxy mode) and where branch points are kept."""
-
-    branch_dir: str  # <sweep>/branch_points: one file per regularized run, until all its branches finished
-    grid: tuple[float, ...] = ()  # proxy mode: thresholds to evaluate at the branch point (inside the search range)
-    keep: bool = False  # keep branch points after every branch finished
-    models_dir: str | None = None  # <sweep>/models, when trials keep their models
-
-
-def branch_point_path(settings: BranchSettings, shared: dict[str, Any]) -> Path:
-    key = hashlib.sha256(json.dumps(shared, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return Path(settings.branch_dir) / f"{key}.pt"
-
-
 def train_branches(
     members: list[Member], slots: int, fixed: dict[str, Any], checkpoint_interval_s: float, settings: BranchSettings
 ) -> None:
@@ -203,8 +169,8 @@ def train_branches(
     """
     first = members[0]
     try:
-        config = TrialConfig.from_dict({**fixed, **first.params})
-        branch_configs = [TrialConfig.from_dict({**fixed, **m.params}) for m in members]
+        config = member_config(first, fixed)
+        branch_configs = [member_config(m, fixed) for m in members]
     except DETERMINISTIC_ERRORS as error:
         for index, member in enumerate(members):
             tune.report({**final_report(member, failed_result(error), {}), BRANCH_INDEX_KEY: index})
@@ -300,15 +266,8 @@ def _cohort_of(
     resume_from = _checkpoint_to_resume(workdir, first.number, first.resume_checkpoint, COHORT_STAGE)
     if resume_from is None:
         return None, mine
-    identity = json.loads((workdir / IDENTITY_FILE).read_text())
-    numbers, params = identity.get("trial_numbers") or [], identity.get("params") or []
-    if len(numbers) != len(params) or not {m.number for m in members} <= set(numbers):
-        return None, mine  # not this cohort's checkpoint: start afresh rather than mix two stacks
-    try:
-        cohort = [(n, configs.get(n) or TrialConfig.from_dict({**fixed, **p})) for n, p in zip(numbers, params)]
-    except DETERMINISTIC_ERRORS:
-        return None, mine
-    return resume_from, cohort
+    cohort = cohort_in_checkpoint(members, configs, fixed, json.loads((workdir / IDENTITY_FILE).read_text()))
+    return (None, mine) if cohort is None else (resume_from, cohort)
 
 
 def train_cohort(
@@ -380,12 +339,10 @@ def train_cohort(
 
 def _valid_configs(members: list[Member], fixed: dict[str, Any]) -> dict[int, TrialConfig]:
     """Each member's config; a member whose configuration is bad gets its ``failed`` final report now."""
-    configs: dict[int, TrialConfig] = {}
+    configs, failed = valid_configs(members, fixed)
     for member in members:
-        try:
-            configs[member.number] = TrialConfig.from_dict({**fixed, **member.params})
-        except DETERMINISTIC_ERRORS as error:
-            tune.report(final_report(member, failed_result(error), {}))
+        if member.number in failed:
+            tune.report(final_report(member, failed[member.number], {}))
     return configs
 
 
@@ -412,11 +369,7 @@ def train_branching_cohort(
     members = [m for m in members if m.number in configs]
     if not members:
         return
-    runs: dict[str, list[Member]] = {}
-    for member in members:
-        shared, _ = split_branch_settings(configs[member.number].to_dict())
-        runs.setdefault(json.dumps(shared, sort_keys=True, default=str), []).append(member)
-    groups = list(runs.values())
+    groups = branch_runs(members, configs)
     slots = {int(first): int(count) for first, count in group_slots}
     numbers = [m.number for m in members]
     reporter = cohort_reporter(checkpoint_interval_s, numbers, BRANCHING_COHORT_STAGE)
