@@ -189,6 +189,19 @@ def resume_command(args: argparse.Namespace) -> int:
     return exit_code(outcome)
 
 
+def import_command(args: argparse.Namespace) -> int:
+    """Record an ask/tell folder (``python -m sweeps.asktell``) as a sweep; a second import adds only what is new."""
+    from sweeps.importer import import_folder
+
+    configure_logging()
+    imported = import_folder(args.folder, args.storage, args.tracking_uri, quiet=args.quiet)
+    if imported.added == 0:
+        print(f"nothing to import: {imported.sweep_dir} already holds all {imported.total} results of {args.folder}")
+    elif not args.quiet:
+        print(f"imported {imported.added} result(s) into {imported.sweep_dir} ({imported.total} in all)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hoyersweep", description="DeepHoyer sparse-training sweeps: Ray Tune + Optuna + MLflow."
@@ -216,6 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--data-dir", help="the dataset's folder, when it moved since the sweep started")
     _add_ray_arguments(resume)
     resume.set_defaults(handler=resume_command)
+
+    imports = commands.add_parser("import", help="record a folder of `python -m sweeps.asktell` as a sweep")
+    imports.add_argument("folder", help="the folder the ask/tell driver wrote (--out)")
+    imports.add_argument("--storage", help="results folder to put the sweep in (default: the spec's storage)")
+    imports.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in the sweep folder)")
+    imports.add_argument("--quiet", action="store_true", help="no summary")
+    imports.set_defaults(handler=import_command)
 
     from analysis.cli import add_analysis_commands
 
