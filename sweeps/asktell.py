@@ -34,7 +34,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,8 +160,12 @@ def open_folder(spec: SweepSpec, out: Path) -> DriverState:
     return state
 
 
-def resume_checkpoints(out: Path) -> dict[int, str]:
-    """Trial number → the checkpoint of the group it was training when the driver stopped."""
+def resume_checkpoints(out: Path, recorded: Container[int]) -> dict[int, str]:
+    """Trial number → the checkpoint of the group it was training when the driver stopped.
+
+    A checkpoint whose members are all ``recorded`` (the driver was killed after the group's last
+    result, before it removed the file) is of no further use and is deleted.
+    """
     found: dict[int, str] = {}
     for identity in sorted((out / CHECKPOINTS_DIR).glob("group-*.json")):
         state = identity.with_suffix(".pt")
@@ -169,7 +173,10 @@ def resume_checkpoints(out: Path) -> dict[int, str]:
             numbers = [int(n) for n in json.loads(identity.read_text())["trial_numbers"]]
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if state.exists():
+        if all(number in recorded for number in numbers):
+            state.unlink(missing_ok=True)
+            identity.unlink()
+        elif state.exists():
             found.update({number: str(state) for number in numbers})
     return found
 
@@ -471,7 +478,7 @@ def run_asktell(spec: SweepSpec, out: Path, quiet: bool = False, source: str = "
         budget=spec.budget.num_samples,
         members_per_trial=spec.budget.cohort_size,
         branching=Branching(spec.budget.thresholds_per_run, spec.budget.branch_mode, split_branch_settings),
-        resume_checkpoints=resume_checkpoints(out),
+        resume_checkpoints=resume_checkpoints(out, ledger),
     )
     fixed = fixed_settings(spec, out, pretrain_cache=out / PRETRAIN_CACHE_DIR)
     recorder = Recorder(spec, out, fixed, proposer, ledger, driver_run=len(state.runs), quiet=quiet)
