@@ -64,13 +64,12 @@ from sweeps.study import (
     BRANCH_PLAN_KEY,
     BRANCH_SLOTS_KEY,
     GROUP_SLOTS_KEY,
-    Branching,
     Member,
     StudyProposer,
-    distributions,
     is_own,
     members_of,
     open_study,
+    search_settings,
     tell,
 )
 from trainables.config import ConfigError, TrialConfig, split_branch_settings
@@ -284,6 +283,15 @@ def usable_checkpoint(member: Member, stage: str) -> tuple[str, dict[str, Any]] 
     return (member.resume_checkpoint, identity) if identity.get("stage") == stage else None
 
 
+def configured(members: list[Member], recorder: Recorder) -> tuple[list[Member], dict[int, TrialConfig]]:
+    """The members whose configuration is valid and their configs; the others are recorded ``failed`` now."""
+    configs, failed = valid_configs(members, recorder.fixed)
+    for member in members:
+        if member.number in failed:
+            recorder.record(member, failed[member.number])
+    return [m for m in members if m.number in configs], configs
+
+
 def train_cohort(members: list[Member], recorder: Recorder) -> None:
     """Train ``members`` as one cohort (``run_cohort``), recording each as it leaves the stack.
 
@@ -293,11 +301,7 @@ def train_cohort(members: list[Member], recorder: Recorder) -> None:
     from trainables.cohort import run_cohort
 
     spec, fixed = recorder.spec, recorder.fixed
-    configs, failed = valid_configs(members, fixed)
-    for member in members:
-        if member.number in failed:
-            recorder.record(member, failed[member.number])
-    members = [m for m in members if m.number in configs]
+    members, configs = configured(members, recorder)
     if not members:
         return
     mine = {m.number: m for m in members}
@@ -351,12 +355,8 @@ def train_branching(
     from trainables.branching import select_thresholds
     from trainables.cohort import run_cohort_branches
 
-    spec, fixed, proposer = recorder.spec, recorder.fixed, recorder.proposer
-    configs, failed = valid_configs(members, fixed)
-    for member in members:
-        if member.number in failed:
-            recorder.record(member, failed[member.number])
-    members = [m for m in members if m.number in configs]
+    spec, proposer = recorder.spec, recorder.proposer
+    members, configs = configured(members, recorder)
     if not members:
         return
     runs = branch_runs(members, configs)
@@ -470,15 +470,7 @@ def run_asktell(spec: SweepSpec, out: Path, quiet: bool = False, source: str = "
     if (told := tell_recorded(study, storage, spec, out, ledger)) and not quiet:
         print(f"[{spec.name}] told Optuna {told} result(s) recorded just before the interruption", flush=True)
     proposer = StudyProposer(
-        study,
-        storage,
-        distributions(spec),
-        spec.metric_names,
-        spec.constraint_rules,
-        budget=spec.budget.num_samples,
-        members_per_trial=spec.budget.cohort_size,
-        branching=Branching(spec.budget.thresholds_per_run, spec.budget.branch_mode, split_branch_settings),
-        resume_checkpoints=resume_checkpoints(out, ledger),
+        study, storage, **search_settings(spec), resume_checkpoints=resume_checkpoints(out, ledger)
     )
     fixed = fixed_settings(spec, out, pretrain_cache=out / PRETRAIN_CACHE_DIR)
     recorder = Recorder(spec, out, fixed, proposer, ledger, driver_run=len(state.runs), quiet=quiet)

@@ -56,15 +56,13 @@ from sweeps.records import ResultsLedger, SweepState, now_iso
 from sweeps.scheduler import MOASHA, RungChannel, Rungs, start_rung_channel
 from sweeps.searcher import (
     FINISHED_STATES,
-    Branching,
     OptunaSearcher,
-    distributions,
     own_trials,
+    search_settings,
 )
 from sweeps.spec import SpecError, SweepSpec, load_spec
 from sweeps.tracking import SweepTracker
 from sweeps.trainable import CHECKPOINT_FILE, IDENTITY_FILE, deephoyer_trainable
-from trainables.config import split_branch_settings
 from trainables.contract import (
     FLOPS_FRAC,
     KNEE_ALIAS,
@@ -438,12 +436,7 @@ def execute_sweep(
     searcher = OptunaSearcher(
         study,
         storage,
-        distributions(spec),
-        spec.metric_names,
-        spec.constraint_rules,
-        budget=spec.budget.num_samples,
-        members_per_trial=spec.budget.cohort_size,
-        branching=Branching(spec.budget.thresholds_per_run, spec.budget.branch_mode, split_branch_settings),
+        **search_settings(spec),
         resume_checkpoints=resume_checkpoints(sweep_dir),
         on_member=recorder.open_run,
     )

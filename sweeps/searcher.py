@@ -10,12 +10,9 @@ them: ``suggest`` → ``hand_out``, ``on_trial_result`` → ``on_report``, ``on_
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import optuna
-from optuna.distributions import BaseDistribution
 from ray.tune.search import Searcher
 
 from sweeps.study import (
@@ -41,10 +38,10 @@ from sweeps.study import (
     members_of,
     own_trials,
     result_from_attrs,
+    search_settings,
     space_size,
     tell,
 )
-from trainables.contract import Constraint
 
 __all__ = [
     "BRANCH_INDEX_KEY",
@@ -69,6 +66,7 @@ __all__ = [
     "members_of",
     "own_trials",
     "result_from_attrs",
+    "search_settings",
     "space_size",
     "tell",
 ]
@@ -77,36 +75,10 @@ __all__ = [
 class OptunaSearcher(StudyProposer, Searcher):
     """A Ray Tune searcher over one Optuna study (the rules: ``sweeps.study``)."""
 
-    def __init__(
-        self,
-        study: optuna.Study,
-        storage: optuna.storages.BaseStorage,
-        space: Mapping[str, BaseDistribution],
-        objectives: Sequence[str],
-        constraints: Sequence[Constraint] = (),
-        *,
-        budget: int,
-        members_per_trial: int = 1,
-        branching: Branching | None = None,
-        resume_checkpoints: Mapping[int, str] | None = None,
-        max_duplicate_asks: int = MAX_DUPLICATE_ASKS,
-        on_member: Callable[[Member], Mapping[str, Any]] | None = None,
-    ) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """``StudyProposer``'s arguments (the study, its storage, space, objectives, budget, …)."""
         Searcher.__init__(self, metric=None, mode=None)  # multi-objective: Tune's single metric is unused
-        StudyProposer.__init__(
-            self,
-            study,
-            storage,
-            space,
-            objectives,
-            constraints,
-            budget=budget,
-            members_per_trial=members_per_trial,
-            branching=branching,
-            resume_checkpoints=resume_checkpoints,
-            max_duplicate_asks=max_duplicate_asks,
-            on_member=on_member,
-        )
+        StudyProposer.__init__(self, *args, **kwargs)
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its searcher with the experiment; the ``on_member`` hook (the driver's recorder) stays out."""

@@ -584,6 +584,20 @@ class StudyProposer:
         self.tell_result(number, TrialResult(Status.PRUNED, message or "stopped early by the scheduler", extra=extra))
 
 
+def search_settings(spec: SweepSpec) -> dict[str, Any]:
+    """``StudyProposer``'s arguments that come from the spec: space, objectives, constraints, budget, grouping."""
+    from trainables.config import split_branch_settings
+
+    return {
+        "space": distributions(spec),
+        "objectives": spec.metric_names,
+        "constraints": spec.constraint_rules,
+        "budget": spec.budget.num_samples,
+        "members_per_trial": spec.budget.cohort_size,
+        "branching": Branching(spec.budget.thresholds_per_run, spec.budget.branch_mode, split_branch_settings),
+    }
+
+
 def open_study(
     storage: optuna.storages.BaseStorage,
     study_name: str,
