@@ -178,3 +178,17 @@ def test_a_bad_folder_is_refused_in_one_line_and_changes_nothing(asktell_dir, im
     assert "spec.yaml: trial.epochs differs" in refused(["import", str(bad), "--storage", storage], capsys)
     assert (imported / "results.jsonl").read_bytes() == recorded
     assert len(list(imported.parent.glob("*/state.json"))) == 1
+
+
+def test_branching_cohorts_choose_their_branches_and_count_every_branch(tmp_path):
+    """budget.thresholds_per_run > 1: each run of the stack branches (proxy mode), every branch a result."""
+    out = tmp_path / "branching"
+    flags = ["--set", "budget.thresholds_per_run=3", "--cohort-size", "2", "--num-samples", "6"]
+    assert asktell.main(driver(out, *flags)) == 0
+    rows = read_ledger(out / "results.jsonl")
+    assert sorted(row["trial_number"] for row in rows) == list(range(6))
+    runs = {}
+    for row in rows:
+        runs.setdefault(row["shared_run"], set()).add(row["param.threshold"])
+    assert sorted(len(thresholds) for thresholds in runs.values()) == [3, 3]  # two runs, three thresholds each
+    assert all(Path(row["model_file"]).name.startswith(f"run-{row['shared_run']:04d}-branch-") for row in rows)
