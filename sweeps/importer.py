@@ -10,9 +10,11 @@ run).
 
 The import keeps the ask/tell folder's sweep id, so importing the same folder again finds the
 earlier import under ``--storage`` and adds only results it does not hold yet (none: one line,
-nothing changed).  Everything is verified before anything is written: a missing or torn ledger,
-a result file missing, a spec edited since the driver ran or differing from the earlier
-import's is refused in one line naming the file (a ``SpecError``).
+nothing changed; a driver rerun with a larger ``--num-samples`` updates the sweep's budget).
+Everything is verified before anything is written: a missing or torn ledger, a result file
+missing, a spec edited since the driver ran or differing from the earlier import's is refused in
+one line naming the file (a ``SpecError``).  The study is copied first, so an import cut short
+is completed by importing again.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import yaml
 
-from sweeps.asktell import DRIVER_FILE, TRIALS_DIR, DriverState, journal_storage
+from sweeps.asktell import DRIVER_FILE, TRIALS_DIR, DriverState, journal_storage, spec_change
 from sweeps.folder import is_torn, ledger_trial_numbers, read_state, resolve_sweep_dir, spec_difference, verify_records
 from sweeps.spec import SpecError, SweepSpec, load_spec
 from sweeps.study import Member
@@ -118,11 +121,12 @@ def earlier_import(storage: Path, source: Source) -> Path | None:
 
 
 def check_earlier(target: Path, source: Source) -> None:
-    """An earlier import must be of the same spec, with records a resume would accept (read-only checks)."""
+    """An earlier import must be of the same spec (but for a grown ``budget.num_samples``: the driver ran on),
+    with records a resume would accept (read-only checks)."""
     verify_records(target)
     started = read_state(target).get("spec") or {}
     now = source.spec.model_dump(mode="json")
-    if changed := spec_difference(started, now) or spec_difference(now, started):
+    if changed := spec_change(started, now) or spec_change(now, started):
         raise SpecError(
             f"{source.folder / SPEC_FILE}: {changed} differs from the spec of the earlier import {target} "
             f"(import into another --storage)"
@@ -161,7 +165,7 @@ def copy_study(source: optuna.Study, storage: optuna.storages.BaseStorage, name:
     for key, value in source.user_attrs.items():
         study.set_user_attr(key, value)
     for trial in sorted(source.get_trials(deepcopy=False), key=lambda t: t.number):
-        attrs = {**trial.user_attrs, **({MLFLOW_RUN_ATTR: runs[trial.number]} if trial.number in runs else {})}
+        attrs = {**trial.user_attrs, **({MLFLOW_RUN_ATTR: runs[trial.number]} if runs.get(trial.number) else {})}
         study.add_trial(
             optuna.trial.create_trial(
                 state=trial.state,
@@ -203,11 +207,17 @@ def import_folder(
         if not fresh:
             return Imported(target, 0, len(held))
         state = SweepState.load(target)
+        state.spec = source.spec.model_dump(mode="json")  # the budget the driver ran to, in both records
+        (target / SPEC_FILE).write_text(yaml.safe_dump(state.spec, sort_keys=False))
     else:
         fresh = sorted(source.rows)
         target, state = prepare_sweep(spec, str(root), tracking_uri)
         state.sweep_id, state.study_name = source.state.sweep_id, source.state.study_name
     started = time.time()
+    study_storage = optuna_storage(target)
+    source_study = load_source_study(source.folder, source.state)
+    held_runs = {n: row["mlflow_run_id"] for n, row in ResultsLedger(target / RESULTS_FILE).rows.items()}
+    copy_study(source_study, study_storage, state.study_name, held_runs)  # first: a cut-short import stays resumable
     state.runs.append({"started": now_iso(), "imported_from": str(source.folder)})
     tracker = start_tracking(spec, target, state)
     state.status = "running"
@@ -226,8 +236,7 @@ def import_folder(
         recorder.finished(Member(number, params), result, str(row.get("ray_trial_id") or ""), kept=row)
     recorder.close()
     runs = {number: row["mlflow_run_id"] for number, row in ledger.rows.items() if row.get("mlflow_run_id")}
-    study_storage = optuna_storage(target)
-    copy_study(load_source_study(source.folder, source.state), study_storage, state.study_name, runs)
+    copy_study(source_study, study_storage, state.study_name, runs)
     study = optuna.load_study(study_name=state.study_name, storage=study_storage)
     finalize_sweep(spec, target, state, study, recorder, started, quiet)
     return Imported(target, len(fresh), len(ledger.rows))
