@@ -20,6 +20,7 @@ from analysis.pareto import DEFAULT_OBJECTIVES, pareto_front
 from analysis.results import feasible_mask, from_sweep_dir, sweep_constraints
 from sweeps import asktell
 from sweeps.cli import main as hoyersweep
+from sweeps.folder import verify_records
 from sweeps.study import own_trials
 from trainables.contract import TRIAL_TAG, read_ledger
 
@@ -192,3 +193,11 @@ def test_branching_cohorts_choose_their_branches_and_count_every_branch(tmp_path
         runs.setdefault(row["shared_run"], set()).add(row["param.threshold"])
     assert sorted(len(thresholds) for thresholds in runs.values()) == [3, 3]  # two runs, three thresholds each
     assert all(Path(row["model_file"]).name.startswith(f"run-{row['shared_run']:04d}-branch-") for row in rows)
+
+
+def test_a_driver_run_on_with_more_samples_imports_only_its_new_results(asktell_dir, imported, capsys):
+    """Last in this file: it grows the shared folder.  The earlier import gains the new result and its budget."""
+    assert asktell.main(driver(asktell_dir, "--cohort-size", "3", "--num-samples", "6")) == 0
+    assert hoyersweep(["import", str(asktell_dir), "--storage", str(imported.parent), "--quiet"]) == 0
+    assert sorted(from_sweep_dir(imported)["trial_number"]) == list(range(6))
+    assert verify_records(imported).budget.num_samples == 6  # spec.yaml and state.json agree: resumable records
