@@ -11,7 +11,8 @@ Usage (from the repository root; needs pandas/pyarrow only — no torch, Ray or 
 
 In a doc, ``<!-- generated: STEM -->`` … ``<!-- end generated -->`` holds the block of
 ``docs/reproduction/data/STEM.parquet`` (``summary``: every target's verdict for every sweep
-file); ``--write`` rewrites every such block and a test runs
+file; ``search_*_region``: ``docs/benchmarks_data/STEM.json`` of ``bench/bench_search.py``);
+``--write`` rewrites every such block and a test runs
 ``--check``, so a number in those blocks cannot disagree with the committed results.
 
 Each ``*.parquet`` there is one reproduction sweep's whole results table, saved with
@@ -30,6 +31,7 @@ trial (and the mean nonzero fraction), and its figure draws every seed's front p
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 import statistics
@@ -45,6 +47,7 @@ from analysis.pareto import most_accurate_with_sparsity, pareto_front  # noqa: E
 from analysis.results import load_results  # noqa: E402
 
 DATA = ROOT / "docs" / "reproduction" / "data"
+SEARCH_DATA = ROOT / "docs" / "benchmarks_data"  # search_*_region.json: bench/bench_search.py's JSON line
 CAPS = (0.0036, 0.008, 0.01, 0.015, 0.02, 0.05, 0.083)
 ANCHORS: dict[str, list[tuple[str, float, float]]] = {
     "lenet300_100/mnist": [
@@ -263,6 +266,33 @@ def methods_figure(table: pd.DataFrame, path: Path) -> None:
     _figure(path, _key(table), draw)
 
 
+def search_table(data: dict) -> list[str]:
+    """Search efficiency from ``bench_search.py``'s JSON: median region hypervolume over seeds at a quarter,
+    half, three quarters and all of the budget, and the results each sampler needs to reach random's final value
+    (on its median curve)."""
+    budget = int(data["trials"])
+    marks = sorted({max(1, round(budget * q)) for q in (0.25, 0.5, 0.75, 1.0)})
+    medians = {
+        sampler: [statistics.median(curve[i] for curve in curves) for i in range(budget)]
+        for sampler, curves in data["curves"].items()
+    }
+    random_final = medians["random"][-1]
+    lines = [
+        f"{data['spec']}, {budget} results per sweep, sampler seeds 0–{int(data['seeds']) - 1}; "
+        "median region hypervolume over seeds:",
+        "",
+        "| sampler | "
+        + " | ".join(f"{k} results" for k in marks)
+        + f" | results to reach random's final ({random_final:.4f}) |",
+        "|---|" + "---:|" * (len(marks) + 1),
+    ]
+    for sampler, curve in medians.items():
+        reached = next((i + 1 for i, value in enumerate(curve) if value >= random_final), None)
+        cells = " | ".join(f"{curve[k - 1]:.4f}" for k in marks)
+        lines.append(f"| {sampler} | {cells} | {reached if reached else f'not within {budget}'} |")
+    return lines
+
+
 def is_comparison(path: Path) -> bool:
     """A method comparison's file (several sweeps, one per regularizer and seed) rather than one sweep's."""
     return path.stem.startswith("methods_")
@@ -325,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     tables = {path.stem: load_results(path) for path in files}
     sections = {path.stem: section(path, tables[path.stem]) for path in files}
     sweeps = {path.stem: tables[path.stem] for path in files if not is_comparison(path)}
+    for path in sorted(SEARCH_DATA.glob("search_*_region.json")):
+        sections[path.stem] = search_table(json.loads(path.read_text(encoding="utf-8")))
     if sweeps:  # the doc's block "summary": every target of every sweep
         sections["summary"] = summary_table(sweeps)
     if args.figure and sweeps:
