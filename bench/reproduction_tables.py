@@ -209,8 +209,9 @@ def _draw_anchors(axes, key: str) -> None:
         )
 
 
-def _figure(path: Path, key: str, draw) -> None:
-    """One log-nonzero × test-accuracy figure: ``draw(axes)`` plots the fronts, then the anchors of ``key``."""
+def _figure(path: Path, key: str, draw, bottom: float | None = None) -> None:
+    """One log-nonzero × test-accuracy figure: ``draw(axes)`` plots the fronts, then the anchors of ``key``;
+    ``bottom`` cuts the accuracy axis there (a collapsed baseline would squeeze every front into a line)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -222,6 +223,9 @@ def _figure(path: Path, key: str, draw) -> None:
     axes.set_xscale("log")
     axes.set_xlabel("nonzero weights (%), log scale")
     axes.set_ylabel("test accuracy (%) of the validation front")
+    if bottom is not None:
+        axes.set_ylim(bottom=bottom, top=99.6)
+        axes.set_ylabel(f"test accuracy (%) of the validation front (from {bottom:g} %)")
     axes.set_title(f"{key}: fronts chosen on validation, published anchors")
     axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize=7, loc="lower right")
@@ -263,7 +267,7 @@ def methods_figure(table: pd.DataFrame, path: Path) -> None:
                     label=f"{method_name(str(reg))} ({sweeps['seed'].nunique()} seeds)" if number == 0 else None,
                 )
 
-    _figure(path, _key(table), draw)
+    _figure(path, _key(table), draw, bottom=90.0)
 
 
 def search_table(data: dict) -> list[str]:
