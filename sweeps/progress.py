@@ -1,7 +1,9 @@
 """What a sweep prints: start-up stages, a progress bar (or one line per trial), failures, the summary.
 
 On a terminal the progress is a bar with an ETA (tqdm); piped or redirected, it is one plain line
-per finished trial (``[name] 7/24 done (0 failed), 2 running, front 4, 41s``).  Every failed or
+per finished trial (``[name] 7/24 done (0 failed), 2 running, front 4, 41s``) and, at most every
+``heartbeat_s``, one line with the running trials' phase and epoch — a sweep of long trials
+(hundreds of epochs) would otherwise print nothing for half an hour.  Every failed or
 diverged trial gets one line with its reason (the full error is in ``logs/trial-NNNN.log`` and in
 its MLflow run), and the closing summary counts failures by reason.
 """
@@ -31,17 +33,22 @@ class Progress:
     started: float
     quiet: bool = False
     bar: bool | None = None  # None: a bar when stdout is a terminal
+    heartbeat_s: float = 300.0  # piped output: at most one line of running trials' epochs this often
     _bar: Any = field(default=None, init=False, repr=False)
+    _epochs: dict[int, tuple[str, int, float]] = field(default_factory=dict, init=False, repr=False)
+    _last_line: float = field(default=0.0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.bar is None:
             self.bar = not self.quiet and sys.stdout.isatty()
+        self._last_line = self.started
 
     def say(self, text: str) -> None:
         """One line (above the bar, when there is one)."""
         if self.quiet:
             return
         line = f"[{self.name}] {text}"
+        self._last_line = time.time()
         if self._bar is not None:
             self._bar.write(line)
         else:
@@ -61,6 +68,19 @@ class Progress:
             f"{len(statuses)}/{self.num_samples} done ({failed} failed{stopped}), {running} running, "
             f"front {front_size}, {elapsed:.0f}s"
         )
+
+    def trial_epoch(self, number: int, phase: str | None, phase_epoch: int | None) -> None:
+        """A running trial reached ``phase_epoch`` of ``phase``; piped output hears of the running trials
+        at most every ``heartbeat_s`` (a trial silent for longer than that is left out: it has finished)."""
+        if self.quiet or self.bar or phase is None or phase_epoch is None:
+            return
+        now = time.time()
+        self._epochs[number] = (str(phase), int(phase_epoch), now)
+        if now - self._last_line < self.heartbeat_s:
+            return
+        recent = sorted((n, p, e) for n, (p, e, seen) in self._epochs.items() if now - seen <= self.heartbeat_s)
+        running = ", ".join(f"trial {n} {p} epoch {e}" for n, p, e in recent)
+        self.say(f"running: {running}; {now - self.started:.0f}s")
 
     def trial_failed(self, number: int, status: Status, message: str, log: Path | None) -> None:
         where = f" (full error: {log})" if log else ""

@@ -317,6 +317,8 @@ class RecorderCallback(tune.Callback):
             self.recorder.submit(self.recorder.finished, member, TrialResult.from_dict(result), trial.trial_id)
         elif "epoch" in result:
             self.recorder.submit(self.recorder.epoch, member.number, dict(result))
+            progress = self.recorder.progress
+            self.recorder.submit(progress.trial_epoch, member.number, result.get("phase"), result.get("phase_epoch"))
             if result.get("phase") == "pretrain" and result.get("phase_epoch") == 1:
                 message = f"trial {member.number}: pretraining the shared dense model"
                 self.recorder.submit(self.recorder.progress.say, message)
