@@ -64,3 +64,8 @@ def test_generated_blocks_are_rewritten_from_the_tables_and_unknown_ones_refused
     assert text == doc.replace("stale\n", "fresh\nrows\n")
     with pytest.raises(KeyError, match="c: no docs/reproduction/data/c.parquet"):
         tables.fill("<!-- generated: c -->\nx\n<!-- end generated -->", {})
+
+
+def test_the_reproduction_doc_agrees_with_the_committed_data(tables, capsys):
+    """Every generated block of docs/reproduction.md is what the committed results give (rerun --write if not)."""
+    assert tables.main(["--check", str(ROOT / "docs" / "reproduction.md")]) == 0, capsys.readouterr().err
