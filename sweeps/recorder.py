@@ -142,9 +142,11 @@ class SweepRecorder:
         return {MLFLOW_RUN_ATTR: self.tracker.child(member.number, self.name, self.trial_params(member.params))}
 
     def epoch(self, number: int, metrics: dict[str, Any]) -> None:
+        """One epoch's metrics: buffered for the member's MLflow run, and heard by the progress heartbeat."""
         run_id = self.tracker.find_child(number)
         if run_id is not None:
             self.tracker.buffer_epoch(run_id, metrics)
+        self.progress.trial_epoch(number, metrics.get("phase"), metrics.get("phase_epoch"))
 
     def finished(
         self, member: Member, result: TrialResult, ray_trial_id: str = "", kept: Mapping[str, Any] | None = None
@@ -317,8 +319,6 @@ class RecorderCallback(tune.Callback):
             self.recorder.submit(self.recorder.finished, member, TrialResult.from_dict(result), trial.trial_id)
         elif "epoch" in result:
             self.recorder.submit(self.recorder.epoch, member.number, dict(result))
-            progress = self.recorder.progress
-            self.recorder.submit(progress.trial_epoch, member.number, result.get("phase"), result.get("phase_epoch"))
             if result.get("phase") == "pretrain" and result.get("phase_epoch") == 1:
                 message = f"trial {member.number}: pretraining the shared dense model"
                 self.recorder.submit(self.recorder.progress.say, message)
