@@ -4,8 +4,7 @@ Usage (from the repository root; needs pandas/pyarrow only — no torch, Ray or 
 
     python bench/reproduction_tables.py                       # every table under docs/reproduction/data/
     python bench/reproduction_tables.py docs/reproduction/data/mnist_lenet300_long.parquet
-    python bench/reproduction_tables.py --figure docs/reproduction/lenet300_fronts.png \
-        --methods-figures docs/reproduction                   # + the fronts figure, one figure per comparison
+    python bench/reproduction_tables.py --figures docs/reproduction   # + figures: fronts per model, each comparison
     python bench/reproduction_tables.py --write docs/reproduction.md     # refresh the doc's generated blocks
     python bench/reproduction_tables.py --check docs/reproduction.md     # exit 1 if the doc drifted from the data
 
@@ -234,9 +233,21 @@ def _figure(path: Path, key: str, draw, bottom: float | None = None) -> None:
     plt.close(figure)
 
 
+def fronts_figure_name(key: str) -> str:
+    """The file name of the fronts figure of ``key`` ("model/dataset"): ``fronts_<model>_<dataset>.png``."""
+    return f"fronts_{key.replace('/', '_')}.png"
+
+
+def fronts_figures(tables: dict[str, pd.DataFrame], folder: Path) -> None:
+    """One fronts figure per model and dataset (``fronts_figure_name``), each with the sweeps of that pair."""
+    keys = sorted({_key(table) for table in tables.values()})
+    for key in keys:
+        fronts_figure({name: t for name, t in tables.items() if _key(t) == key}, folder / fronts_figure_name(key))
+
+
 def fronts_figure(tables: dict[str, pd.DataFrame], path: Path) -> None:
     """Each sweep's validation front (chosen on val accuracy and nonzero), drawn at its test accuracy,
-    with the published anchors of the same model as labelled points."""
+    with the published anchors of the (one) model as labelled points."""
 
     def draw(axes) -> None:
         for name, table in tables.items():
@@ -341,9 +352,12 @@ def fill(doc: str, sections: dict[str, list[str]]) -> tuple[str, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="*", help="parquet tables (default: every one under docs/reproduction/data/)")
-    parser.add_argument("--figure", type=Path, help="also draw the sweeps' fronts and the anchors into this PNG")
     parser.add_argument(
-        "--methods-figures", type=Path, metavar="DIR", help="also draw each method comparison into DIR/<file stem>.png"
+        "--figures",
+        type=Path,
+        metavar="DIR",
+        help="also draw the sweeps' fronts with the anchors, one figure per model and dataset "
+        "(DIR/fronts_<model>_<dataset>.png), and each method comparison (DIR/<file stem>.png)",
     )
     parser.add_argument(
         "--write", type=Path, metavar="DOC", help="rewrite DOC's generated blocks from the tables (printing nothing)"
@@ -363,11 +377,10 @@ def main(argv: list[str] | None = None) -> int:
         sections[path.stem] = search_table(json.loads(path.read_text(encoding="utf-8")))
     if sweeps:  # the doc's block "summary": every target of every sweep
         sections["summary"] = summary_table(sweeps)
-    if args.figure and sweeps:
-        fronts_figure(sweeps, args.figure)
-    if args.methods_figures:
+    if args.figures:
+        fronts_figures(sweeps, args.figures)
         for path in filter(is_comparison, files):
-            methods_figure(tables[path.stem], args.methods_figures / f"{path.stem}.png")
+            methods_figure(tables[path.stem], args.figures / f"{path.stem}.png")
     for doc in filter(None, (args.write, args.check)):
         try:
             text, changed = fill(doc.read_text(encoding="utf-8"), sections)

@@ -69,3 +69,11 @@ def test_generated_blocks_are_rewritten_from_the_tables_and_unknown_ones_refused
 def test_the_reproduction_doc_agrees_with_the_committed_data(tables, capsys):
     """Every generated block of docs/reproduction.md is what the committed results give (rerun --write if not)."""
     assert tables.main(["--check", str(ROOT / "docs" / "reproduction.md")]) == 0, capsys.readouterr().err
+
+
+def test_fronts_are_drawn_one_figure_per_model_and_dataset(tables, tmp_path):
+    """Sweeps of two models never share a figure (each figure carries its own model's anchors)."""
+    lenet300 = _comparison().query("reg == 'hs'")
+    lenet5 = lenet300.assign(model="lenet5")
+    tables.fronts_figures({"a": lenet300, "b": lenet300, "c": lenet5}, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fronts_lenet300_100_mnist.png", "fronts_lenet5_mnist.png"]
