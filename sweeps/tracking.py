@@ -294,15 +294,22 @@ class SweepTracker:
         return any(f.path == MODEL_ARTIFACT for f in self.artifacts(run_id).list_artifacts())
 
     def register(self, name: str, run_id: str, alias: str) -> str:
-        """Register a run's model under ``name`` and point ``alias`` at it (``models:/<name>@<alias>``)."""
+        """Register a run's model under ``name`` and point ``alias`` at it (``models:/<name>@<alias>``).
+
+        Idempotent: a run registered before under ``name`` (a resumed sweep, a second import whose
+        knee did not change) keeps its version; only a new run gets a new one."""
         from mlflow.exceptions import MlflowException
 
         try:
             self.client.create_registered_model(name)
         except MlflowException:  # registered already (a resumed or re-run sweep)
             pass
-        version = self.client.create_model_version(name, f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id=run_id)
-        self.client.set_registered_model_alias(name, alias, version.version)
+        known = [v for v in self.client.search_model_versions(f"run_id = '{run_id}'") if v.name == name]
+        if known:
+            version = min(known, key=lambda v: int(v.version)).version
+        else:
+            version = self.client.create_model_version(name, f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id=run_id).version
+        self.client.set_registered_model_alias(name, alias, version)
         return f"models:/{name}@{alias}"
 
     def tag_pareto(self, front: set[int], trial_numbers: Iterable[int]) -> None:

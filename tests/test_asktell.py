@@ -151,6 +151,20 @@ def test_importing_again_changes_nothing(asktell_dir, imported, capsys):
     assert len(list(imported.parent.glob("*/state.json"))) == 1
 
 
+def test_registering_the_knee_again_keeps_its_version(imported):
+    """A resumed sweep or a second import registers the knee again: the same run keeps its one version."""
+    from sweeps.tracking import SweepTracker
+
+    state = json.loads((imported / "state.json").read_text())
+    tracker = SweepTracker(f"sqlite:///{imported / 'mlflow.db'}", state["name"])
+    knee = tracker.client.get_model_version_by_alias(state["name"], "knee")
+    before = tracker.client.search_model_versions(f"name = '{state['name']}'")
+    assert tracker.register(state["name"], knee.run_id, "knee") == f"models:/{state['name']}@knee"
+    after = tracker.client.search_model_versions(f"name = '{state['name']}'")
+    assert sorted(v.version for v in after) == sorted(v.version for v in before)
+    assert tracker.client.get_model_version_by_alias(state["name"], "knee").version == knee.version
+
+
 def refused(argv: list[str], capsys) -> str:
     with pytest.raises(SystemExit) as stop:
         hoyersweep(argv)
@@ -201,3 +215,7 @@ def test_a_driver_run_on_with_more_samples_imports_only_its_new_results(asktell_
     assert hoyersweep(["import", str(asktell_dir), "--storage", str(imported.parent), "--quiet"]) == 0
     assert sorted(from_sweep_dir(imported)["trial_number"]) == list(range(6))
     assert verify_records(imported).budget.num_samples == 6  # spec.yaml and state.json agree: resumable records
+    # each import registered the knee; a knee registered before kept its version (no duplicates)
+    name = json.loads((imported / "state.json").read_text())["name"]
+    versions = MlflowClient(f"sqlite:///{imported / 'mlflow.db'}").search_model_versions(f"name = '{name}'")
+    assert versions and len({v.run_id for v in versions}) == len(versions)
