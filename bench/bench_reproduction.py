@@ -7,6 +7,8 @@ number of trials and threshold branching:
 - ``hs``: the spec as shipped (with ``reg: hs`` fixed if the spec searches the regularizer);
 - ``hoyer``: ``reg: hoyer``, its strength range shifted up ``--hoyer-shift`` decades;
 - ``l1``: ``reg: l1``, its strength range shifted up ``--l1-shift`` decades;
+- ``group_lasso``: ``reg: group_lasso``, its strength range shifted ``--group-lasso-shift`` decades
+  (the structured baseline of a Group-HS spec: there ``hs`` means the spec as shipped, Group-HS);
 - ``magnitude``: ``reg: none`` (λ = 0) and only the threshold searched, per layer in units of
   the weights' standard deviation (``threshold_mode: std``, range ``--magnitude-range``), the
   one-shot form of Han et al.'s pruning: dense training, prune, fine-tune.
@@ -14,7 +16,8 @@ number of trials and threshold branching:
 The shifts keep each regularizer's pull comparable: on LeNet-300-100 the mean |∂HS/∂w| over the
 prunable weights is 728× the mean |∂Hoyer/∂w| and 33× the mean |∂L1/∂w| (= 1) at
 initialisation (18× L1's on the dense-trained model), so one range for all would starve Hoyer
-and L1.  Seed ``s`` sets both ``trial.seed`` (initialisation, data order) and the sampler's seed.
+and L1.  On LeNet-5 at initialisation the mean |∂Group-Lasso/∂w| is 6.0× the mean |∂Group-HS/∂w|
+(hence the default shift of −0.8 decades).  Seed ``s`` sets both ``trial.seed`` (initialisation, data order) and the sampler's seed.
 
 The model of each sweep is chosen on **validation** accuracy among trials whose minimised
 objective (``nonzero_frac``, or ``flops_frac`` for a FLOPs spec) is at most ``--cap``
@@ -55,7 +58,7 @@ from sweeps.runner import run_sweep  # noqa: E402
 from sweeps.spec import SweepSpec, load_spec, parse_spec  # noqa: E402
 from trainables.contract import PARETO_FILE  # noqa: E402
 
-METHODS = ("hs", "hoyer", "l1", "magnitude")
+METHODS = ("hs", "hoyer", "l1", "group_lasso", "magnitude")
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -79,7 +82,7 @@ def method_spec(
 ) -> SweepSpec:
     """The spec of one method (and seed): same data, model, epochs, objectives, budget and sampler as ``base``.
 
-    ``shifts`` maps a regularizer (``hoyer``, ``l1``) to the decades its strength range moves up.
+    ``shifts`` maps a regularizer (``hoyer``, ``l1``, ``group_lasso``) to the decades its strength range moves up.
     """
     data = base.model_dump(mode="json", exclude_none=True)
     data["name"] = f"{base.name}-{method}" if seed is None else f"{base.name}-{method}-s{seed}"
@@ -164,6 +167,12 @@ def main() -> None:
         "--hoyer-shift", type=float, default=2.9, help="decades to shift hoyer's strength range up (default 2.9)"
     )
     parser.add_argument(
+        "--group-lasso-shift",
+        type=float,
+        default=-0.8,
+        help="decades to shift group_lasso's strength range up (default -0.8: down)",
+    )
+    parser.add_argument(
         "--seeds",
         type=int,
         help="run every method with trial and sampler seeds 0..N-1 (sweeps named <spec>-<method>-s<seed>)",
@@ -199,7 +208,7 @@ def main() -> None:
         overrides["budget.num_samples"] = args.num_samples
     base, _ = load_spec(args.spec, overrides)
     low, high = (float(v) for v in args.magnitude_range.split(","))
-    shifts = {"l1": args.l1_shift, "hoyer": args.hoyer_shift}
+    shifts = {"l1": args.l1_shift, "hoyer": args.hoyer_shift, "group_lasso": args.group_lasso_shift}
     metric = sparsity_metric(base)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     seeds: list[int | None] = list(range(args.seeds)) if args.seeds else [None]

@@ -132,5 +132,10 @@ def test_reproduction_baselines_share_everything_but_the_method():
     assert (seeded.name, seeded.trial["seed"], seeded.sampler.seed) == ("mnist_lenet300-l1-s2", 2, 2)
     searched_reg, _ = load_spec("sweeps/digits_quick.yaml")  # searches reg: each method fixes it
     assert "reg" not in bench.method_spec(searched_reg, "hs", shifts, (0.1, 4.0)).search
+    group, _ = load_spec("sweeps/fashion_lenet5_group_paper.yaml")  # Group-HS as shipped against Group-Lasso
+    lasso = bench.method_spec(group, "group_lasso", {"group_lasso": -0.8}, (0.1, 4.0))
+    assert bench.method_spec(group, "hs", shifts, (0.1, 4.0)).trial["reg"] == "group_hs"
+    assert lasso.trial["reg"] == "group_lasso"
+    assert lasso.search["strength"].low == pytest.approx(10**-0.8 * group.search["strength"].low)
     with pytest.raises(ValueError, match="method must be one of"):
         bench.method_spec(base, "l0", shifts, (0.1, 4.0))
