@@ -17,7 +17,8 @@ The shifts keep each regularizer's pull comparable: on LeNet-300-100 the mean |�
 prunable weights is 728× the mean |∂Hoyer/∂w| and 33× the mean |∂L1/∂w| (= 1) at
 initialisation (18× L1's on the dense-trained model), so one range for all would starve Hoyer
 and L1.  On LeNet-5 at initialisation the mean |∂Group-Lasso/∂w| is 6.0× the mean |∂Group-HS/∂w|
-(hence the default shift of −0.8 decades).  Seed ``s`` sets both ``trial.seed`` (initialisation, data order) and the sampler's seed.
+(hence the default shift of −0.8 decades).  Seed ``s`` sets both ``trial.seed`` (initialisation, data
+order) and the sampler's seed.
 
 The model of each sweep is chosen on **validation** accuracy among trials whose minimised
 objective (``nonzero_frac``, or ``flops_frac`` for a FLOPs spec) is at most ``--cap``

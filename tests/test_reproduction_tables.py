@@ -77,3 +77,19 @@ def test_fronts_are_drawn_one_figure_per_model_and_dataset(tables, tmp_path):
     lenet5 = lenet300.assign(model="lenet5")
     tables.fronts_figures({"a": lenet300, "b": lenet300, "c": lenet5}, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fronts_lenet300_100_mnist.png", "fronts_lenet5_mnist.png"]
+
+
+def test_a_target_that_caps_flops_chooses_only_among_results_under_both_caps(tables):
+    """Fashion's target caps FLOPs too: a more accurate result above the FLOPs cap is not the one chosen."""
+    rows = [  # val, test, nonzero, flops
+        (0.920, 0.921, 0.012, 0.35),  # best on validation under 1.5 % nonzero, but 35 % FLOPs
+        (0.905, 0.908, 0.014, 0.15),
+    ]
+    table = pd.DataFrame(rows, columns=["val_accuracy", "test_accuracy", "nonzero_frac", "flops_frac"]).assign(
+        status="ok", model="lenet5", dataset="fashion_mnist", trial_number=[0, 1]
+    )
+    target = tables.Anchor("target", 0.91, 0.015, flops=0.2)
+    assert tables.anchor_verdict(table, target) == ("90.80 % at 1.40 % (15.00 % FLOPs)", "missed by 0.20 points")
+    assert tables.anchor_verdict(table, target._replace(flops=None))[1].startswith("matched")
+    (line,) = [row for row in tables.summary_table({"fashion": table}) if row.startswith("| fashion")]
+    assert "≥ 91.00 % at ≤ 1.50 % with ≤ 20 % FLOPs" in line and "**missed by 0.20 points**" in line
