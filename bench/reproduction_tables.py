@@ -61,7 +61,7 @@ class Anchor(NamedTuple):
     flops: float | None = None
 
     def caps(self) -> str:
-        """ "at ≤ 1.50 %" (and "with ≤ 20 % FLOPs" where the anchor caps them)."""
+        """The caps as text: "1.50 %", or "1.50 % with ≤ 20 % FLOPs" where the anchor caps FLOPs too."""
         return f"{_pct(self.nonzero)}" + (f" with ≤ {100 * self.flops:g} % FLOPs" if self.flops is not None else "")
 
 
