@@ -281,6 +281,10 @@ def fronts_figure(tables: dict[str, pd.DataFrame], path: Path) -> None:
     _figure(path, _key(next(iter(tables.values()))), draw)
 
 
+def _seeds(count: int) -> str:
+    return f"{count} seed" if count == 1 else f"{count} seeds"
+
+
 def methods_figure(table: pd.DataFrame, path: Path) -> None:
     """Every seed's validation front of every method (one colour per method), at test accuracy, and the anchors."""
 
@@ -299,7 +303,7 @@ def methods_figure(table: pd.DataFrame, path: Path) -> None:
                     ms=3,
                     lw=1,
                     alpha=0.8,
-                    label=f"{method_name(str(reg))} ({sweeps['seed'].nunique()} seeds)" if number == 0 else None,
+                    label=f"{method_name(str(reg))} ({_seeds(sweeps['seed'].nunique())})" if number == 0 else None,
                 )
 
     anchors = ANCHORS.get(_key(table), [])  # 8 points under the lowest anchor (90 % for LeNet-300-100)
