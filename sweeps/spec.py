@@ -175,17 +175,34 @@ class ConstraintSpec(_Strict):
         return Constraint(self.metric, self.min, self.max)
 
 
+DEFAULT_STARTUP_TRIALS = 10
+
+
 class SamplerSpec(_Strict):
+    """The Optuna sampler.  TPE and GP start with ``n_startup_trials`` (default 10) non-model draws:
+    ``startup: sobol`` (their default) takes them from a scrambled Sobol sequence, so a small sweep's
+    first runs spread over the range; ``random`` is Optuna's own uniform draws."""
+
     type: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
     seed: int | None = 0
     n_startup_trials: int | None = Field(default=None, ge=1)
+    startup: Literal["sobol", "random"] | None = None
     population_size: int | None = Field(default=None, ge=2)
+
+    @property
+    def start_up_trials(self) -> int | None:
+        """How many finished trials TPE or GP waits for before modelling; None for the others."""
+        if self.type not in ("tpe", "gp"):
+            return None
+        return self.n_startup_trials or DEFAULT_STARTUP_TRIALS
 
     @model_validator(mode="after")
     def _settings_fit_the_sampler(self) -> SamplerSpec:
         """A setting the chosen sampler would silently ignore is an error, not a surprise later."""
         if self.n_startup_trials is not None and self.type not in ("tpe", "gp"):
             raise ValueError(f"n_startup_trials is a tpe/gp setting; {self.type} does not use it")
+        if self.startup is not None and self.type not in ("tpe", "gp"):
+            raise ValueError(f"startup is a tpe/gp setting; {self.type} does not use it")
         if self.population_size is not None and self.type != "nsga2":
             raise ValueError(f"population_size is an nsga2 setting; {self.type} does not use it")
         return self

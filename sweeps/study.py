@@ -38,6 +38,14 @@ trains — one trial, the branches of one regularized run, or a cohort:
   (Optuna keeps no intermediate values for multi-objective studies); ``tell_pruned(number,
   proxies)`` builds such a result for a member Tune stopped before it could report.
 
+- **Space-filling start-up.** With ``StartupDesign`` (TPE and GP, unless the spec says
+  ``sampler.startup: random``), the asks a model-based sampler would draw at random — while the
+  study holds fewer finished trials than its ``n_startup_trials`` — take the next point of one
+  scrambled Sobol sequence instead (enqueued, then asked, and marked ``startup_point=<index>``).
+  A small sweep's first runs then spread over the range instead of landing where a seed's
+  first uniform draws happen to fall; with threshold branching a start-up of 8 trials is only 2
+  regularized runs, so this is where it matters.
+
 The sampler is built by the driver with a seed derived from the spec's seed and the number of
 trials already in the study (``derive_seed``): a resumed or warm-started sweep continues the
 sampler's sequence instead of replaying it, and an uninterrupted sweep with the same spec, seed
@@ -50,6 +58,7 @@ import hashlib
 import json
 import logging
 import math
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -57,6 +66,7 @@ from typing import Any, Literal
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
+from scipy.stats import qmc
 
 from sweeps.spec import CategoricalParam, FloatParam, SamplerSpec, SweepSpec
 from trainables.contract import (
@@ -65,6 +75,7 @@ from trainables.contract import (
     DUPLICATE_ATTR,
     METRICS,
     SHARED_RUN_KEY,
+    STARTUP_POINT_ATTR,
     STOPPED_AT_KEY,
     TRIAL_NUMBER_KEY,
     WARM_START_ATTR,
@@ -188,10 +199,56 @@ def build_sampler(spec: SamplerSpec, seed: int | None) -> optuna.samplers.BaseSa
     if spec.type == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=spec.population_size or 10)
     if spec.type == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=spec.n_startup_trials or 10)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=spec.start_up_trials)
     return optuna.samplers.TPESampler(
-        seed=seed, n_startup_trials=spec.n_startup_trials or 10, multivariate=True, constant_liar=True
+        seed=seed, n_startup_trials=spec.start_up_trials, multivariate=True, constant_liar=True
     )
+
+
+@dataclass(frozen=True)
+class StartupDesign:
+    """A space-filling start-up: the first asks of a model-based sampler from a scrambled Sobol sequence.
+
+    ``trials`` is the sampler's start-up length (its ``n_startup_trials``, counted like TPE counts
+    them: finished COMPLETE or PRUNED trials, warm-start copies included); ``seed`` scrambles the
+    sequence.  The seed is the spec's, not the derived one: a resumed sweep continues the same
+    sequence at the next index, so its start-up stays one design (``startup_design`` draws one
+    for a spec without a seed; a resume of such a sweep continues the index, not the scramble).
+    """
+
+    trials: int
+    seed: int
+
+    def point(self, space: Mapping[str, BaseDistribution], index: int) -> dict[str, Any]:
+        """The ``index``-th design point, one value per parameter (dimensions in name order)."""
+        names = sorted(space)
+        sobol = qmc.Sobol(d=len(names), scramble=True, rng=self.seed)
+        unit = sobol.random_base2(m=index.bit_length())[index]  # a power of two keeps Sobol's balance
+        return {name: value_at(space[name], float(u)) for name, u in zip(names, unit, strict=True)}
+
+
+def value_at(distribution: BaseDistribution, u: float) -> Any:
+    """The value at quantile ``u`` ∈ [0, 1) of a uniform (or log-uniform) prior over ``distribution``.
+
+    Hand-written: Optuna's own mapping (``optuna._transform``) is private.
+    """
+    if isinstance(distribution, CategoricalDistribution):
+        choices = distribution.choices
+        return choices[min(int(u * len(choices)), len(choices) - 1)]
+    if not isinstance(distribution, FloatDistribution | IntDistribution):
+        raise TypeError(f"no start-up design for {type(distribution).__name__}")
+    low, high = distribution.low, distribution.high
+    if distribution.log:
+        value = math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+    else:
+        value = low + u * (high - low)
+    if isinstance(distribution, IntDistribution):
+        step = distribution.step
+        return int(min(high, max(low, low + round((value - low) / step) * step)))
+    if distribution.step is not None:
+        step = distribution.step
+        return float(min(high, max(low, low + round((value - low) / step) * step)))
+    return float(min(high, max(low, value)))
 
 
 def config_key(params: Mapping[str, Any]) -> str:
@@ -269,6 +326,7 @@ class StudyProposer:
         resume_checkpoints: Mapping[int, str] | None = None,
         max_duplicate_asks: int = MAX_DUPLICATE_ASKS,
         on_member: Callable[[Member], Mapping[str, Any]] | None = None,
+        startup: StartupDesign | None = None,
     ) -> None:
         if members_per_trial < 1:
             raise ValueError(f"members_per_trial must be ≥ 1, got {members_per_trial}")
@@ -288,6 +346,7 @@ class StudyProposer:
         self._resume = dict(resume_checkpoints or {})
         self._max_duplicate_asks = max_duplicate_asks
         self._on_member = on_member  # called as each member is handed out; returns user attrs for its trial
+        self._startup = startup
 
         trials = study.get_trials(deepcopy=False)
         self._known: dict[str, FrozenTrial | optuna.Trial] = {}  # config key → the trial that holds it
@@ -297,6 +356,7 @@ class StudyProposer:
         own = [t for t in trials if is_own(t)]
         self._results_before = sum(t.state in FINISHED_STATES for t in own)
         self._adoptable = [t for t in own if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+        self._startup_points = sum(STARTUP_POINT_ATTR in t.user_attrs for t in trials)  # design points used
         self._budget = budget
         self._issued = 0
         self._pending: dict[int, optuna.Trial] = {}  # member number → its live Optuna trial
@@ -537,7 +597,16 @@ class StudyProposer:
                 return None
 
     def _ask(self, fixed: Mapping[str, Any] | None) -> optuna.Trial:
-        """``study.ask``; with ``fixed`` parameters through a ``PartialFixedSampler`` around the study's sampler."""
+        """``study.ask``; the next start-up design point while the sampler is in its start-up; with
+        ``fixed`` parameters through a ``PartialFixedSampler`` around the study's sampler."""
+        if not fixed and self._in_startup():
+            assert self._startup is not None
+            index = self._startup_points
+            self._startup_points += 1
+            self.study.enqueue_trial(self._startup.point(self._space, index))
+            trial = self.study.ask(self._space)
+            trial.set_user_attr(STARTUP_POINT_ATTR, index)
+            return trial
         if not fixed:
             return self.study.ask(self._space)
         base = self.study.sampler
@@ -546,6 +615,13 @@ class StudyProposer:
             return self.study.ask(self._space)
         finally:
             self.study.sampler = base
+
+    def _in_startup(self) -> bool:
+        """Whether the sampler would draw this ask at random: fewer finished trials than its start-up."""
+        if self._startup is None:
+            return False
+        finished = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        return len(finished) < self._startup.trials
 
     def _tell_duplicate(self, trial: optuna.Trial, original: FrozenTrial | optuna.Trial) -> None:
         self.duplicates += 1
@@ -595,7 +671,15 @@ def search_settings(spec: SweepSpec) -> dict[str, Any]:
         "budget": spec.budget.num_samples,
         "members_per_trial": spec.budget.cohort_size,
         "branching": Branching(spec.budget.thresholds_per_run, spec.budget.branch_mode, split_branch_settings),
+        "startup": startup_design(spec.sampler),
     }
+
+
+def startup_design(spec: SamplerSpec) -> StartupDesign | None:
+    """The spec's space-filling start-up, or None (random and NSGA-II samplers, or ``startup: random``)."""
+    if spec.start_up_trials is None or spec.startup == "random":
+        return None
+    return StartupDesign(spec.start_up_trials, spec.seed if spec.seed is not None else secrets.randbits(32))
 
 
 def open_study(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 
 import optuna
 import pytest
-from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
@@ -20,8 +21,16 @@ from sweeps.searcher import (
     own_trials,
     space_size,
 )
-from sweeps.spec import SamplerSpec
-from trainables.contract import DUPLICATE_ATTR, TRIAL_NUMBER_KEY, WARM_START_ATTR, Constraint, Status
+from sweeps.spec import DEFAULT_STARTUP_TRIALS, SamplerSpec
+from sweeps.study import StartupDesign, startup_design, value_at
+from trainables.contract import (
+    DUPLICATE_ATTR,
+    STARTUP_POINT_ATTR,
+    TRIAL_NUMBER_KEY,
+    WARM_START_ATTR,
+    Constraint,
+    Status,
+)
 
 SMALL_SPACE = {"reg": CategoricalDistribution(["hs", "l1"]), "threshold": CategoricalDistribution([0.01, 0.05])}
 FLOAT_SPACE = {"strength": FloatDistribution(1e-5, 1e-2, log=True), "reg": CategoricalDistribution(["hs", "l1"])}
@@ -258,3 +267,66 @@ def test_an_interrupted_cohort_is_handed_out_together_and_alone(tmp_path):
     assert [m.number for m in f][:3] == c[1:] and len(f) == 4 and f[3].number not in a + b + c
     assert len(g) == 1 and g[0].resume_checkpoint is None  # 14 = 2 told + 3 + 4 + 4 + 1
     assert second.suggest("h") == Searcher.FINISHED
+
+
+def strength_quantile(value: float, space=BRANCH_SPACE) -> float:
+    low, high = space["strength"].low, space["strength"].high
+    return math.log(value / low) / math.log(high / low)
+
+
+def test_a_space_filling_start_up_spreads_the_first_asks_then_hands_over_to_the_sampler(tmp_path):
+    study, storage = make_study(tmp_path, "tpe", n_startup_trials=4)
+    searcher = searcher_for(study, storage, BRANCH_SPACE, budget=7, startup=StartupDesign(trials=4, seed=0))
+    handed = run_all(searcher)
+    design = [h for h in handed if STARTUP_POINT_ATTR in study.trials[h["number"]].user_attrs]
+    assert [study.trials[h["number"]].user_attrs[STARTUP_POINT_ATTR] for h in design] == [0, 1, 2, 3]
+    assert len(handed) == 7 and len(design) == 4  # the last 3, after 4 finished trials, are TPE's own
+    for name in BRANCH_SPACE:  # one Sobol point per quarter of each parameter's (log) range
+        quarters = {int(4 * strength_quantile(h[name], {"strength": BRANCH_SPACE[name]})) for h in design}
+        assert quarters == {0, 1, 2, 3}
+
+
+def test_without_a_design_seed_zero_draws_cluster_which_is_why_the_design_exists(tmp_path):
+    study, storage = make_study(tmp_path, "tpe", n_startup_trials=4)
+    first_two = members_of(searcher_for(study, storage, BRANCH_SPACE, members_per_trial=2).suggest("a"))
+    quantiles = sorted(strength_quantile(m.params["strength"]) for m in first_two)
+    assert quantiles[1] - quantiles[0] < 0.1  # optuna's uniform start-up: 0.55 and 0.60 of the range
+
+    (tmp_path / "design").mkdir()
+    study, storage = make_study(tmp_path / "design", "tpe", n_startup_trials=4)
+    searcher = searcher_for(study, storage, BRANCH_SPACE, members_per_trial=2, startup=StartupDesign(4, 0))
+    quantiles = sorted(strength_quantile(m.params["strength"]) for m in members_of(searcher.suggest("a")))
+    assert quantiles[0] < 0.5 <= quantiles[1]  # Sobol's first two points: one in each half
+
+
+def test_a_resumed_sweep_continues_the_design_where_it_stopped(tmp_path):
+    design = StartupDesign(trials=6, seed=3)
+    study, storage = make_study(tmp_path, "tpe", seed=3, n_startup_trials=6)
+    first = members_of(searcher_for(study, storage, BRANCH_SPACE, startup=design).suggest("a"))[0]
+    study, storage = make_study(tmp_path, "tpe", seed=3, n_startup_trials=6)  # a new driver: derived seed
+    searcher = searcher_for(study, storage, BRANCH_SPACE, startup=design)
+    assert members_of(searcher.suggest("a"))[0].number == first.number  # the interrupted trial first
+    after = members_of(searcher.suggest("b"))[0]
+    assert study.trials[after.number].user_attrs[STARTUP_POINT_ATTR] == 1
+    assert after.params == pytest.approx(design.point(BRANCH_SPACE, 1))
+    assert first.params == pytest.approx(design.point(BRANCH_SPACE, 0))
+
+
+def test_design_values_respect_each_distribution():
+    assert value_at(FloatDistribution(1e-4, 1e-2, log=True), 0.5) == pytest.approx(1e-3)
+    assert value_at(FloatDistribution(0.0, 1.0, step=0.25), 0.4) == 0.5
+    assert value_at(IntDistribution(2, 10, step=2), 0.99) == 10
+    assert value_at(IntDistribution(1, 1000, log=True), 0.0) == 1
+    assert value_at(CategoricalDistribution(["a", "b", "c"]), 0.999) == "c"
+    assert value_at(CategoricalDistribution(["a", "b", "c"]), 0.0) == "a"
+
+
+def test_the_spec_turns_the_design_on_for_model_based_samplers_only():
+    assert startup_design(SamplerSpec()) == StartupDesign(DEFAULT_STARTUP_TRIALS, 0)
+    assert startup_design(SamplerSpec(type="gp", n_startup_trials=5, seed=2)) == StartupDesign(5, 2)
+    assert startup_design(SamplerSpec(startup="random")) is None
+    unseeded = startup_design(SamplerSpec(seed=None))
+    assert unseeded is not None and isinstance(unseeded.seed, int)  # one scramble for the whole sweep
+    assert startup_design(SamplerSpec(type="random")) is None and startup_design(SamplerSpec(type="nsga2")) is None
+    with pytest.raises(ValueError, match="startup is a tpe/gp setting"):
+        SamplerSpec(type="random", startup="sobol")

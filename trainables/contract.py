@@ -438,3 +438,4 @@ COHORT_INDEX_KEY = "cohort_index"  # a cohort member's result: its place in the 
 WARM_START_ATTR = "warm_start_from"  # Optuna user attr: a finished trial copied from an earlier sweep
 MLFLOW_RUN_ATTR = "mlflow_run_id"  # Optuna user attr: the trial's MLflow run (optuna-dashboard shows it)
 DUPLICATE_ATTR = "duplicate_of"  # Optuna user attr: a proposal that repeated a known configuration
+STARTUP_POINT_ATTR = "startup_point"  # Optuna user attr: the index of a trial's space-filling start-up point
