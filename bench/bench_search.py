@@ -9,6 +9,8 @@ question: how many trials each sampler needs to reach random search's final regi
 
 Usage: ``python bench/bench_search.py`` (digits, 60 trials, 3 seeds, ~10 min on 2 cores),
 ``--quick`` (30 trials, 2 seeds), or ``--spec sweeps/mnist_lenet300.yaml --data-dir ...``.
+``--samplers tpe,tpe-uniform`` compares TPE's space-filling (Sobol) start-up, the default, with
+Optuna's uniform one (``sampler.startup: random``); likewise ``gp-uniform``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,20 @@ from sweeps.runner import run_sweep  # noqa: E402
 from sweeps.spec import load_spec  # noqa: E402
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
+UNIFORM_START = "-uniform"  # a tpe/gp variant with Optuna's uniform start-up instead of the Sobol design
+
+
+def sampler_settings(variant: str) -> dict[str, object]:
+    """Spec overrides for one sampler variant: its type, and no setting another type would refuse."""
+    sampler = variant.removesuffix(UNIFORM_START)
+    if sampler not in SAMPLERS or (variant.endswith(UNIFORM_START) and sampler not in ("tpe", "gp")):
+        known = ", ".join((*SAMPLERS, "tpe-uniform", "gp-uniform"))
+        raise SystemExit(f"--samplers: unknown sampler {variant!r} (one of {known})")
+    settings: dict[str, object] = {"sampler.type": sampler}
+    settings |= {"sampler.n_startup_trials": None} if sampler not in ("tpe", "gp") else {}
+    settings |= {"sampler.population_size": None} if sampler != "nsga2" else {}
+    settings |= {"sampler.startup": "random"} if variant.endswith(UNIFORM_START) else {}
+    return settings
 
 
 def hv_curve(sweep_dir: Path, budget: int, region: dict) -> list[float]:
@@ -57,8 +73,13 @@ def main() -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="spec overrides, e.g. trial.epochs=10"
     )
+    parser.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated; random must be one")
     parser.add_argument("--quick", action="store_true", help="30 trials, 2 seeds")
     args = parser.parse_args()
+    samplers = args.samplers.split(",")
+    settings = {variant: sampler_settings(variant) for variant in samplers}
+    if "random" not in samplers:
+        parser.error("--samplers must include random (the baseline every other sampler is measured against)")
     if args.quick:
         args.trials, args.seeds = 30, 2
     checkpoints = [k for k in map(int, args.checkpoints.split(",")) if k <= args.trials]
@@ -68,25 +89,22 @@ def main() -> None:
     }
     if args.data_dir:
         overrides["data_dir"] = str(Path(args.data_dir).resolve())
-    curves: dict[str, list[list[float]]] = {sampler: [] for sampler in SAMPLERS}
+    curves: dict[str, list[list[float]]] = {sampler: [] for sampler in samplers}
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory() as scratch:
             storage = Path(args.storage or scratch)
             for seed in range(args.seeds):
-                for sampler in SAMPLERS:
-                    settings = {"sampler.n_startup_trials": None} if sampler not in ("tpe", "gp") else {}
-                    settings |= {"sampler.population_size": None} if sampler != "nsga2" else {}
+                for sampler in samplers:
                     spec, _ = load_spec(
                         args.spec,
                         {
                             **overrides,
                             "name": f"search_{sampler}_{seed}",
-                            "sampler.type": sampler,
                             "sampler.seed": seed,
                             "budget.num_samples": args.trials,
                             "warm_start": False,
-                            **settings,
+                            **settings[sampler],
                         },
                     )
                     outcome = run_sweep(spec, storage=str(storage), quiet=True)
@@ -95,13 +113,13 @@ def main() -> None:
     finally:
         ray.shutdown()
 
-    medians = {s: [statistics.median(c[k - 1] for c in curves[s]) for k in checkpoints] for s in SAMPLERS}
+    medians = {s: [statistics.median(c[k - 1] for c in curves[s]) for k in checkpoints] for s in samplers}
     random_final = statistics.median(c[-1] for c in curves["random"])
     print(f"\nRegion hypervolume (median over {args.seeds} seeds) of the val_accuracy/nonzero_frac front:\n")
     print("| sampler | " + " | ".join(f"{k} trials" for k in checkpoints) + " | trials to reach random's final HV |")
     print("|---|" + "---:|" * (len(checkpoints) + 1))
     reached = {}
-    for sampler in SAMPLERS:
+    for sampler in samplers:
         median_curve = [statistics.median(c[i] for c in curves[sampler]) for i in range(args.trials)]
         first = next((i + 1 for i, v in enumerate(median_curve) if v >= random_final), None)
         reached[sampler] = first
@@ -110,7 +128,7 @@ def main() -> None:
             + " | ".join(f"{v:.4f}" for v in medians[sampler])
             + f" | {first if first else 'not within ' + str(args.trials)} |"
         )
-    goal = any(reached[s] is not None and reached[s] <= 30 for s in ("tpe", "nsga2"))
+    goal = any(reached.get(s) is not None and reached[s] <= 30 for s in ("tpe", "nsga2"))
     print(
         json.dumps(
             {
