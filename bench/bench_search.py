@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from analysis.pareto import region_hypervolume_history  # noqa: E402
 from analysis.results import from_sweep_dir  # noqa: E402
 from sweeps.runner import run_sweep  # noqa: E402
-from sweeps.spec import load_spec  # noqa: E402
+from sweeps.spec import MODEL_BASED_SAMPLERS, load_spec  # noqa: E402
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 UNIFORM_START = "-uniform"  # a tpe/gp variant with Optuna's uniform start-up instead of the Sobol design
@@ -40,11 +40,11 @@ UNIFORM_START = "-uniform"  # a tpe/gp variant with Optuna's uniform start-up in
 def sampler_settings(variant: str) -> dict[str, object]:
     """Spec overrides for one sampler variant: its type, and no setting another type would refuse."""
     sampler = variant.removesuffix(UNIFORM_START)
-    if sampler not in SAMPLERS or (variant.endswith(UNIFORM_START) and sampler not in ("tpe", "gp")):
-        known = ", ".join((*SAMPLERS, "tpe-uniform", "gp-uniform"))
+    if sampler not in SAMPLERS or (variant.endswith(UNIFORM_START) and sampler not in MODEL_BASED_SAMPLERS):
+        known = ", ".join((*SAMPLERS, *(s + UNIFORM_START for s in MODEL_BASED_SAMPLERS)))
         raise SystemExit(f"--samplers: unknown sampler {variant!r} (one of {known})")
     settings: dict[str, object] = {"sampler.type": sampler}
-    settings |= {"sampler.n_startup_trials": None} if sampler not in ("tpe", "gp") else {}
+    settings |= {"sampler.n_startup_trials": None} if sampler not in MODEL_BASED_SAMPLERS else {}
     settings |= {"sampler.population_size": None} if sampler != "nsga2" else {}
     settings |= {"sampler.startup": "random"} if variant.endswith(UNIFORM_START) else {}
     return settings

@@ -176,6 +176,7 @@ class ConstraintSpec(_Strict):
 
 
 DEFAULT_STARTUP_TRIALS = 10
+MODEL_BASED_SAMPLERS = ("tpe", "gp")  # the samplers with a model-free start-up (n_startup_trials, startup)
 
 
 class SamplerSpec(_Strict):
@@ -192,16 +193,16 @@ class SamplerSpec(_Strict):
     @property
     def start_up_trials(self) -> int | None:
         """How many finished trials TPE or GP waits for before modelling; None for the others."""
-        if self.type not in ("tpe", "gp"):
+        if self.type not in MODEL_BASED_SAMPLERS:
             return None
         return self.n_startup_trials or DEFAULT_STARTUP_TRIALS
 
     @model_validator(mode="after")
     def _settings_fit_the_sampler(self) -> SamplerSpec:
         """A setting the chosen sampler would silently ignore is an error, not a surprise later."""
-        if self.n_startup_trials is not None and self.type not in ("tpe", "gp"):
+        if self.n_startup_trials is not None and self.type not in MODEL_BASED_SAMPLERS:
             raise ValueError(f"n_startup_trials is a tpe/gp setting; {self.type} does not use it")
-        if self.startup is not None and self.type not in ("tpe", "gp"):
+        if self.startup is not None and self.type not in MODEL_BASED_SAMPLERS:
             raise ValueError(f"startup is a tpe/gp setting; {self.type} does not use it")
         if self.population_size is not None and self.type != "nsga2":
             raise ValueError(f"population_size is an nsga2 setting; {self.type} does not use it")

@@ -242,13 +242,10 @@ def value_at(distribution: BaseDistribution, u: float) -> Any:
         value = math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
     else:
         value = low + u * (high - low)
-    if isinstance(distribution, IntDistribution):
-        step = distribution.step
-        return int(min(high, max(low, low + round((value - low) / step) * step)))
-    if distribution.step is not None:
-        step = distribution.step
-        return float(min(high, max(low, low + round((value - low) / step) * step)))
-    return float(min(high, max(low, value)))
+    if distribution.step is not None:  # always set for an int distribution (1 by default)
+        value = low + round((value - low) / distribution.step) * distribution.step
+    value = min(high, max(low, value))
+    return int(value) if isinstance(distribution, IntDistribution) else float(value)
 
 
 def config_key(params: Mapping[str, Any]) -> str:
@@ -599,16 +596,8 @@ class StudyProposer:
     def _ask(self, fixed: Mapping[str, Any] | None) -> optuna.Trial:
         """``study.ask``; the next start-up design point while the sampler is in its start-up; with
         ``fixed`` parameters through a ``PartialFixedSampler`` around the study's sampler."""
-        if not fixed and self._in_startup():
-            assert self._startup is not None
-            index = self._startup_points
-            self._startup_points += 1
-            self.study.enqueue_trial(self._startup.point(self._space, index))
-            trial = self.study.ask(self._space)
-            trial.set_user_attr(STARTUP_POINT_ATTR, index)
-            return trial
         if not fixed:
-            return self.study.ask(self._space)
+            return self._ask_design_point() if self._in_startup() else self.study.ask(self._space)
         base = self.study.sampler
         self.study.sampler = optuna.samplers.PartialFixedSampler(dict(fixed), base)
         try:
@@ -617,11 +606,27 @@ class StudyProposer:
             self.study.sampler = base
 
     def _in_startup(self) -> bool:
-        """Whether the sampler would draw this ask at random: fewer finished trials than its start-up."""
+        """Whether the sampler would draw this ask at random: fewer finished trials than its start-up.
+
+        Finished trials only grow, so once the start-up is over the design is dropped and later
+        asks read no trials for it.
+        """
         if self._startup is None:
             return False
         finished = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        return len(finished) < self._startup.trials
+        if len(finished) >= self._startup.trials:
+            self._startup = None
+        return self._startup is not None
+
+    def _ask_design_point(self) -> optuna.Trial:
+        """Ask for the next start-up design point (enqueued first) and mark the trial with its index."""
+        assert self._startup is not None
+        index = self._startup_points
+        self._startup_points += 1
+        self.study.enqueue_trial(self._startup.point(self._space, index))
+        trial = self.study.ask(self._space)
+        trial.set_user_attr(STARTUP_POINT_ATTR, index)
+        return trial
 
     def _tell_duplicate(self, trial: optuna.Trial, original: FrozenTrial | optuna.Trial) -> None:
         self.duplicates += 1

@@ -269,9 +269,9 @@ def test_an_interrupted_cohort_is_handed_out_together_and_alone(tmp_path):
     assert second.suggest("h") == Searcher.FINISHED
 
 
-def strength_quantile(value: float, space=BRANCH_SPACE) -> float:
-    low, high = space["strength"].low, space["strength"].high
-    return math.log(value / low) / math.log(high / low)
+def log_quantile(value: float, distribution: FloatDistribution = BRANCH_SPACE["strength"]) -> float:
+    """Where ``value`` lies in a log-scale distribution's range, from 0 (low) to 1 (high)."""
+    return math.log(value / distribution.low) / math.log(distribution.high / distribution.low)
 
 
 def test_a_space_filling_start_up_spreads_the_first_asks_then_hands_over_to_the_sampler(tmp_path):
@@ -282,20 +282,20 @@ def test_a_space_filling_start_up_spreads_the_first_asks_then_hands_over_to_the_
     assert [study.trials[h["number"]].user_attrs[STARTUP_POINT_ATTR] for h in design] == [0, 1, 2, 3]
     assert len(handed) == 7 and len(design) == 4  # the last 3, after 4 finished trials, are TPE's own
     for name in BRANCH_SPACE:  # one Sobol point per quarter of each parameter's (log) range
-        quarters = {int(4 * strength_quantile(h[name], {"strength": BRANCH_SPACE[name]})) for h in design}
+        quarters = {int(4 * log_quantile(h[name], BRANCH_SPACE[name])) for h in design}
         assert quarters == {0, 1, 2, 3}
 
 
 def test_without_a_design_seed_zero_draws_cluster_which_is_why_the_design_exists(tmp_path):
     study, storage = make_study(tmp_path, "tpe", n_startup_trials=4)
     first_two = members_of(searcher_for(study, storage, BRANCH_SPACE, members_per_trial=2).suggest("a"))
-    quantiles = sorted(strength_quantile(m.params["strength"]) for m in first_two)
+    quantiles = sorted(log_quantile(m.params["strength"]) for m in first_two)
     assert quantiles[1] - quantiles[0] < 0.1  # optuna's uniform start-up: 0.55 and 0.60 of the range
 
     (tmp_path / "design").mkdir()
     study, storage = make_study(tmp_path / "design", "tpe", n_startup_trials=4)
     searcher = searcher_for(study, storage, BRANCH_SPACE, members_per_trial=2, startup=StartupDesign(4, 0))
-    quantiles = sorted(strength_quantile(m.params["strength"]) for m in members_of(searcher.suggest("a")))
+    quantiles = sorted(log_quantile(m.params["strength"]) for m in members_of(searcher.suggest("a")))
     assert quantiles[0] < 0.5 <= quantiles[1]  # Sobol's first two points: one in each half
 
 
