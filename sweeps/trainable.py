@@ -131,6 +131,17 @@ def final_report(member: Member | None, result: TrialResult, extra: dict[str, An
     }
 
 
+def report_branch_end(
+    number: int | None, run: int, branch: int, result: TrialResult, path: str | None, extra: dict[str, Any]
+) -> None:
+    """One branch's final report: its trial (None for a branch the searcher numbers from its plan),
+    the regularized run it shares (``run``: that run's first trial), its place there, and its model."""
+    extra = {**extra, SHARED_RUN_KEY: run, BRANCH_INDEX_KEY: branch}
+    if path and result.ok:
+        extra[MODEL_FILE_KEY] = path
+    tune.report(final_report(Member(number, {}) if number is not None else None, result, extra))
+
+
 def train_member(
     member: Member, fixed: dict[str, Any], checkpoint_interval_s: float, models_dir: str | None = None
 ) -> None:
@@ -163,7 +174,8 @@ def train_branches(
     """Train one regularized run and its branches: the members, plus ``slots`` more chosen by the proxy.
 
     Every branch ends with its own final report (``branch_index`` = its place: members first, then
-    the chosen ones in the order of the ``branch_plan`` report).  The branch point is kept in
+    the chosen ones in the order of the ``branch_plan`` report), sent as soon as that branch
+    finished, so the ledger, MLflow and Optuna hear of it while the next branch fine-tunes.  The branch point is kept in
     ``settings.branch_dir`` until every branch finished, so an interrupted run never retrains its
     shared phase.
     """
@@ -207,6 +219,19 @@ def train_branches(
 
         chooser.track = [(t, config.threshold_mode) for t in settings.grid]  # type: ignore[attr-defined]
 
+    def model_path(index: int) -> str | None:
+        return model_file(settings.models_dir, f"run-{first.number:04d}-branch-{index}")
+
+    reported: set[int] = set()
+
+    def ended(index: int, result: TrialResult) -> None:
+        """Branch ``index``'s final report, sent once, as soon as the branch finished."""
+        if index in reported:
+            return
+        number = numbers[index] if index < len(numbers) else None
+        report_branch_end(number, first.number, index, result, model_path(index), reporter.extra())
+        reported.add(index)
+
     point = branch_point_path(settings, shared)
     with tempfile.TemporaryDirectory() as workdir:
         resume_from = _checkpoint_to_resume(Path(workdir), first.number, first.resume_checkpoint, SHARED_STAGE)
@@ -218,17 +243,13 @@ def train_branches(
                 resume_from=resume_from,
                 branch_point=point,
                 track=[(config.threshold, config.threshold_mode)],
-                model_path=lambda index: model_file(settings.models_dir, f"run-{first.number:04d}-branch-{index}"),
+                model_path=model_path,
+                on_end=ended,
             )
         except DETERMINISTIC_ERRORS as error:
             results = [failed_result(error)] * max(len(members), 1)
-    for index, result in enumerate(results):
-        number = numbers[index] if index < len(numbers) else None
-        member = Member(number, {}) if number is not None else None
-        extra = {**reporter.extra(), SHARED_RUN_KEY: first.number, BRANCH_INDEX_KEY: index}
-        if settings.models_dir and result.ok:
-            extra[MODEL_FILE_KEY] = model_file(settings.models_dir, f"run-{first.number:04d}-branch-{index}")
-        tune.report(final_report(member, result, extra))
+    for index, result in enumerate(results):  # after an error: the branches that had not finished
+        ended(index, result)
     if not settings.keep:
         point.unlink(missing_ok=True)
 
@@ -404,12 +425,9 @@ def train_branching_cohort(
     def ended(run: int, branch: int, result: TrialResult) -> None:
         if (run, branch) in reported:
             return
-        number = number_of(run, branch)
-        extra = {**reporter.extra(), SHARED_RUN_KEY: groups[run][0].number, BRANCH_INDEX_KEY: branch}
-        path = model_path(run, branch)
-        if path and result.ok:
-            extra[MODEL_FILE_KEY] = path
-        tune.report(final_report(Member(number, {}) if number is not None else None, result, extra))
+        report_branch_end(
+            number_of(run, branch), groups[run][0].number, branch, result, model_path(run, branch), reporter.extra()
+        )
         reported.add((run, branch))
 
     with tempfile.TemporaryDirectory() as workdir:

@@ -86,6 +86,28 @@ def test_shared_epochs_are_reported_once_then_each_branch(branched):
         assert report["branch_flops_frac"] == [r.history[epoch]["flops_frac"] for r in results]
 
 
+def test_each_branch_is_told_as_soon_as_it_is_final(branched):
+    reference, _ = branched
+    events = []
+    results = run_branches(
+        BASE,
+        BRANCHES[:2],
+        report=lambda metrics, state: events.append(("epoch", metrics["branch"])),
+        on_end=lambda index, result: events.append(("end", index, comparable(result))),
+    )
+    assert [event[:2] for event in events] == [
+        *[("epoch", SHARED)] * 3,
+        ("epoch", 0),
+        ("epoch", 0),
+        ("end", 0),  # before branch 1's first epoch
+        ("epoch", 1),
+        ("epoch", 1),
+        ("end", 1),
+    ]
+    ends = [event[2] for event in events if event[0] == "end"]
+    assert ends == [comparable(r) for r in results] == [comparable(r) for r in reference[:2]]
+
+
 def test_divergence_in_the_shared_phase_diverges_every_branch_and_in_a_branch_only_that_one():
     config = dict(BASE, optimizer="sgd", lr=1e12, reg="l1", strength=1.0)
     results = run_branches(config, BRANCHES[:2])
@@ -117,10 +139,15 @@ def test_resume_continues_where_it_stopped_and_never_retrains_finished_work(tmp_
 
     with pytest.raises(Interrupted):
         run_branches(BASE, BRANCHES, report=save_then_die)
-    after = []
+    after, ended = [], []
     resumed = run_branches(
-        BASE, BRANCHES, report=lambda m, s: after.append((m["branch"], m["epoch"])), resume_from=checkpoint
+        BASE,
+        BRANCHES,
+        report=lambda m, s: after.append((m["branch"], m["epoch"])),
+        resume_from=checkpoint,
+        on_end=lambda index, result: ended.append((index, result)),
     )
+    assert ended == list(enumerate(resumed))  # a branch the checkpoint held is told too, in its turn
     shared_after = [epoch for branch, epoch in after if branch == SHARED]
     assert shared_after == (list(range(stop_at[1] + 1, 4)) if stop_at[0] == SHARED else [])
     if stop_at[0] == 1:  # branch 0 came back from the checkpoint; branch 1 went on from epoch 5

@@ -58,6 +58,12 @@ def test_every_branch_is_a_trial_of_its_own(local_ray, tmp_path, mode):
         assert steps == [1, 2, 3, 4] and run.info.status == "FINISHED"
         assert run.data.tags[SHARED_RUN_TAG] in {str(n) for n in rows}
     assert not list((sweep_dir / "branch_points").glob("*.pt"))  # removed once every branch finished
+    result_files = list((sweep_dir / "ray" / "run-1").glob("*/result.json"))
+    assert len(result_files) == 2
+    for result_file in result_files:  # each branch's final report as soon as it finished, before the next branch
+        reports = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+        order = [(r["branch_index"], bool(r.get("final"))) for r in reports if r.get("branch_index") is not None]
+        assert order == [(index, final) for index in range(4) for final in (False, True)], result_file
 
 
 def test_an_interrupted_branching_sweep_resumes_without_retraining_a_shared_phase(tmp_path):

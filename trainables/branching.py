@@ -387,6 +387,7 @@ def run_branches(
     skip: Collection[int] = (),
     track: Iterable[TrackKey] = (),
     model_path: Callable[[int], str | os.PathLike | None] | None = None,
+    on_end: Callable[[int, TrialResult], None] | None = None,
 ) -> list[TrialResult | None]:
     """Train ``config``'s dense + regularized phase once, then prune + finetune once per branch.
 
@@ -402,6 +403,9 @@ def run_branches(
     be); a branch that diverges is DIVERGED alone.  ``model_path(i)``: where branch ``i``'s final
     model is saved (``pipeline.save_model``), or None.  ``report``/``resume_from``/``branch_point``:
     see the module docstring; ``resume_from`` takes a ``BranchState`` checkpoint only.
+    ``on_end(i, result)`` hears of branch ``i``'s result as soon as it is final, before the next
+    branch starts (a result a checkpoint held, when its turn comes): a caller records branch 0
+    while branch 1 fine-tunes, instead of every branch at the end.
     """
     config = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(dict(config))
     config.validate()
@@ -445,15 +449,15 @@ def run_branches(
     for index in range(len(driver.branches)):
         if index in skip:
             results.append(None)
-        elif index in driver.results:
-            results.append(driver.results[index])
-        else:
+            continue
+        if index not in driver.results:
             resuming = in_branch and index == int(saved["stage"])
             run = driver.start_branch(index, saved["run"] if resuming else None)
             path = model_path(index) if model_path is not None else None
-            result = run.result(Status.DIVERGED) if driver.point.diverged else finish(run, path)
-            driver.results[index] = result
-            results.append(result)
+            driver.results[index] = run.result(Status.DIVERGED) if driver.point.diverged else finish(run, path)
+        results.append(driver.results[index])
+        if on_end is not None:
+            on_end(index, driver.results[index])
     return results
 
 

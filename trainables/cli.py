@@ -28,7 +28,7 @@ from trainables.config import (
     ConfigError,
     TrialConfig,
 )
-from trainables.contract import FLOPS_FRAC, NONZERO_FRAC, TEST_ACCURACY, VAL_ACCURACY
+from trainables.contract import FLOPS_FRAC, NONZERO_FRAC, TEST_ACCURACY, VAL_ACCURACY, TrialResult
 
 SUMMARY_METRICS: tuple[str, ...] = (VAL_ACCURACY, TEST_ACCURACY, NONZERO_FRAC, FLOPS_FRAC, "loss", "wall_time_s")
 
@@ -166,23 +166,25 @@ def branches_command(config: TrialConfig, thresholds: list[float], as_json: bool
     """``--thresholds``: one regularized run branched per threshold; one line (or JSON object) per threshold.
 
     Each result is that of ``train --threshold T`` with the same other flags (``run_branches``),
-    for the price of one regularized phase.
+    for the price of one regularized phase.  A threshold's line is printed as soon as its branch
+    finished; the JSON list comes at the end.
     """
     from trainables.branching import run_branches  # torch loads here
+
+    def print_line(index: int, result: TrialResult) -> None:
+        metrics = " ".join(f"{key} {result.metric(key):.4f}" for key in BRANCH_LINE_METRICS)
+        print(f"threshold {thresholds[index]:g} status {result.status.value} {metrics}", flush=True)
 
     results = run_branches(
         config,
         [{"threshold": t} for t in thresholds],
         report=None if as_json else _print_progress,
         model_path=lambda index: numbered_model_path(save, index),
+        on_end=None if as_json else print_line,
     )
     if as_json:
         rows = [{"threshold": t, **result.to_dict()} for t, result in zip(thresholds, results)]
         print(json.dumps(json_safe(rows), allow_nan=False))
-    else:
-        for threshold, result in zip(thresholds, results):
-            metrics = " ".join(f"{key} {result.metric(key):.4f}" for key in BRANCH_LINE_METRICS)
-            print(f"threshold {threshold:g} status {result.status.value} {metrics}")
     return 0 if all(result.ok for result in results) else 1
 
 
