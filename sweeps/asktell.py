@@ -352,7 +352,7 @@ def train_branching(
     proposer turns them into trials (``on_report`` with the plan).  A checkpoint is used only when
     it holds exactly the members handed out.
     """
-    from trainables.branching import select_thresholds
+    from trainables.branching import more_thresholds
     from trainables.cohort import run_cohort_branches
 
     spec, proposer = recorder.spec, recorder.proposer
@@ -377,7 +377,7 @@ def train_branching(
         if not count:
             return []
         own = configs[first.number].threshold
-        plan = [{"threshold": t} for t in select_thresholds(points, count + 1) if t != own][:count]
+        plan = [{"threshold": t} for t in more_thresholds(points, own, count, settings.caps)]
         proposer.on_report(group, {TRIAL_NUMBER_KEY: first.number, BRANCH_PLAN_KEY: json.dumps(plan)})
         return plan
 

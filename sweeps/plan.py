@@ -12,7 +12,7 @@ import hashlib
 import json
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +126,7 @@ class BranchSettings:
     branch_dir: str  # <sweep>/branch_points: one file per regularized run, until all its branches finished
     grid: tuple[float, ...] = ()  # proxy mode: thresholds to evaluate at the branch point (inside the search range)
     keep: bool = False  # keep branch points after every branch finished
+    caps: Mapping[str, float] = field(default_factory=dict)  # proxy mode: branch within these (spec.sparsity_caps)
     models_dir: str | None = None  # <sweep>/models, when trials keep their models
 
 
@@ -143,5 +144,9 @@ def branch_settings(spec: SweepSpec, sweep_dir: Path) -> BranchSettings | None:
     if spec.budget.branch_mode == "proxy" and isinstance(threshold, FloatParam):
         grid = tuple(threshold_grid(threshold.low, threshold.high, PROXY_GRID_SIZE, log=threshold.log))
     return BranchSettings(
-        str(sweep_dir / BRANCH_POINTS_DIR), grid, keep=spec.keep_branch_points, models_dir=models_dir(spec, sweep_dir)
+        str(sweep_dir / BRANCH_POINTS_DIR),
+        grid,
+        keep=spec.keep_branch_points,
+        models_dir=models_dir(spec, sweep_dir),
+        caps=spec.sparsity_caps(),
     )

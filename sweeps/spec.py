@@ -30,6 +30,7 @@ from trainables.contract import (
     Axis,
     Constraint,
     region_of,
+    sparsity_caps,
 )
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -401,6 +402,11 @@ class SweepSpec(_Strict):
         """
         explicit = {metric: axis.model_dump() for metric, axis in self.hypervolume.items()}
         return region_of(self.metric_names, self.constraint_rules, explicit)
+
+    def sparsity_caps(self) -> dict[str, float]:
+        """The nonzero / FLOPs fractions a result may keep at most (``contract.sparsity_caps``): from
+        ``max`` constraints and the ``hypervolume:`` region; the proxy branches within them."""
+        return sparsity_caps(self.constraint_rules, self.region())
 
     def _setting_location(self, message: str) -> str:
         """The field a trial-settings error is about: ``trial.epochs``, or ``search.lr.low`` for a searched one."""

@@ -10,6 +10,7 @@ from trainables.branching import (
     ProxyChoice,
     ProxyPoint,
     load_branch_point,
+    more_thresholds,
     pareto_layers,
     projected_fractions,
     prune_now_proxy,
@@ -260,6 +261,25 @@ def test_select_thresholds_fills_from_the_next_layers_when_the_front_is_short():
     assert select_thresholds(points, 3) == [0.01, 0.02, 0.04]  # of the next layer, the one farther in log nonzero
     assert select_thresholds(points, 4) == [0.01, 0.02, 0.03, 0.04]
     assert select_thresholds(points, 10) == [0.01, 0.02, 0.03, 0.04, 0.05]
+
+
+def test_select_thresholds_keeps_within_the_sparsity_caps():
+    front = [(0.01, 0.98, 0.5), (0.02, 0.97, 0.2), (0.03, 0.96, 0.1), (0.04, 0.95, 0.05), (0.05, 0.93, 0.02)]
+    front += [(0.06, 0.90, 0.01), (0.07, 0.80, 0.005), (0.08, 0.60, 0.001)]
+    points = _points(front)  # flops_frac = nonzero_frac here
+    assert select_thresholds(points, 3) == [0.01, 0.05, 0.08]
+    # the ε-net over the points within the cap: its most accurate, its sparsest, the log-middle
+    assert select_thresholds(points, 3, caps={"nonzero_frac": 0.1}) == [0.03, 0.06, 0.08]
+    assert select_thresholds(points, 2, caps={"flops_frac": 0.05}) == [0.04, 0.08]
+    assert select_thresholds(points, 2, caps={"nonzero_frac": 0.1, "flops_frac": 0.05}) == [0.04, 0.08]
+    # fewer within than k: the rest from beyond the caps, the nearest first
+    assert select_thresholds(points, 5, caps={"nonzero_frac": 0.01}) == [0.04, 0.05, 0.06, 0.07, 0.08]
+    assert select_thresholds(points, 2, caps={"nonzero_frac": 1e-4}) == [0.07, 0.08]
+    assert more_thresholds(points, 0.03, 2, caps={"nonzero_frac": 0.1}) == [0.06, 0.08]  # beside the asked one
+    assert more_thresholds(points, 0.02, 2, caps={"nonzero_frac": 0.1}) == [0.03, 0.06]
+    for caps in ({"val_accuracy": 0.5}, {"nonzero_frac": 0.0}, {"flops_frac": math.nan}):
+        with pytest.raises(ValueError, match="caps"):
+            select_thresholds(points, 2, caps=caps)
 
 
 def test_projected_fractions_are_those_of_a_sparsity_report():

@@ -23,6 +23,7 @@ from trainables.config import split_branch_settings
 from trainables.contract import SHARED_RUN_TAG, tracking_uri_of
 
 ROOT = Path(__file__).resolve().parents[1]
+NONZERO_CAP = 0.3  # the worst end of the region's nonzero axis
 SMALL = {"trial.epochs": 3, "trial.finetune_epochs": 1, "trial.batch_size": 256, "budget.thresholds_per_run": 4}
 
 
@@ -37,11 +38,16 @@ def configs(rows: dict[int, dict]) -> list[str]:
 
 @pytest.mark.parametrize("mode", ["proxy", "optuna"])
 def test_every_branch_is_a_trial_of_its_own(local_ray, tmp_path, mode):
-    spec, _ = load_spec("sweeps/digits_quick.yaml", {**SMALL, "budget.num_samples": 8, "budget.branch_mode": mode})
+    region = {"hypervolume.nonzero_frac": {"worst": NONZERO_CAP, "best": 1e-3, "log": True}}
+    overrides = {**SMALL, **region, "budget.num_samples": 8, "budget.branch_mode": mode}
+    spec, _ = load_spec("sweeps/digits_quick.yaml", overrides)
     outcome = run_sweep(spec, storage=str(tmp_path), quiet=True)
     sweep_dir = outcome.sweep_dir
     rows = ResultsLedger(sweep_dir / "results.jsonl").rows
     assert outcome.total == 8 and len(set(configs(rows))) == 8
+    if mode == "proxy":  # the branches a run chose itself keep within the region (their sparsity is exact)
+        chosen = [row for number, row in rows.items() if row["shared_run"] != number]
+        assert len(chosen) == 6 and all(row["nonzero_frac"] <= NONZERO_CAP for row in chosen), chosen
     runs_of = {}
     for row in rows.values():
         shared, _ = split_branch_settings({k[6:]: v for k, v in row.items() if k.startswith("param.")})

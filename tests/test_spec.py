@@ -139,3 +139,16 @@ def test_reproduction_baselines_share_everything_but_the_method():
     assert lasso.search["strength"].low == pytest.approx(10**-0.8 * group.search["strength"].low)
     with pytest.raises(ValueError, match="method must be one of"):
         bench.method_spec(base, "l0", shifts, (0.1, 4.0))
+
+
+def test_sparsity_caps_come_from_max_constraints_and_the_region():
+    spec, _ = load_spec("sweeps/fashion_lenet5_group_paper.yaml")
+    assert spec.sparsity_caps() == {"flops_frac": 0.2}  # its FLOPs constraint
+    assert load_spec("sweeps/digits_quick.yaml")[0].sparsity_caps() == {}  # the default region bounds nothing
+    region = {"hypervolume.nonzero_frac": {"worst": 0.05, "best": 1e-3, "log": True}}
+    assert load_spec("sweeps/digits_quick.yaml", region)[0].sparsity_caps() == {"nonzero_frac": 0.05}
+    constraints = [{"metric": "val_accuracy", "min": 0.8}, {"metric": "nonzero_frac", "max": 0.02}]
+    both = load_spec("sweeps/digits_quick.yaml", {**region, "constraints": constraints})[0]
+    assert both.sparsity_caps() == {"nonzero_frac": 0.02}  # the lower bound wins
+    loose = [{"metric": "nonzero_frac", "max": 1.5}, {"metric": "flops_frac", "max": 0.3}]
+    assert load_spec("sweeps/digits_quick.yaml", {"constraints": loose})[0].sparsity_caps() == {"flops_frac": 0.3}

@@ -34,7 +34,8 @@ the shared phase.
 Choosing thresholds by proxy.  ``prune_now_proxy(run, thresholds)`` prunes a copy of the
 branch-point weights at each threshold and measures validation accuracy (one pass each) and
 sparsity; ``select_thresholds(points, k)`` picks K thresholds spanning the proxy Pareto front
-(an ε-net on log nonzero fraction); ``ProxyChoice`` puts both together as a ``branches``
+(an ε-net on log nonzero fraction; within ``caps`` on the sparsity, which the prune fixes
+exactly, when the caller has them: a sweep's constraints and region); ``ProxyChoice puts both together as a ``branches``
 chooser, called once at the branch point.
 """
 
@@ -58,6 +59,7 @@ from trainables.contract import (
     PROXY_FLOPS_FRAC,
     PROXY_NONZERO_FRAC,
     PROXY_VAL_ACCURACY,
+    SPARSITY_FRACTIONS,
     Status,
     TrialResult,
 )
@@ -540,7 +542,11 @@ def pareto_layers(points: Iterable[ProxyPoint]) -> list[list[ProxyPoint]]:
 
 
 def select_thresholds(
-    points: Sequence[ProxyPoint], k: int, low: float | None = None, high: float | None = None
+    points: Sequence[ProxyPoint],
+    k: int,
+    low: float | None = None,
+    high: float | None = None,
+    caps: Mapping[str, float] | None = None,
 ) -> list[float]:
     """K thresholds spanning the proxy Pareto front, ascending; deterministic.
 
@@ -549,19 +555,45 @@ def select_thresholds(
     the front in log sparsity, so the picks spread evenly from dense-and-accurate to sparse.  With
     fewer than ``k`` front points the next Pareto layers fill in the same way; with fewer than
     ``k`` points in all, all of them.  Ties go to the more accurate point, then the smaller threshold.
+
+    ``caps`` (``{"flops_frac": 0.2}``; keys from ``SPARSITY_FRACTIONS``): the most a result may
+    keep.  A point's sparsity is its result's exactly (fine-tuning holds the mask), so the ε-net
+    runs over the points within every cap; only when fewer than ``k`` are within do the others
+    fill in, those nearest the caps (in log ratio) first.
     """
     if k < 1:
         raise ValueError(f"k must be ≥ 1, got {k}")
+    caps = dict(caps or {})
+    unknown = sorted(set(caps) - set(SPARSITY_FRACTIONS))
+    if unknown:
+        raise ValueError(f"caps: {', '.join(unknown)} is not one of {', '.join(SPARSITY_FRACTIONS)}")
+    if not all(0 < cap < math.inf for cap in caps.values()):
+        raise ValueError(f"caps: each cap must be a positive fraction, got {caps}")
     seen: dict[float, ProxyPoint] = {}
     for point in points:
         if (low is None or point.threshold >= low) and (high is None or point.threshold <= high):
             seen.setdefault(point.threshold, point)
 
+    def excess(p: ProxyPoint) -> float:
+        """How far ``p`` lies beyond the caps: the largest log ratio of its fraction to a cap, or 0 within."""
+        ratios = [math.log(max(getattr(p, metric), 1e-12) / cap) for metric, cap in caps.items()]
+        return max([0.0, *(r if math.isfinite(r) else math.inf for r in ratios)])
+
+    inside = [p for p in seen.values() if excess(p) == 0.0]
+    chosen = _spread_over_front(inside, k)
+    outside = sorted((p for p in seen.values() if excess(p) > 0.0), key=lambda p: (excess(p), p.threshold))
+    chosen += outside[: k - len(chosen)]
+    return sorted(p.threshold for p in chosen)
+
+
+def _spread_over_front(points: Iterable[ProxyPoint], k: int) -> list[ProxyPoint]:
+    """Up to ``k`` points as ``select_thresholds`` documents: an ε-net of the front in log nonzero fraction."""
+
     def log_nonzero(p: ProxyPoint) -> float:
         return math.log(max(p.nonzero_frac, 1e-12)) if math.isfinite(p.nonzero_frac) else math.inf
 
     chosen: list[ProxyPoint] = []
-    for layer in pareto_layers(seen.values()):
+    for layer in pareto_layers(points):
         candidates = sorted(layer, key=lambda p: (-_finite(p.val_accuracy), p.threshold))
         while candidates and len(chosen) < k:
             if not chosen:
@@ -574,7 +606,14 @@ def select_thresholds(
                 pick = max(candidates, key=lambda p: (distance(p), _finite(p.val_accuracy), -p.threshold))
             chosen.append(pick)
             candidates.remove(pick)
-    return sorted(p.threshold for p in chosen)
+    return chosen
+
+
+def more_thresholds(
+    points: Sequence[ProxyPoint], own: float, count: int, caps: Mapping[str, float] | None = None
+) -> list[float]:
+    """``count`` thresholds for a run whose own (asked) threshold is ``own``: the proxy's picks but ``own``."""
+    return [t for t in select_thresholds(points, count + 1, caps=caps) if t != own][:count]
 
 
 def _finite(value: float) -> float:
@@ -594,6 +633,7 @@ class ProxyChoice:
     grid: tuple[float, ...]
     threshold_mode: str = "abs"
     settings: Mapping[str, Any] = field(default_factory=dict)
+    caps: Mapping[str, float] = field(default_factory=dict)  # see ``select_thresholds``
     points: list[ProxyPoint] = field(default_factory=list, compare=False)
 
     @property
@@ -603,5 +643,5 @@ class ProxyChoice:
     def __call__(self, run: TrialRun) -> list[dict[str, Any]]:
         points = prune_now_proxy(run, self.grid, self.threshold_mode)
         self.points[:] = points
-        chosen = select_thresholds(points, self.k)
+        chosen = select_thresholds(points, self.k, caps=self.caps)
         return [{**self.settings, "threshold": t, "threshold_mode": self.threshold_mode} for t in chosen]

@@ -36,6 +36,7 @@ VAL_ACCURACY = "val_accuracy"
 TEST_ACCURACY = "test_accuracy"
 NONZERO_FRAC = "nonzero_frac"
 FLOPS_FRAC = "flops_frac"
+SPARSITY_FRACTIONS = (NONZERO_FRAC, FLOPS_FRAC)  # fixed exactly by the prune: fine-tuning holds the mask
 
 METRICS: dict[str, Direction] = {
     VAL_ACCURACY: "max",
@@ -325,6 +326,26 @@ def region_of(
         except ValueError:
             return None
     return region
+
+
+def sparsity_caps(constraints: Iterable[Constraint], region: Mapping[str, Axis] | None = None) -> dict[str, float]:
+    """The most nonzero weights / FLOPs a result may keep and still count, per fraction that has a bound.
+
+    A fraction's cap is the lowest of its ``max`` constraints and the worst end of its region axis
+    (a result beyond either is infeasible or adds no hypervolume); caps of 1 or more bound nothing
+    and are left out.  Threshold branching chooses its thresholds within them.
+    """
+    constraints, region = list(constraints), dict(region or {})
+    caps = {}
+    for metric in SPARSITY_FRACTIONS:
+        bounds = [c.max for c in constraints if c.metric == metric and c.max is not None]
+        axis = region.get(metric)
+        if axis is not None and axis.worst > axis.best:
+            bounds.append(axis.worst)
+        bounds = [bound for bound in bounds if 0 < bound < 1]
+        if bounds:
+            caps[metric] = min(bounds)
+    return caps
 
 
 # --- a sweep folder ------------------------------------------------------------------------
