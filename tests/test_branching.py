@@ -276,7 +276,10 @@ def test_select_thresholds_keeps_within_the_sparsity_caps():
     assert select_thresholds(points, 5, caps={"nonzero_frac": 0.01}) == [0.04, 0.05, 0.06, 0.07, 0.08]
     assert select_thresholds(points, 2, caps={"nonzero_frac": 1e-4}) == [0.07, 0.08]
     assert more_thresholds(points, 0.03, 2, caps={"nonzero_frac": 0.1}) == [0.06, 0.08]  # beside the asked one
-    assert more_thresholds(points, 0.02, 2, caps={"nonzero_frac": 0.1}) == [0.03, 0.06]
+    assert more_thresholds(points, 0.055, 2, caps={"nonzero_frac": 0.1}) == [0.03, 0.08]  # the nearest gives way
+    assert more_thresholds(points, 0.02, 2, caps={"nonzero_frac": 0.1}) == [0.06, 0.08]
+    assert more_thresholds(points[:2], 0.01, 2) == [0.02]  # too few points: all but the asked one
+    assert more_thresholds(points[:2], 0.5, 2) == [0.01, 0.02]
     for caps in ({"val_accuracy": 0.5}, {"nonzero_frac": 0.0}, {"flops_frac": math.nan}):
         with pytest.raises(ValueError, match="caps"):
             select_thresholds(points, 2, caps=caps)

@@ -612,8 +612,18 @@ def _spread_over_front(points: Iterable[ProxyPoint], k: int) -> list[ProxyPoint]
 def more_thresholds(
     points: Sequence[ProxyPoint], own: float, count: int, caps: Mapping[str, float] | None = None
 ) -> list[float]:
-    """``count`` thresholds for a run whose own (asked) threshold is ``own``: the proxy's picks but ``own``."""
-    return [t for t in select_thresholds(points, count + 1, caps=caps) if t != own][:count]
+    """``count`` thresholds for a run whose own (asked) threshold is ``own``: ``count + 1`` picks of the
+    proxy, less ``own`` or else the pick nearest it (log distance), which would nearly repeat it."""
+    picks = select_thresholds(points, count + 1, caps=caps)
+
+    def distance(threshold: float) -> float:
+        if threshold > 0 and own > 0:
+            return abs(math.log(threshold / own))
+        return abs(threshold - own)
+
+    if picks and (own in picks or len(picks) > count):
+        picks.remove(min(picks, key=distance))
+    return picks[:count]
 
 
 def _finite(value: float) -> float:
