@@ -57,6 +57,17 @@ class CheckSummary:
                 parts.append(f"{name} {param.type} [{param.low:g}, {param.high:g}]{scale}")
         return "; ".join(parts)
 
+    def branching_text(self) -> str:
+        """How trials share regularized runs, e.g. ``, as 16 regularized runs × 8 thresholds (proxy, within
+        nonzero_frac ≤ 0.02)``; empty when runs do not branch."""
+        budget = self.spec.budget
+        if budget.thresholds_per_run <= 1:
+            return ""
+        runs = -(-budget.num_samples // budget.thresholds_per_run)
+        caps = self.spec.sparsity_caps() if budget.branch_mode == "proxy" else {}
+        within = ", within " + ", ".join(f"{metric} ≤ {cap:g}" for metric, cap in caps.items()) if caps else ""
+        return f", as {runs} regularized runs × {budget.thresholds_per_run} thresholds ({budget.branch_mode}{within})"
+
     def lines(self) -> list[str]:
         """The summary ``hoyersweep check`` prints."""
         spec = self.spec
@@ -68,6 +79,7 @@ class CheckSummary:
         trials = (
             f"{budget.num_samples} trials, {budget.max_concurrent_trials} at a time"
             + (f" in cohorts of {budget.cohort_size}" if budget.cohort_size > 1 else "")
+            + self.branching_text()
             + (f", at most {budget.time_budget_s:g} s" if budget.time_budget_s else "")
         )
         lines = [

@@ -387,6 +387,10 @@ def test_summary_of_a_good_spec(env, capsys):
     assert "4 search points built" in out and "device      cpu" in out
     assert sorted(p.name for p in env.iterdir() if p.name.startswith((".hoyersweep", "results"))) == []
     assert main(["check", str(spec), "--quiet"]) == 0 and capsys.readouterr().out == ""
+    branching = ["--set", "budget.thresholds_per_run=4", "--set", "constraints=[{metric: flops_frac, max: 0.2}]"]
+    branching += ["--set", "search.threshold={type: float, low: 0.01, high: 0.1}"]
+    assert main(["check", str(spec), "--set", "budget.num_samples=10", *branching]) == 0
+    assert "as 3 regularized runs × 4 thresholds (proxy, within flops_frac ≤ 0.2)" in capsys.readouterr().out
 
 
 def test_parse_spec_integral_floats_only_for_integer_settings():
