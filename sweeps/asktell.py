@@ -22,7 +22,9 @@ Resumable: rerunning the command after a kill continues the interrupted group fr
 checkpoint under the same trial numbers; a result already in the ledger is never trained or
 written again.  Needs torch, Optuna and pydantic; imports neither Ray nor MLflow.
 ``hoyersweep import DIR`` turns the folder into a normal sweep folder (MLflow runs, ``pareto.csv``).
-Early stopping (``scheduler: moasha``) is not supported here: its rung state lives with Ray's scheduler.
+Early stopping (``scheduler: moasha``) asks the sweep's rung state in-process (``sweeps.rungs.Rungs``,
+kept in ``DIR/scheduler.json`` as a Ray sweep keeps it): a member ranked out at a rung leaves its
+stack as ``pruned`` while the others go on, as in a Ray sweep's cohort.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from sweeps.plan import (
     valid_configs,
 )
 from sweeps.records import ResultsLedger, ledger_row, now_iso, trial_params, write_atomic
+from sweeps.rungs import Rungs, rungs_settings
 from sweeps.spec import SpecError, SweepSpec, load_spec
 from sweeps.study import (
     BRANCH_INDEX_KEY,
@@ -194,6 +197,7 @@ class Recorder:
     ledger: ResultsLedger
     driver_run: int
     quiet: bool = False
+    rungs: Rungs | None = None  # early stopping (scheduler: moasha): the sweep's rung state
     started: float = field(default_factory=time.time)
 
     def record(self, member: Member, result: TrialResult) -> None:
@@ -325,14 +329,19 @@ def train_cohort(members: list[Member], recorder: Recorder) -> None:
             result.extra[MODEL_FILE_KEY] = paths[index]
         recorder.record(member, result)
 
-    passengers = len(cohort) > len(mine)
+    def ranked_out(index: int, metrics: Mapping[str, Any]) -> bool:
+        """A passenger leaves the stack at once; a member asks the rung state at its rungs."""
+        if numbers[index] not in mine:
+            return True
+        return recorder.rungs is not None and recorder.rungs.stops(numbers[index], metrics)
+
     try:
         results = run_cohort(
             [config for _, config in cohort],
             lambda index, metrics, state: checkpoint(state),
             resume_from=resume_from,
             model_paths=paths,
-            stop=(lambda index, metrics: numbers[index] not in mine) if passengers else None,
+            stop=ranked_out if recorder.rungs is not None or len(cohort) > len(mine) else None,
             on_end=ended,
         )
     except DETERMINISTIC_ERRORS as error:
@@ -355,7 +364,7 @@ def train_branching(
     from trainables.branching import more_thresholds
     from trainables.cohort import run_cohort_branches
 
-    spec, proposer = recorder.spec, recorder.proposer
+    spec, proposer, rungs = recorder.spec, recorder.proposer, recorder.rungs
     members, configs = configured(members, recorder)
     if not members:
         return
@@ -402,6 +411,7 @@ def train_branching(
             lambda run, metrics, state: checkpoint(state),
             resume_from=resume_from,
             model_path=model_path,
+            stop=(lambda run, metrics: rungs.stops(runs[run][0].number, metrics)) if rungs is not None else None,
             on_end=ended,
             choose=choose if any(slots.values()) else None,
             grid=settings.grid,
@@ -442,18 +452,12 @@ class Outcome:
 def check_runnable(spec: SweepSpec, source: str) -> None:
     """Refuse in one line, before anything is written, what would fail every trial alike.
 
-    Early stopping is not done here (its rung state lives with Ray's scheduler); the device must
-    exist and the data load (``sweeps.check``'s checks: a missing MNIST folder is one line, not
-    ``num_samples`` failed results).
+    The device must exist and the data load (``sweeps.check``'s checks: a missing MNIST folder is
+    one line, not ``num_samples`` failed results).
     """
     from sweeps.check import build_configs, check_data
     from trainables.pipeline import resolve_device
 
-    if spec.scheduler.type != "none":
-        raise SpecError(
-            f"{source}: scheduler.type {spec.scheduler.type!r}: early stopping needs the Ray sweep "
-            f"(`hoyersweep run`); here use --set scheduler.type=none"
-        )
     configs = build_configs(spec, source)
     resolve_device(configs[0][1].device)
     check_data(spec, source, configs)
@@ -473,7 +477,8 @@ def run_asktell(spec: SweepSpec, out: Path, quiet: bool = False, source: str = "
         study, storage, **search_settings(spec), resume_checkpoints=resume_checkpoints(out, ledger)
     )
     fixed = fixed_settings(spec, out, pretrain_cache=out / PRETRAIN_CACHE_DIR)
-    recorder = Recorder(spec, out, fixed, proposer, ledger, driver_run=len(state.runs), quiet=quiet)
+    rungs = Rungs(**rungs_settings(spec, out)) if spec.scheduler.type == "moasha" else None
+    recorder = Recorder(spec, out, fixed, proposer, ledger, driver_run=len(state.runs), quiet=quiet, rungs=rungs)
     index = 0
     while (config := proposer.hand_out(group := f"group-{len(state.runs)}-{index}")) is not None:
         train_group(config, recorder, group)

@@ -53,7 +53,8 @@ from sweeps.recorder import (
     sweep_progress,
 )
 from sweeps.records import ResultsLedger, SweepState, now_iso
-from sweeps.scheduler import MOASHA, RungChannel, Rungs, start_rung_channel
+from sweeps.rungs import Rungs, rungs_settings
+from sweeps.scheduler import MOASHA, RungChannel, start_rung_channel
 from sweeps.searcher import (
     FINISHED_STATES,
     OptunaSearcher,
@@ -74,7 +75,6 @@ from trainables.contract import (
     RAY_DIR,
     RAY_PROCESSES_FILE,
     RESULTS_FILE,
-    SCHEDULER_FILE,
     SPEC_FILE,
     STATE_FILE,
     STOPPED_AT_KEY,
@@ -289,21 +289,6 @@ def start_tracking(spec: SweepSpec, sweep_dir: Path, state: SweepState) -> Sweep
     return tracker
 
 
-def moasha_settings(spec: SweepSpec, sweep_dir: Path) -> dict[str, Any]:
-    """The arguments of MO-ASHA's rung state (``sweeps.scheduler.Rungs``), kept in ``<sweep>/scheduler.json``."""
-    settings = spec.scheduler
-    return {
-        "objectives": spec.metric_names,
-        "modes": spec.modes,
-        "grace_epochs": settings.grace_epochs,
-        "reduction_factor": settings.reduction_factor,
-        "max_epochs": settings.max_epochs or spec.trial_config(spec.example_params()).epochs,
-        "constraints": spec.constraint_rules,
-        "margin": settings.margin,
-        "state_path": sweep_dir / SCHEDULER_FILE,
-    }
-
-
 def build_scheduler(
     spec: SweepSpec, sweep_dir: Path, searcher: OptunaSearcher, recorder: SweepRecorder
 ) -> MOASHA | None:
@@ -326,7 +311,7 @@ def build_scheduler(
             searcher.tell_result(member.number, result)
             recorder.submit(recorder.finished, member, result, trial_id)
 
-    return MOASHA(Rungs(**moasha_settings(spec, sweep_dir)), on_stop=stopped)
+    return MOASHA(Rungs(**rungs_settings(spec, sweep_dir)), on_stop=stopped)
 
 
 def rung_channel(spec: SweepSpec, sweep_dir: Path) -> RungChannel | None:
@@ -334,7 +319,7 @@ def rung_channel(spec: SweepSpec, sweep_dir: Path) -> RungChannel | None:
     on the driver's node, which every cohort member consults at its rungs; None otherwise.  Needs Ray."""
     if spec.scheduler.type != "moasha" or spec.budget.cohort_size <= 1:
         return None
-    return start_rung_channel(moasha_settings(spec, sweep_dir))
+    return start_rung_channel(rungs_settings(spec, sweep_dir))
 
 
 def build_tuner(

@@ -54,3 +54,33 @@ def resume_in_subprocess(sweep_dir: Path) -> subprocess.CompletedProcess:
         timeout=300,
         cwd=Path(__file__).resolve().parents[1],
     )
+
+
+# A cohort in which members that do not learn (lr 1e-9: proxy accuracy near chance) are dominated at
+# rung 1 by a recorded point (accuracy 0.5, nothing left), so MO-ASHA must stop them there; the first
+# member that learns is on the proxy front whatever the order, so it goes on to the end.
+IDLE_MEMBERS_MOASHA_SPEC = {
+    "name": "cohort_moasha",
+    "trial": {"epochs": 2, "finetune_epochs": 1, "batch_size": 64, "threshold": 0.02, "val_fraction": 0.2},
+    "search": {
+        "lr": {"type": "categorical", "choices": [0.01, 1.0e-9]},
+        "seed": {"type": "categorical", "choices": [0, 1]},
+    },
+    "sampler": {"type": "random", "seed": 0},
+    "budget": {"num_samples": 4, "max_concurrent_trials": 1, "cohort_size": 4},
+    "scheduler": {"type": "moasha", "grace_epochs": 1, "reduction_factor": 10},
+}
+SEEDED_RUNG = {"1": {"1000000": [[-0.5, 0.0], False]}}  # (proxy accuracy, proxy nonzero), minimisation form
+
+
+def check_idle_members_pruned(rows: dict[int, dict]) -> set[int]:
+    """The pruned trials of an ``IDLE_MEMBERS_MOASHA_SPEC`` sweep, after checking what its ledger must hold."""
+    pruned = {n for n, row in rows.items() if row["status"] == "pruned"}
+    idle = {n for n, row in rows.items() if row["param.lr"] < 1e-6}
+    assert len(rows) == 4 and idle and idle <= pruned and len(pruned) < 4, rows  # ranked out, a cohort-mate went on
+    for number, row in rows.items():
+        if number in pruned:
+            assert row["stopped_at_rung"] == 1 and row["epochs"] == 1
+        else:
+            assert row["status"] == "ok" and row["epochs"] == 3 and row["stopped_at_rung"] is None
+    return pruned

@@ -14,6 +14,8 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+import yaml
+from conftest import IDLE_MEMBERS_MOASHA_SPEC, SEEDED_RUNG, check_idle_members_pruned
 from mlflow.tracking import MlflowClient
 
 from analysis.pareto import DEFAULT_OBJECTIVES, pareto_front
@@ -22,7 +24,7 @@ from sweeps import asktell
 from sweeps.cli import main as hoyersweep
 from sweeps.folder import verify_records
 from sweeps.study import own_trials
-from trainables.contract import TRIAL_TAG, read_ledger
+from trainables.contract import SCHEDULER_FILE, TRIAL_TAG, read_ledger
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = str(ROOT / "sweeps" / "digits_quick.yaml")
@@ -207,6 +209,23 @@ def test_branching_cohorts_choose_their_branches_and_count_every_branch(tmp_path
         runs.setdefault(row["shared_run"], set()).add(row["param.threshold"])
     assert sorted(len(thresholds) for thresholds in runs.values()) == [3, 3]  # two runs, three thresholds each
     assert all(Path(row["model_file"]).name.startswith(f"run-{row['shared_run']:04d}-branch-") for row in rows)
+
+
+def test_moasha_ranks_a_member_out_in_process_while_its_cohort_mates_go_on(tmp_path):
+    """``scheduler: moasha`` without Ray: the rung state lives in the driver, in ``scheduler.json``."""
+    spec_file = tmp_path / "cohort_moasha.yaml"
+    spec_file.write_text(yaml.safe_dump(IDLE_MEMBERS_MOASHA_SPEC))
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / SCHEDULER_FILE).write_text(json.dumps(SEEDED_RUNG))
+    assert asktell.main([str(spec_file), "--out", str(out), "--quiet"]) == 0
+    rows = {row["trial_number"]: row for row in read_ledger(out / "results.jsonl")}
+    pruned = check_idle_members_pruned(rows)
+    study = optuna.load_study(
+        study_name=json.loads((out / "asktell.json").read_text())["study_name"], storage=asktell.journal_storage(out)
+    )
+    assert {t.number for t in own_trials(study, [optuna.trial.TrialState.PRUNED])} == pruned
+    assert set(json.loads((out / SCHEDULER_FILE).read_text())["1"]) == {"1000000", *(str(n) for n in rows)}
 
 
 def test_a_driver_run_on_with_more_samples_imports_only_its_new_results(asktell_dir, imported, capsys):

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
-from sweeps.scheduler import MOASHA, Rungs, rank_order, rung_epochs
+from sweeps.rungs import Rungs, rank_order, rung_epochs
+from sweeps.scheduler import MOASHA
 from trainables.contract import Constraint
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
