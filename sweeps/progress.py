@@ -10,6 +10,7 @@ its MLflow run), and the closing summary counts failures by reason.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections import Counter
@@ -20,8 +21,15 @@ from typing import Any
 
 import pandas as pd
 
-from sweeps.spec import SweepSpec
-from trainables.contract import OPTUNA_FILE, PARETO_FILE, RESULTS_FILE, TEST_ACCURACY, Status
+from sweeps.spec import CategoricalParam, SweepSpec
+from trainables.contract import (
+    OPTUNA_FILE,
+    PARETO_FILE,
+    RESULTS_FILE,
+    SPARSITY_FRACTIONS,
+    TEST_ACCURACY,
+    Status,
+)
 
 
 @dataclass
@@ -128,6 +136,38 @@ class SweepOutcome:
     failures: dict[str, int] = field(default_factory=dict)  # "status: reason" → how many trials
 
 
+EDGE_FRACTION = 0.02  # within 2 % of a range's length from its end (on its log scale when log): at the edge
+
+
+def range_edge_notes(front: pd.DataFrame, spec: SweepSpec) -> list[str]:
+    """One note per searched number whose value at the front's sparsest trial sits at an end of its range.
+
+    The front's sparse end is what a pruning sweep is for; when it lies at the edge of a range
+    (an ``abs`` threshold range tuned at a shorter schedule, say), sparser results may lie beyond it.
+    """
+    sparsity = next((o.metric for o in spec.objectives if o.metric in SPARSITY_FRACTIONS and o.mode == "min"), None)
+    if front.empty or sparsity is None or sparsity not in front:
+        return []
+    sparsest = front.loc[front[sparsity].idxmin()]
+    notes = []
+    for name, param in spec.search.items():
+        value = sparsest.get(f"param.{name}")
+        if isinstance(param, CategoricalParam) or value is None or pd.isna(value):
+            continue
+        scale = math.log if param.log else float
+        low, high = scale(param.low), scale(param.high)
+        position = (scale(float(value)) - low) / (high - low)
+        if EDGE_FRACTION < position < 1 - EDGE_FRACTION:
+            continue
+        end = "top" if position > 0.5 else "bottom"
+        notes.append(
+            f"the front's sparsest trial ({int(sparsest['trial_number'])}) has {name} {float(value):.4g}, at the "
+            f"{end} of search.{name} [{param.low:g}, {param.high:g}]: sparser results may lie beyond it; "
+            "widen the range"
+        )
+    return notes
+
+
 def print_summary(outcome: SweepOutcome, spec: SweepSpec, elapsed: float) -> None:
     """The front (validation-chosen, test beside it), failures by reason and where every record is."""
     directory = outcome.sweep_dir
@@ -144,6 +184,8 @@ def print_summary(outcome: SweepOutcome, spec: SweepSpec, elapsed: float) -> Non
         shown = list(dict.fromkeys([*shown, *spec.metric_names, TEST_ACCURACY]))
         print(f"Pareto front ({len(outcome.front)} trials; chosen on validation, test shown beside):")
         print(outcome.front[shown].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        for note in range_edge_notes(outcome.front, spec):
+            print(f"Note: {note}")
     elif outcome.ok:
         rules = ", ".join(c.to_constraint().describe() for c in spec.constraints)
         why = f"no ok trial met the constraints ({rules})" if rules else "no ok trial has finite objective values"

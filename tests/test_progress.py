@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import time
 
-from sweeps.progress import Progress
+import pandas as pd
+
+from sweeps.progress import Progress, range_edge_notes
+from sweeps.spec import load_spec
 
 
 def test_piped_output_names_the_running_trials_at_most_once_per_heartbeat(capsys):
@@ -27,3 +30,23 @@ def test_a_finished_trials_line_restarts_the_heartbeat_and_quiet_or_a_bar_prints
     for quiet, bar in ((True, False), (False, True)):
         Progress("q", 8, time.time() - 1000, quiet=quiet, bar=bar, heartbeat_s=0).trial_epoch(0, "pretrain", 1)
     assert capsys.readouterr().out == ""
+
+
+def test_a_front_whose_sparse_end_sits_at_a_range_edge_gets_a_note():
+    spec, _ = load_spec("sweeps/mnist_lenet5.yaml")  # strength 1.5e-4…2e-3, threshold 2e-3…0.1, both log
+    front = pd.DataFrame(
+        {
+            "trial_number": [3, 7, 9],
+            "param.strength": [3e-4, 5e-4, 1.9e-3],
+            "param.threshold": [0.005, 0.02, 0.1],
+            "val_accuracy": [0.992, 0.99, 0.985],
+            "nonzero_frac": [0.02, 0.01, 0.004],
+        }
+    )
+    notes = range_edge_notes(front, spec)
+    assert len(notes) == 2 and "sparsest trial (9) has strength 0.0019, at the top of search.strength" in notes[0]
+    assert "threshold 0.1, at the top of search.threshold [0.002, 0.1]" in notes[1]
+    assert range_edge_notes(front.iloc[:2], spec) == []  # the sparse end inside both ranges
+    low_end = front.assign(**{"param.threshold": [0.005, 0.02, 0.00201]})
+    assert "at the bottom of search.threshold" in range_edge_notes(low_end.iloc[[0, 2]], spec)[-1]
+    assert range_edge_notes(front.iloc[:0], spec) == []
