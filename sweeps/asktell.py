@@ -386,7 +386,7 @@ def train_branching(
         if not count:
             return []
         own = configs[first.number].threshold
-        plan = [{"threshold": t} for t in more_thresholds(points, own, count, settings.caps)]
+        plan = [{"threshold": t} for t in more_thresholds(points, own, count, settings.caps, settings.floor)]
         proposer.on_report(group, {TRIAL_NUMBER_KEY: first.number, BRANCH_PLAN_KEY: json.dumps(plan)})
         return plan
 

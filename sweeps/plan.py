@@ -127,6 +127,7 @@ class BranchSettings:
     grid: tuple[float, ...] = ()  # proxy mode: thresholds to evaluate at the branch point (inside the search range)
     keep: bool = False  # keep branch points after every branch finished
     caps: Mapping[str, float] = field(default_factory=dict)  # proxy mode: branch within these (spec.sparsity_caps)
+    floor: float | None = None  # proxy mode: sparser than this counts no more (spec.nonzero_floor)
     models_dir: str | None = None  # <sweep>/models, when trials keep their models
 
 
@@ -149,4 +150,5 @@ def branch_settings(spec: SweepSpec, sweep_dir: Path) -> BranchSettings | None:
         keep=spec.keep_branch_points,
         models_dir=models_dir(spec, sweep_dir),
         caps=spec.sparsity_caps(),
+        floor=spec.nonzero_floor(),
     )

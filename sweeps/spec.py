@@ -29,6 +29,7 @@ from trainables.contract import (
     VAL_ACCURACY,
     Axis,
     Constraint,
+    nonzero_floor,
     region_of,
     sparsity_caps,
 )
@@ -407,6 +408,10 @@ class SweepSpec(_Strict):
         """The nonzero / FLOPs fractions a result may keep at most (``contract.sparsity_caps``): from
         ``max`` constraints and the ``hypervolume:`` region; the proxy branches within them."""
         return sparsity_caps(self.constraint_rules, self.region())
+
+    def nonzero_floor(self) -> float | None:
+        """Below this nonzero fraction a sparser result counts no more (``contract.nonzero_floor``)."""
+        return nonzero_floor(self.region())
 
     def _setting_location(self, message: str) -> str:
         """The field a trial-settings error is about: ``trial.epochs``, or ``search.lr.low`` for a searched one."""

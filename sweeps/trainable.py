@@ -212,7 +212,8 @@ def train_branches(
         def chooser(run: Any) -> list[dict[str, Any]]:
             """At the branch point: ``slots`` more thresholds spanning the prune-now front, reported as the plan."""
             points = prune_now_proxy(run, settings.grid, config.threshold_mode)
-            plan = [{"threshold": t} for t in more_thresholds(points, config.threshold, slots, settings.caps)]
+            chosen = more_thresholds(points, config.threshold, slots, settings.caps, settings.floor)
+            plan = [{"threshold": t} for t in chosen]
             tune.report({TRIAL_NUMBER_KEY: first.number, BRANCH_PLAN_KEY: json.dumps(plan)})
             return [*branches, *({**branches[0], **entry} for entry in plan)]
 
@@ -412,7 +413,7 @@ def train_branching_cohort(
         if not count:
             return []
         own = configs[first.number].threshold
-        plan = [{"threshold": t} for t in more_thresholds(points, own, count, settings.caps)]
+        plan = [{"threshold": t} for t in more_thresholds(points, own, count, settings.caps, settings.floor)]
         tune.report({TRIAL_NUMBER_KEY: first.number, BRANCH_PLAN_KEY: json.dumps(plan)})
         return plan
 

@@ -252,7 +252,8 @@ def test_select_thresholds_spans_the_front_in_log_sparsity():
     assert select_thresholds(points, 2) == [0.01, 0.08]
     assert select_thresholds(points, 8) == [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08]  # the whole front
     assert select_thresholds(points, 3, low=0.02, high=0.06) == [0.02, 0.04, 0.06]
-    assert select_thresholds(points, 20) == sorted(p.threshold for p in points)  # k beyond all: every point
+    everything = sorted(p.threshold for p in points if p.nonzero_frac > 0)
+    assert select_thresholds(points, 20) == everything  # k beyond all: every point but the one that keeps nothing
 
 
 def test_select_thresholds_fills_from_the_next_layers_when_the_front_is_short():
@@ -260,7 +261,26 @@ def test_select_thresholds_fills_from_the_next_layers_when_the_front_is_short():
     assert select_thresholds(points, 2) == [0.01, 0.02]
     assert select_thresholds(points, 3) == [0.01, 0.02, 0.04]  # of the next layer, the one farther in log nonzero
     assert select_thresholds(points, 4) == [0.01, 0.02, 0.03, 0.04]
-    assert select_thresholds(points, 10) == [0.01, 0.02, 0.03, 0.04, 0.05]
+    assert select_thresholds(points, 10) == [0.01, 0.02, 0.03, 0.04]  # 0.05 keeps 0.02's mask
+
+
+def test_select_thresholds_ranks_what_is_sparser_than_the_floor_as_at_the_floor():
+    # a tail of ever fewer weights at chance accuracy: without a floor the ε-net reaches for its end
+    points = _points([(0.01, 0.98, 0.2), (0.02, 0.97, 0.05), (0.03, 0.9, 0.01), (0.04, 0.5, 2e-3)])
+    points += _points([(0.05, 0.1, 5e-4), (0.06, 0.1, 1e-4), (0.07, 0.1, 2e-5)])
+    assert select_thresholds(points, 3) == [0.01, 0.04, 0.07]
+    assert select_thresholds(points, 3, floor=1e-3) == [0.01, 0.03, 0.05]  # the tail past 0.1 %: one point, its densest
+    assert select_thresholds(points, 4, floor=1e-3, caps={"nonzero_frac": 0.06}) == [0.02, 0.03, 0.04, 0.05]
+    with pytest.raises(ValueError, match="floor"):
+        select_thresholds(points, 2, floor=0.0)
+
+
+def test_select_thresholds_spends_no_branch_on_a_repeated_mask_or_an_empty_one():
+    # nested masks: an equal nonzero fraction is the same mask, and 0 leaves a constant network
+    points = _points([(0.1, 0.95, 0.2), (0.2, 0.9, 0.05), (0.3, 0.9, 0.05), (0.4, 0.5, 0.01), (0.5, 0.1, 0.0)])
+    points += _points([(0.6, 0.1, 0.0), (0.7, 0.1, 0.0)])
+    assert select_thresholds(points, 4) == [0.1, 0.2, 0.4]  # fewer than k: nothing else makes a result of its own
+    assert select_thresholds(points, 2, caps={"nonzero_frac": 0.06}) == [0.2, 0.4]
 
 
 def test_select_thresholds_keeps_within_the_sparsity_caps():

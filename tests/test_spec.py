@@ -152,3 +152,11 @@ def test_sparsity_caps_come_from_max_constraints_and_the_region():
     assert both.sparsity_caps() == {"nonzero_frac": 0.02}  # the lower bound wins
     loose = [{"metric": "nonzero_frac", "max": 1.5}, {"metric": "flops_frac", "max": 0.3}]
     assert load_spec("sweeps/digits_quick.yaml", {"constraints": loose})[0].sparsity_caps() == {"flops_frac": 0.3}
+
+
+def test_the_nonzero_floor_is_the_best_end_of_the_region():
+    assert load_spec("sweeps/digits_quick.yaml")[0].nonzero_floor() == 1e-3  # the default axis: 1 → 1e-3
+    region = {"hypervolume.nonzero_frac": {"worst": 0.05, "best": 2e-3, "log": True}}
+    assert load_spec("sweeps/digits_quick.yaml", region)[0].nonzero_floor() == 2e-3
+    flops = {"objectives": [{"metric": "val_accuracy", "mode": "max"}, {"metric": "flops_frac", "mode": "min"}]}
+    assert load_spec("sweeps/digits_quick.yaml", flops)[0].nonzero_floor() is None

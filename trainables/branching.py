@@ -46,7 +46,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -547,6 +547,7 @@ def select_thresholds(
     low: float | None = None,
     high: float | None = None,
     caps: Mapping[str, float] | None = None,
+    floor: float | None = None,
 ) -> list[float]:
     """K thresholds spanning the proxy Pareto front, ascending; deterministic.
 
@@ -555,11 +556,19 @@ def select_thresholds(
     the front in log sparsity, so the picks spread evenly from dense-and-accurate to sparse.  With
     fewer than ``k`` front points the next Pareto layers fill in the same way; with fewer than
     ``k`` points in all, all of them.  Ties go to the more accurate point, then the smaller threshold.
+    Points that cannot make a result of their own are left out first: a mask that keeps nothing,
+    and all but the smallest threshold of each mask (an equal nonzero fraction), so a run may get
+    fewer than ``k``.
 
     ``caps`` (``{"flops_frac": 0.2}``; keys from ``SPARSITY_FRACTIONS``): the most a result may
     keep.  A point's sparsity is its result's exactly (fine-tuning holds the mask), so the ε-net
     runs over the points within every cap; only when fewer than ``k`` are within do the others
     fill in, those nearest the caps (in log ratio) first.
+
+    ``floor``: the nonzero fraction below which sparser counts for nothing more (the best end of
+    the sweep's nonzero axis).  Points sparser than it rank as if at it, so of them only the most
+    accurate can be on the front, and the ε-net does not stretch into the tail where a handful of
+    weights is left.
     """
     if k < 1:
         raise ValueError(f"k must be ≥ 1, got {k}")
@@ -573,6 +582,11 @@ def select_thresholds(
     for point in points:
         if (low is None or point.threshold >= low) and (high is None or point.threshold <= high):
             seen.setdefault(point.threshold, point)
+    seen = {p.threshold: p for p in _distinct_masks(seen.values())}
+    if floor is not None:
+        if not 0 < floor < 1:
+            raise ValueError(f"floor: a nonzero fraction in (0, 1), got {floor}")
+        seen = {t: replace(p, nonzero_frac=max(p.nonzero_frac, floor)) for t, p in seen.items()}
 
     def excess(p: ProxyPoint) -> float:
         """How far ``p`` lies beyond the caps: the largest log ratio of its fraction to a cap, or 0 within."""
@@ -584,6 +598,20 @@ def select_thresholds(
     outside = sorted((p for p in seen.values() if excess(p) > 0.0), key=lambda p: (excess(p), p.threshold))
     chosen += outside[: k - len(chosen)]
     return sorted(p.threshold for p in chosen)
+
+
+def _distinct_masks(points: Iterable[ProxyPoint]) -> list[ProxyPoint]:
+    """The points worth a branch: one per mask, and none that prunes every weight.
+
+    Thresholds of one mode on one model keep nested sets of weights, so an equal nonzero fraction
+    is the same mask and would fine-tune to the same result: the smallest threshold stands for it.
+    A mask that keeps nothing leaves a constant network, which fine-tuning (mask held) cannot revive.
+    """
+    distinct: dict[float, ProxyPoint] = {}
+    for point in sorted(points, key=lambda p: p.threshold):
+        if point.nonzero_frac != 0:
+            distinct.setdefault(point.nonzero_frac, point)  # NaN fractions never compare equal: each is kept
+    return list(distinct.values())
 
 
 def _spread_over_front(points: Iterable[ProxyPoint], k: int) -> list[ProxyPoint]:
@@ -610,11 +638,15 @@ def _spread_over_front(points: Iterable[ProxyPoint], k: int) -> list[ProxyPoint]
 
 
 def more_thresholds(
-    points: Sequence[ProxyPoint], own: float, count: int, caps: Mapping[str, float] | None = None
+    points: Sequence[ProxyPoint],
+    own: float,
+    count: int,
+    caps: Mapping[str, float] | None = None,
+    floor: float | None = None,
 ) -> list[float]:
     """``count`` thresholds for a run whose own (asked) threshold is ``own``: ``count + 1`` picks of the
     proxy, less ``own`` or else the pick nearest it (log distance), which would nearly repeat it."""
-    picks = select_thresholds(points, count + 1, caps=caps)
+    picks = select_thresholds(points, count + 1, caps=caps, floor=floor)
 
     def distance(threshold: float) -> float:
         if threshold > 0 and own > 0:
@@ -644,6 +676,7 @@ class ProxyChoice:
     threshold_mode: str = "abs"
     settings: Mapping[str, Any] = field(default_factory=dict)
     caps: Mapping[str, float] = field(default_factory=dict)  # see ``select_thresholds``
+    floor: float | None = None  # see ``select_thresholds``
     points: list[ProxyPoint] = field(default_factory=list, compare=False)
 
     @property
@@ -653,5 +686,5 @@ class ProxyChoice:
     def __call__(self, run: TrialRun) -> list[dict[str, Any]]:
         points = prune_now_proxy(run, self.grid, self.threshold_mode)
         self.points[:] = points
-        chosen = select_thresholds(points, self.k, caps=self.caps)
+        chosen = select_thresholds(points, self.k, caps=self.caps, floor=self.floor)
         return [{**self.settings, "threshold": t, "threshold_mode": self.threshold_mode} for t in chosen]

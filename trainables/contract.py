@@ -348,6 +348,14 @@ def sparsity_caps(constraints: Iterable[Constraint], region: Mapping[str, Axis] 
     return caps
 
 
+def nonzero_floor(region: Mapping[str, Axis] | None) -> float | None:
+    """The nonzero fraction below which a sparser result counts for nothing more: the best end of the
+    region's ``nonzero_frac`` axis (1e-3 by default); None without one.  Threshold branching ranks
+    sparser thresholds as if at it."""
+    axis = (region or {}).get(NONZERO_FRAC)
+    return axis.best if axis is not None and 0 < axis.best < min(axis.worst, 1) else None
+
+
 # --- a sweep folder ------------------------------------------------------------------------
 
 STATE_FILE = "state.json"
