@@ -35,21 +35,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.bench_proxy import TRIAL as PROXY_TRIAL  # noqa: E402
 from trainables.branching import ProxyChoice, run_branches, threshold_grid  # noqa: E402
 from trainables.contract import FLOPS_FRAC, NONZERO_FRAC, SPARSITY_FRACTIONS  # noqa: E402
 
-TRIAL = dict(
-    dataset="digits",
-    model="lenet300_100",
-    reg="hs",
-    optimizer="adam",
-    lr=1e-3,
-    batch_size=64,
-    val_fraction=0.2,
-    threshold_mode="abs",
-    num_threads=1,
-    device="cpu",
-)
+TRIAL = dict(PROXY_TRIAL, reg="hs")  # bench_proxy's digits trial settings, HS only
 
 
 def branch_twice(

@@ -175,9 +175,9 @@ def train_branches(
 
     Every branch ends with its own final report (``branch_index`` = its place: members first, then
     the chosen ones in the order of the ``branch_plan`` report), sent as soon as that branch
-    finished, so the ledger, MLflow and Optuna hear of it while the next branch fine-tunes.  The branch point is kept in
-    ``settings.branch_dir`` until every branch finished, so an interrupted run never retrains its
-    shared phase.
+    finished, so the ledger, MLflow and Optuna hear of it while the next branch fine-tunes.  The
+    branch point is kept in ``settings.branch_dir`` until every branch finished, so an interrupted
+    run never retrains its shared phase.
     """
     first = members[0]
     try:

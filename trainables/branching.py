@@ -35,8 +35,8 @@ Choosing thresholds by proxy.  ``prune_now_proxy(run, thresholds)`` prunes a cop
 branch-point weights at each threshold and measures validation accuracy (one pass each) and
 sparsity; ``select_thresholds(points, k)`` picks K thresholds spanning the proxy Pareto front
 (an ε-net on log nonzero fraction; within ``caps`` on the sparsity, which the prune fixes
-exactly, when the caller has them: a sweep's constraints and region); ``ProxyChoice puts both together as a ``branches``
-chooser, called once at the branch point.
+exactly, when the caller has them: a sweep's constraints and region); ``ProxyChoice`` puts both
+together as a ``branches`` chooser, called once at the branch point.
 """
 
 from __future__ import annotations
@@ -593,10 +593,10 @@ def select_thresholds(
         ratios = [math.log(max(getattr(p, metric), 1e-12) / cap) for metric, cap in caps.items()]
         return max([0.0, *(r if math.isfinite(r) else math.inf for r in ratios)])
 
-    inside = [p for p in seen.values() if excess(p) == 0.0]
-    chosen = _spread_over_front(inside, k)
-    outside = sorted((p for p in seen.values() if excess(p) > 0.0), key=lambda p: (excess(p), p.threshold))
-    chosen += outside[: k - len(chosen)]
+    beyond = {t: excess(p) for t, p in seen.items()}
+    chosen = _spread_over_front([p for t, p in seen.items() if beyond[t] == 0.0], k)
+    outside = sorted((t for t in seen if beyond[t] > 0.0), key=lambda t: (beyond[t], t))
+    chosen += [seen[t] for t in outside[: k - len(chosen)]]
     return sorted(p.threshold for p in chosen)
 
 
