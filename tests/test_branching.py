@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -330,6 +331,22 @@ def test_prune_now_proxy_is_what_pruning_there_gives():
         reference = run_trial(dict(BASE, threshold=threshold))
         assert point.val_accuracy == reference.val_accuracy_after_prune
         assert point.nonzero_frac == reference.history[2]["nonzero_frac"]
+
+
+def test_the_proxy_marks_masks_that_cut_the_input_off_and_never_picks_them():
+    """A threshold past one layer's largest weight leaves weights elsewhere (nonzero > 0) but a constant
+    network: marked, and left out of the choice, whatever its place on the front."""
+    from trainables.regularizers import prunable_weights
+
+    run = start_run(TrialConfig(**BASE))
+    assert dense(run) and regularize(run)
+    largest = [getattr(m, n).abs().max().item() for _, m, n in prunable_weights(run.model)]
+    below, past = min(largest) * 0.9, (min(largest) + max(largest)) / 2
+    alive, cut = prune_now_proxy(run, [below, past])
+    assert alive.connected and alive.nonzero_frac > cut.nonzero_frac > 0
+    assert not cut.connected
+    assert select_thresholds([alive, cut], 2) == [below]
+    assert select_thresholds([replace(alive, connected=False), cut], 2) == []
 
 
 def test_a_proxy_choice_at_the_branch_point_gives_exact_branches():

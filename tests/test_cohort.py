@@ -19,7 +19,7 @@ import math
 import pytest
 import torch
 
-from trainables.branching import select_thresholds, threshold_grid
+from trainables.branching import prune_now_proxy, select_thresholds, threshold_grid
 from trainables.cohort import (
     COHORT_SIZE_KEY,
     StackedOptimizer,
@@ -32,7 +32,7 @@ from trainables.config import ConfigError, TrialConfig, check_cohort
 from trainables.contract import STOPPED_AT_KEY, Status
 from trainables.data import load_dataset
 from trainables.models import build_model
-from trainables.pipeline import load_checkpoint, load_model, run_trial
+from trainables.pipeline import dense, load_checkpoint, load_model, regularize, run_trial, start_run
 from trainables.regularizers import model_regularization, stacked_regularization
 
 BASE = dict(dataset="digits", epochs=2, finetune_epochs=1, batch_size=128, device="cpu")
@@ -293,6 +293,26 @@ def test_members_choose_their_branches_from_their_prune_now_front():
                 assert abs(chosen.metric(key) - single.metric(key)) <= SAMPLE + 1e-12, key
             assert math.isnan(chosen.history[0]["nonzero_frac"])
             assert chosen.history[-1]["nonzero_frac"] == pytest.approx(single.history[-1]["nonzero_frac"])
+
+
+def test_a_cohort_marks_the_masks_that_cut_the_input_off_as_a_single_run_does():
+    """The vmapped proxy's ``connected`` flags equal the single run's over a grid that reaches past a layer's
+    largest weight; ``choose`` gets no cut-off point from ``select_thresholds``."""
+    seen = {}
+
+    def choose(member, points):
+        seen[member] = points
+        return [{"threshold": t} for t in select_thresholds(points, 1)]
+
+    grid = threshold_grid(0.005, 0.5, 12)
+    run_cohort_branches(MEMBERS[:1], None, choose=choose, grid=grid, chosen_per_member=1)
+    run = start_run(TrialConfig(**MEMBERS[0]))
+    assert dense(run) and regularize(run)
+    single = prune_now_proxy(run, grid)
+    assert [p.connected for p in seen[0]] == [p.connected for p in single]
+    assert any(p.connected for p in single) and any(not p.connected and p.nonzero_frac > 0 for p in single)
+    for mine, theirs in zip(seen[0], single):
+        assert abs(mine.val_accuracy - theirs.val_accuracy) <= SAMPLE + 1e-12
 
 
 def test_dense_pretraining_in_a_cohort_and_from_the_pretrain_cache(tmp_path):

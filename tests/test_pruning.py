@@ -7,6 +7,7 @@ from torch import nn
 from trainables.pruning import (
     apply_masks,
     compute_masks,
+    cut_off,
     effective_tensor,
     make_pruning_permanent,
     output_positions,
@@ -81,3 +82,24 @@ def test_projected_sparsity_with_masks_does_not_touch_model():
     report = sparsity_report(model, {"": 1}, masks)
     assert report.nonzero == 4
     assert sparsity_report(model, {"": 1}).nonzero == 7
+
+
+def test_cut_off_tells_a_constant_network_from_a_collapsed_one():
+    """One output for every input is cut off; any spread beyond rounding is not, however small the network's."""
+    same = torch.tensor([[2.0, -1.0, 0.5]]).repeat(5, 1)
+    assert cut_off(same).item()
+    barely = same.clone()
+    barely[3, 1] += 1e-3  # a collapsed network still answers its input a little
+    assert not cut_off(barely).item()
+    rounding = same.clone()
+    rounding[2, 0] = torch.nextafter(rounding[2, 0], torch.tensor(3.0))  # one float32 step: rounding between rows
+    assert cut_off(rounding).item()
+    assert cut_off(torch.stack([same, barely, rounding])).tolist() == [True, False, True]  # stacked rows
+    assert not cut_off(same[:1]).item()  # one input shows nothing
+
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    x = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert not cut_off(model(x)).item()
+        model[0].weight.zero_()  # no weight left in a layer every path crosses: the biases alone remain
+        assert cut_off(model(x)).item()

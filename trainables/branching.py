@@ -476,12 +476,17 @@ def _load_branching_checkpoint(path: str | os.PathLike, config: TrialConfig) -> 
 
 @dataclass(frozen=True)
 class ProxyPoint:
-    """What pruning at ``threshold`` right now gives, before any fine-tuning (validation data only)."""
+    """What pruning at ``threshold`` right now gives, before any fine-tuning (validation data only).
+
+    ``connected``: whether the pruned network's output still depends on its input
+    (``pruning.cut_off``); a cut-off mask is worth no branch.
+    """
 
     threshold: float
     val_accuracy: float
     nonzero_frac: float
     flops_frac: float
+    connected: bool = True
 
 
 @torch.no_grad()
@@ -496,10 +501,11 @@ def prune_now_proxy(run: TrialRun, thresholds: Sequence[float], threshold_mode: 
     include_bias = run.config.include_bias
     masks = [compute_masks(run.model, threshold, threshold_mode, include_bias=include_bias) for threshold in thresholds]
     accuracies = run.pruned_accuracies(masks)
+    cut = run.pruned_cut_off(masks)
     points = []
-    for threshold, mask, accuracy in zip(thresholds, masks, accuracies):
+    for threshold, mask, accuracy, dead in zip(thresholds, masks, accuracies, cut):
         sparsity = sparsity_report(run.model, run.positions, mask, include_bias=include_bias)
-        points.append(ProxyPoint(float(threshold), accuracy, sparsity.nonzero_frac, sparsity.flops_frac))
+        points.append(ProxyPoint(float(threshold), accuracy, sparsity.nonzero_frac, sparsity.flops_frac, not dead))
     return points
 
 
@@ -556,9 +562,9 @@ def select_thresholds(
     the front in log sparsity, so the picks spread evenly from dense-and-accurate to sparse.  With
     fewer than ``k`` front points the next Pareto layers fill in the same way; with fewer than
     ``k`` points in all, all of them.  Ties go to the more accurate point, then the smaller threshold.
-    Points that cannot make a result of their own are left out first: a mask that keeps nothing,
-    and all but the smallest threshold of each mask (an equal nonzero fraction), so a run may get
-    fewer than ``k``.
+    Points that cannot make a result of their own are left out first: a mask that cuts the input
+    off from the output (``ProxyPoint.connected`` false, or nothing kept), and all but the smallest
+    threshold of each mask (an equal nonzero fraction), so a run may get fewer than ``k``.
 
     ``caps`` (``{"flops_frac": 0.2}``; keys from ``SPARSITY_FRACTIONS``): the most a result may
     keep.  A point's sparsity is its result's exactly (fine-tuning holds the mask), so the ε-net
@@ -601,15 +607,16 @@ def select_thresholds(
 
 
 def _distinct_masks(points: Iterable[ProxyPoint]) -> list[ProxyPoint]:
-    """The points worth a branch: one per mask, and none that prunes every weight.
+    """The points worth a branch: one per mask, and none that cuts the input off from the output.
 
     Thresholds of one mode on one model keep nested sets of weights, so an equal nonzero fraction
     is the same mask and would fine-tune to the same result: the smallest threshold stands for it.
-    A mask that keeps nothing leaves a constant network, which fine-tuning (mask held) cannot revive.
+    A mask that keeps nothing, or no weight of a layer every path crosses, leaves a constant
+    network, which fine-tuning (mask held) cannot revive: it would end at chance accuracy.
     """
     distinct: dict[float, ProxyPoint] = {}
     for point in sorted(points, key=lambda p: p.threshold):
-        if point.nonzero_frac != 0:
+        if point.connected and point.nonzero_frac != 0:
             distinct.setdefault(point.nonzero_frac, point)  # NaN fractions never compare equal: each is kept
     return list(distinct.values())
 

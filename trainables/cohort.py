@@ -87,7 +87,15 @@ from trainables.pipeline import (
     resource_usage,
     write_model_file,
 )
-from trainables.pruning import Masks, SparsityReport, compute_masks, output_positions, sparsity_report
+from trainables.pruning import (
+    PROBE_SAMPLES,
+    Masks,
+    SparsityReport,
+    compute_masks,
+    cut_off,
+    output_positions,
+    sparsity_report,
+)
 from trainables.regularizers import prunable_weights, stacked_regularization
 
 COHORT_FORMAT = "hoyersweep-cohort-1"
@@ -457,6 +465,16 @@ class Cohort:
         self.sync()
         return self.evaluate(self.stored(rows, masks), self.data.val_x, self.data.val_y)
 
+    @torch.no_grad()
+    def pruned_cut_off(self, rows: Sequence[int], masks: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Whether each of ``rows`` (pruned by stacked ``masks``) gives one output whatever its input:
+        ``pruning.cut_off`` on a few validation inputs, a (K,) bool vector."""
+        self.sync()
+        logits = torch.func.vmap(self._forward, in_dims=(0, None))(
+            self.stored(rows, masks), self.data.val_x[:PROBE_SAMPLES]
+        )
+        return cut_off(logits)
+
     def masks_at(self, row: int, pair: tuple[float, str]) -> Masks:
         threshold, mode = pair
         return compute_masks(self.view(row), threshold, mode, include_bias=self.shared.include_bias)
@@ -758,7 +776,8 @@ class Cohort:
         masks = self.stacked_masks([row] * len(pairs), pairs)
         fractions = self.fractions([row] * len(pairs), masks)
         accuracy = self.validate([row] * len(pairs), masks)[0].tolist()
-        return [ProxyPoint(t, a, n, f) for (t, _), a, (n, f) in zip(pairs, accuracy, fractions)]
+        cut = self.pruned_cut_off([row] * len(pairs), masks).tolist()
+        return [ProxyPoint(t, a, n, f, not d) for (t, _), a, (n, f), d in zip(pairs, accuracy, fractions, cut)]
 
     def prune(self) -> None:
         """Prune each active row at its own threshold into its own mask (once: a no-op when pruned)."""

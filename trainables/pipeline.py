@@ -67,10 +67,12 @@ from trainables.contract import (
 from trainables.data import DatasetSplits, iterate_batches, load_dataset, random_crop_flip, random_shift
 from trainables.models import build_model
 from trainables.pruning import (
+    PROBE_SAMPLES,
     Masks,
     SparsityReport,
     apply_masks,
     compute_masks,
+    cut_off,
     make_pruning_permanent,
     output_positions,
     sparsity_report,
@@ -327,6 +329,19 @@ class TrialRun:
     def validate(self) -> tuple[float, float]:
         return self.evaluate(self.data.val_x, self.data.val_y)
 
+    def _pruned_copies(self, masks: Iterable[Masks]) -> Iterator[nn.Module]:
+        """One copy of the (unpruned) model, its prunable weights × each of ``masks`` in turn; the run is untouched."""
+        if self.masks is not None:
+            raise ValueError("the prune-now proxy needs an unpruned run (before the prune)")
+        model = copy.deepcopy(self.model)
+        weights = prunable_weights(model, include_bias=self.config.include_bias)
+        tensors = {f"{m}.{n}": getattr(module, n) for m, module, n in weights}
+        originals = {key: tensor.detach().clone() for key, tensor in tensors.items()}
+        for mask in masks:
+            for key, tensor in tensors.items():
+                tensor.copy_(originals[key] * mask[key])
+            yield model
+
     @torch.no_grad()
     def pruned_accuracies(self, masks: Iterable[Masks]) -> list[float]:
         """Validation accuracy of a copy of the (unpruned) model pruned by each of ``masks``; one pass each.
@@ -334,19 +349,17 @@ class TrialRun:
         The run is left as it is (weights, mode, RNG): the core of the prune-now proxy, shared by
         ``measure_epoch`` and ``trainables.branching.prune_now_proxy``.
         """
-        if self.masks is not None:
-            raise ValueError("the prune-now proxy needs an unpruned run (before the prune)")
-        model = copy.deepcopy(self.model)
-        include_bias = self.config.include_bias
-        weights = prunable_weights(model, include_bias=include_bias)
-        tensors = {f"{m}.{n}": getattr(module, n) for m, module, n in weights}
-        originals = {key: tensor.detach().clone() for key, tensor in tensors.items()}
-        accuracies = []
-        for mask in masks:
-            for key, tensor in tensors.items():
-                tensor.copy_(originals[key] * mask[key])
-            accuracies.append(self.evaluate(self.data.val_x, self.data.val_y, model=model)[0])
-        return accuracies
+        return [self.evaluate(self.data.val_x, self.data.val_y, model=model)[0] for model in self._pruned_copies(masks)]
+
+    @torch.no_grad()
+    def pruned_cut_off(self, masks: Iterable[Masks]) -> list[bool]:
+        """Whether each of ``masks`` cuts the input off from the output: ``pruning.cut_off`` on a few val inputs."""
+        probe = self.data.val_x[:PROBE_SAMPLES]
+        flags = []
+        for model in self._pruned_copies(masks):
+            model.eval()
+            flags.append(bool(cut_off(model(probe))))
+        return flags
 
     def begin_phase(self, phase: Phase) -> int:
         """A fresh optimizer for ``phase`` (with the restored state when resuming inside it); its first epoch."""

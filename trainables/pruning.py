@@ -93,6 +93,27 @@ def make_pruning_permanent(model: nn.Module) -> None:
                 prune.remove(module, hook._tensor_name)
 
 
+PROBE_SAMPLES = 64  # inputs a cut-off check sends through a pruned model
+CUT_OFF_RTOL = 1e-6  # logits this close (relative) on every input count as one output
+
+
+def cut_off(logits: torch.Tensor, rtol: float = CUT_OFF_RTOL) -> torch.Tensor:
+    """Whether a network gave one output whatever its input: ``(..., N, C)`` logits to ``(...)`` bools.
+
+    A mask that leaves no weight in a layer every path crosses (a LeNet's ``fc2``, a ResNet's
+    stem) cuts the input off from the output.  The pruned network is then a constant function,
+    and fine-tuning with the mask held cannot reconnect it: a masked weight gets no gradient.
+    It is told from a merely collapsed network, which fine-tuning often revives, by its output
+    alone (the largest spread over the ``N`` inputs, within ``rtol`` of the logits' scale), so
+    it needs no knowledge of the architecture.  Fewer than two inputs show nothing: never cut off.
+    """
+    if logits.shape[-2] < 2:
+        return torch.zeros(logits.shape[:-2], dtype=torch.bool, device=logits.device)
+    spread = (logits - logits[..., :1, :]).abs().amax(dim=(-2, -1))
+    scale = logits.abs().amax(dim=(-2, -1)).clamp(min=1.0)
+    return spread <= rtol * scale
+
+
 def output_positions(model: nn.Module, input_shape: tuple[int, ...], layer_types=DEFAULT_LAYER_TYPES) -> dict[str, int]:
     """Output positions per weight of every prunable layer: 1 for Linear, H_out·W_out for Conv2d.
 
