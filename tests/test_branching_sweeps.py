@@ -24,6 +24,9 @@ from trainables.contract import SHARED_RUN_TAG, tracking_uri_of
 
 ROOT = Path(__file__).resolve().parents[1]
 NONZERO_CAP = 0.3  # the worst end of the region's nonzero axis
+# Thresholds around the cap: at 3 epochs most of digits_quick's range past 0.07 cuts a layer off (no branch
+# there), and a run with too few connected points within the cap would rightly branch beyond it.
+NEAR_CAP = {"search.threshold": {"type": "float", "low": 0.02, "high": 0.08, "log": True}}
 SMALL = {"trial.epochs": 3, "trial.finetune_epochs": 1, "trial.batch_size": 256, "budget.thresholds_per_run": 4}
 
 
@@ -39,7 +42,7 @@ def configs(rows: dict[int, dict]) -> list[str]:
 @pytest.mark.parametrize("mode", ["proxy", "optuna"])
 def test_every_branch_is_a_trial_of_its_own(local_ray, tmp_path, mode):
     region = {"hypervolume.nonzero_frac": {"worst": NONZERO_CAP, "best": 1e-3, "log": True}}
-    overrides = {**SMALL, **region, "budget.num_samples": 8, "budget.branch_mode": mode}
+    overrides = {**SMALL, **region, **NEAR_CAP, "budget.num_samples": 8, "budget.branch_mode": mode}
     spec, _ = load_spec("sweeps/digits_quick.yaml", overrides)
     outcome = run_sweep(spec, storage=str(tmp_path), quiet=True)
     sweep_dir = outcome.sweep_dir
