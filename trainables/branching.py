@@ -500,10 +500,8 @@ def prune_now_proxy(run: TrialRun, thresholds: Sequence[float], threshold_mode: 
         raise ValueError("prune_now_proxy needs an unpruned run (e.g. at the branch point)")
     include_bias = run.config.include_bias
     masks = [compute_masks(run.model, threshold, threshold_mode, include_bias=include_bias) for threshold in thresholds]
-    accuracies = run.pruned_accuracies(masks)
-    cut = run.pruned_cut_off(masks)
     points = []
-    for threshold, mask, accuracy, dead in zip(thresholds, masks, accuracies, cut):
+    for threshold, mask, (accuracy, dead) in zip(thresholds, masks, run.pruned_outcomes(masks)):
         sparsity = sparsity_report(run.model, run.positions, mask, include_bias=include_bias)
         points.append(ProxyPoint(float(threshold), accuracy, sparsity.nonzero_frac, sparsity.flops_frac, not dead))
     return points

@@ -466,13 +466,10 @@ class Cohort:
         return self.evaluate(self.stored(rows, masks), self.data.val_x, self.data.val_y)
 
     @torch.no_grad()
-    def pruned_cut_off(self, rows: Sequence[int], masks: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """Whether each of ``rows`` (pruned by stacked ``masks``) gives one output whatever its input:
-        ``pruning.cut_off`` on a few validation inputs, a (K,) bool vector."""
-        self.sync()
-        logits = torch.func.vmap(self._forward, in_dims=(0, None))(
-            self.stored(rows, masks), self.data.val_x[:PROBE_SAMPLES]
-        )
+    def cut_off(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Whether each row of a stack gives one output whatever its input: ``pruning.cut_off`` on a few
+        validation inputs, a (K,) bool vector."""
+        logits = torch.func.vmap(self._forward, in_dims=(0, None))(params, self.data.val_x[:PROBE_SAMPLES])
         return cut_off(logits)
 
     def masks_at(self, row: int, pair: tuple[float, str]) -> Masks:
@@ -771,12 +768,15 @@ class Cohort:
     def proxy_points(self, row: int) -> list[ProxyPoint]:
         """What pruning row ``row`` now at each threshold of ``grid`` (its own mode) would give: one
         vmapped validation pass over every threshold (``branching.prune_now_proxy`` for a cohort row)."""
+        self.sync()
         mode = self.rows[row].config.threshold_mode
         pairs = [(threshold, mode) for threshold in self.grid]
-        masks = self.stacked_masks([row] * len(pairs), pairs)
-        fractions = self.fractions([row] * len(pairs), masks)
-        accuracy = self.validate([row] * len(pairs), masks)[0].tolist()
-        cut = self.pruned_cut_off([row] * len(pairs), masks).tolist()
+        rows = [row] * len(pairs)
+        masks = self.stacked_masks(rows, pairs)
+        fractions = self.fractions(rows, masks)
+        params = self.stored(rows, masks)
+        accuracy = self.evaluate(params, self.data.val_x, self.data.val_y)[0].tolist()
+        cut = self.cut_off(params).tolist()
         return [ProxyPoint(t, a, n, f, not d) for (t, _), a, (n, f), d in zip(pairs, accuracy, fractions, cut)]
 
     def prune(self) -> None:

@@ -352,14 +352,15 @@ class TrialRun:
         return [self.evaluate(self.data.val_x, self.data.val_y, model=model)[0] for model in self._pruned_copies(masks)]
 
     @torch.no_grad()
-    def pruned_cut_off(self, masks: Iterable[Masks]) -> list[bool]:
-        """Whether each of ``masks`` cuts the input off from the output: ``pruning.cut_off`` on a few val inputs."""
+    def pruned_outcomes(self, masks: Iterable[Masks]) -> list[tuple[float, bool]]:
+        """``pruned_accuracies`` and, in the same pass, whether each mask cuts the input off from the
+        output (``pruning.cut_off`` on a few validation inputs): what ``prune_now_proxy`` needs."""
         probe = self.data.val_x[:PROBE_SAMPLES]
-        flags = []
+        outcomes = []
         for model in self._pruned_copies(masks):
-            model.eval()
-            flags.append(bool(cut_off(model(probe))))
-        return flags
+            accuracy = self.evaluate(self.data.val_x, self.data.val_y, model=model)[0]  # leaves it in eval mode
+            outcomes.append((accuracy, bool(cut_off(model(probe)))))
+        return outcomes
 
     def begin_phase(self, phase: Phase) -> int:
         """A fresh optimizer for ``phase`` (with the restored state when resuming inside it); its first epoch."""
