@@ -143,7 +143,10 @@ def range_edge_notes(front: pd.DataFrame, spec: SweepSpec) -> list[str]:
     """One note per searched number whose value at the front's sparsest trial sits at an end of its range.
 
     The front's sparse end is what a pruning sweep is for; when it lies at the edge of a range
-    (an ``abs`` threshold range tuned at a shorter schedule, say), sparser results may lie beyond it.
+    (an ``abs`` threshold range tuned at a shorter schedule, say), the front may go on past that edge.
+    Which way is sparser is not assumed: at the top of a threshold range the results beyond are
+    sparser, at its bottom they are denser (and may be more accurate), so the note names the edge
+    and the bound to move.
     """
     sparsity = next((o.metric for o in spec.objectives if o.metric in SPARSITY_FRACTIONS and o.mode == "min"), None)
     if front.empty or sparsity is None or sparsity not in front:
@@ -159,11 +162,12 @@ def range_edge_notes(front: pd.DataFrame, spec: SweepSpec) -> list[str]:
         position = (scale(float(value)) - low) / (high - low)
         if EDGE_FRACTION < position < 1 - EDGE_FRACTION:
             continue
-        end = "top" if position > 0.5 else "bottom"
+        at_top = position > 0.5
+        end, beyond, move, bound = ("top", "above", "raise", "high") if at_top else ("bottom", "below", "lower", "low")
         notes.append(
             f"the front's sparsest trial ({int(sparsest['trial_number'])}) has {name} {float(value):.4g}, at the "
-            f"{end} of search.{name} [{param.low:g}, {param.high:g}]: sparser results may lie beyond it; "
-            "widen the range"
+            f"{end} of search.{name} [{param.low:g}, {param.high:g}]: the front may go on {beyond} it; "
+            f"{move} search.{name}.{bound}"
         )
     return notes
 

@@ -48,5 +48,8 @@ def test_a_front_whose_sparse_end_sits_at_a_range_edge_gets_a_note():
     assert "threshold 0.1, at the top of search.threshold [0.002, 0.1]" in notes[1]
     assert range_edge_notes(front.iloc[:2], spec) == []  # the sparse end inside both ranges
     low_end = front.assign(**{"param.threshold": [0.005, 0.02, 0.00201]})
-    assert "at the bottom of search.threshold" in range_edge_notes(low_end.iloc[[0, 2]], spec)[-1]
+    bottom_note = range_edge_notes(low_end.iloc[[0, 2]], spec)[-1]
+    assert "at the bottom of search.threshold" in bottom_note  # beyond the bottom is denser, not sparser
+    assert bottom_note.endswith("the front may go on below it; lower search.threshold.low")
+    assert notes[1].endswith("the front may go on above it; raise search.threshold.high")
     assert range_edge_notes(front.iloc[:0], spec) == []
