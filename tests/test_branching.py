@@ -284,6 +284,17 @@ def test_select_thresholds_spends_no_branch_on_a_repeated_mask_or_an_empty_one()
     assert select_thresholds(points, 2, caps={"nonzero_frac": 0.06}) == [0.2, 0.4]
 
 
+def test_more_thresholds_never_repeats_the_asked_thresholds_mask():
+    # 0.07 and 0.09 keep one mask, so the asked 0.08 keeps it too: the pick 0.07 would repeat its result
+    points = _points([(0.01, 0.98, 0.5), (0.03, 0.96, 0.1), (0.05, 0.93, 0.02), (0.07, 0.9, 0.01), (0.09, 0.9, 0.01)])
+    assert select_thresholds(points, 3) == [0.01, 0.03, 0.07]
+    assert more_thresholds(points, 0.08, 2) == [0.01, 0.03]
+    assert select_thresholds(points, 5) == [0.01, 0.03, 0.05, 0.07]  # 0.09 is 0.07's mask
+    assert more_thresholds(points, 0.08, 4) == [0.01, 0.03, 0.05]  # given way with no other point to take its place
+    assert more_thresholds(points, 0.08, 3) == [0.01, 0.03, 0.05]
+    assert more_thresholds(points, 0.06, 4) == [0.01, 0.03, 0.05, 0.07]  # 0.06 may differ from both: all kept
+
+
 def test_select_thresholds_keeps_within_the_sparsity_caps():
     front = [(0.01, 0.98, 0.5), (0.02, 0.97, 0.2), (0.03, 0.96, 0.1), (0.04, 0.95, 0.05), (0.05, 0.93, 0.02)]
     front += [(0.06, 0.90, 0.01), (0.07, 0.80, 0.005), (0.08, 0.60, 0.001)]
@@ -301,6 +312,10 @@ def test_select_thresholds_keeps_within_the_sparsity_caps():
     assert more_thresholds(points, 0.02, 2, caps={"nonzero_frac": 0.1}) == [0.06, 0.08]
     assert more_thresholds(points[:2], 0.01, 2) == [0.02]  # too few points: all but the asked one
     assert more_thresholds(points[:2], 0.5, 2) == [0.01, 0.02]
+    # one pick of four lies beyond the cap: it gives way, not the in-cap pick nearest the asked 0.075
+    assert select_thresholds(points, 4, caps={"nonzero_frac": 0.01}) == [0.05, 0.06, 0.07, 0.08]
+    assert more_thresholds(points, 0.075, 3, caps={"nonzero_frac": 0.01}) == [0.06, 0.07, 0.08]
+    assert more_thresholds(points, 0.075, 3) == [0.01, 0.03, 0.05]  # no caps: 0.08, the nearest, gives way
     for caps in ({"val_accuracy": 0.5}, {"nonzero_frac": 0.0}, {"flops_frac": math.nan}):
         with pytest.raises(ValueError, match="caps"):
             select_thresholds(points, 2, caps=caps)

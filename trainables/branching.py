@@ -592,16 +592,17 @@ def select_thresholds(
             raise ValueError(f"floor: a nonzero fraction in (0, 1), got {floor}")
         seen = {t: replace(p, nonzero_frac=max(p.nonzero_frac, floor)) for t, p in seen.items()}
 
-    def excess(p: ProxyPoint) -> float:
-        """How far ``p`` lies beyond the caps: the largest log ratio of its fraction to a cap, or 0 within."""
-        ratios = [math.log(max(getattr(p, metric), 1e-12) / cap) for metric, cap in caps.items()]
-        return max([0.0, *(r if math.isfinite(r) else math.inf for r in ratios)])
-
-    beyond = {t: excess(p) for t, p in seen.items()}
+    beyond = {t: _cap_excess(p, caps) for t, p in seen.items()}
     chosen = _spread_over_front([p for t, p in seen.items() if beyond[t] == 0.0], k)
     outside = sorted((t for t in seen if beyond[t] > 0.0), key=lambda t: (beyond[t], t))
     chosen += [seen[t] for t in outside[: k - len(chosen)]]
     return sorted(p.threshold for p in chosen)
+
+
+def _cap_excess(point: ProxyPoint, caps: Mapping[str, float]) -> float:
+    """How far ``point`` lies beyond ``caps``: the largest log ratio of its fraction to a cap, or 0 within."""
+    ratios = [math.log(max(getattr(point, metric), 1e-12) / cap) for metric, cap in caps.items()]
+    return max([0.0, *(r if math.isfinite(r) else math.inf for r in ratios)])
 
 
 def _distinct_masks(points: Iterable[ProxyPoint]) -> list[ProxyPoint]:
@@ -650,17 +651,45 @@ def more_thresholds(
     floor: float | None = None,
 ) -> list[float]:
     """``count`` thresholds for a run whose own (asked) threshold is ``own``: ``count + 1`` picks of the
-    proxy, less ``own`` or else the pick nearest it (log distance), which would nearly repeat it."""
+    proxy, less the one that adds least beside ``own``.
+
+    The pick that gives way, in this order: one certain to keep ``own``'s mask (``own`` itself, or
+    a pick that grid points of one nonzero fraction bracket together with ``own``), which would
+    repeat the run's own result; else the pick farthest beyond the caps, which the ε-net only took
+    for want of points within; else the pick nearest ``own`` (log distance), which would nearly
+    repeat it.  A pick with ``own``'s mask gives way even when the proxy had no more to offer.
+    """
     picks = select_thresholds(points, count + 1, caps=caps, floor=floor)
-
-    def distance(threshold: float) -> float:
-        if threshold > 0 and own > 0:
-            return abs(math.log(threshold / own))
-        return abs(threshold - own)
-
-    if picks and (own in picks or len(picks) > count):
-        picks.remove(min(picks, key=distance))
+    repeats = [t for t in picks if _same_mask(points, own, t)]
+    if repeats:
+        picks.remove(repeats[0])
+    elif len(picks) > count:
+        beyond = [t for t in picks if _cap_excess(_point_at(points, t), caps or {}) > 0.0]
+        if beyond:
+            picks.remove(max(beyond, key=lambda t: (_cap_excess(_point_at(points, t), caps or {}), t)))
+        else:
+            picks.remove(min(picks, key=lambda t: _log_distance(t, own)))
     return picks[:count]
+
+
+def _point_at(points: Sequence[ProxyPoint], threshold: float) -> ProxyPoint:
+    return next(p for p in points if p.threshold == threshold)
+
+
+def _log_distance(a: float, b: float) -> float:
+    return abs(math.log(a / b)) if a > 0 and b > 0 else abs(a - b)
+
+
+def _same_mask(points: Sequence[ProxyPoint], a: float, b: float) -> bool:
+    """Whether thresholds ``a`` and ``b`` surely keep the same weights: grid points at or outside both
+    keep one nonzero fraction, and masks of one mode on one model are nested."""
+    below = [p for p in points if p.threshold <= min(a, b)]
+    above = [p for p in points if p.threshold >= max(a, b)]
+    if not below or not above:
+        return False
+    inner = max(below, key=lambda p: p.threshold)
+    outer = min(above, key=lambda p: p.threshold)
+    return inner.nonzero_frac == outer.nonzero_frac
 
 
 def _finite(value: float) -> float:
