@@ -36,7 +36,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Container, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,10 +65,9 @@ from sweeps.spec import SpecError, SweepSpec, load_spec
 from sweeps.study import (
     BRANCH_INDEX_KEY,
     BRANCH_PLAN_KEY,
-    BRANCH_SLOTS_KEY,
-    GROUP_SLOTS_KEY,
     Member,
     StudyProposer,
+    branch_slots,
     is_own,
     members_of,
     open_study,
@@ -352,7 +351,7 @@ def train_cohort(members: list[Member], recorder: Recorder) -> None:
 
 
 def train_branching(
-    members: list[Member], group_slots: Sequence[Sequence[int]], recorder: Recorder, group: str
+    members: list[Member], slots: Mapping[int, tuple[int, int]], recorder: Recorder, group: str
 ) -> None:
     """Several regularized runs as one stack, each branching at its branch point (``run_cohort_branches``).
 
@@ -369,7 +368,6 @@ def train_branching(
     if not members:
         return
     runs = branch_runs(members, configs)
-    slots = {int(first): int(count) for first, count in group_slots}
     numbers = [m.number for m in members]
     settings = branch_settings(spec, recorder.out)
     identity = {"trial_numbers": numbers, TRIAL_NUMBER_KEY: numbers[0], "stage": BRANCHING_STAGE}
@@ -382,11 +380,11 @@ def train_branching(
 
     def choose(run: int, points: list[Any]) -> list[dict[str, Any]]:
         first = runs[run][0]
-        count = slots.get(first.number, 0)
+        count, skip = slots.get(first.number, (0, 0))
         if not count:
             return []
         own = configs[first.number].threshold
-        plan = [{"threshold": t} for t in more_thresholds(points, own, count, settings.caps, settings.floor)]
+        plan = [{"threshold": t} for t in more_thresholds(points, own, count, settings.caps, settings.floor, skip)]
         proposer.on_report(group, {TRIAL_NUMBER_KEY: first.number, BRANCH_PLAN_KEY: json.dumps(plan)})
         return plan
 
@@ -413,9 +411,9 @@ def train_branching(
             model_path=model_path,
             stop=(lambda run, metrics: rungs.stops(runs[run][0].number, metrics)) if rungs is not None else None,
             on_end=ended,
-            choose=choose if any(slots.values()) else None,
+            choose=choose if any(count for count, _ in slots.values()) else None,
             grid=settings.grid,
-            chosen_per_member=max(slots.values(), default=0),
+            chosen_per_member=max((count for count, _ in slots.values()), default=0),
         )
     except DETERMINISTIC_ERRORS as error:
         results = [[failed_result(error)] * len(run) for run in runs]
@@ -429,8 +427,7 @@ def train_group(config: Mapping[str, Any], recorder: Recorder, group: str) -> No
     """Train one handed-out group: the branching runs of a branching spec, else one cohort."""
     members = members_of(config)
     if recorder.spec.budget.thresholds_per_run > 1:
-        group_slots = config.get(GROUP_SLOTS_KEY) or [[members[0].number, int(config.get(BRANCH_SLOTS_KEY, 0))]]
-        train_branching(members, group_slots, recorder, group)
+        train_branching(members, branch_slots(config), recorder, group)
     else:
         train_cohort(members, recorder)
 

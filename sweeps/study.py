@@ -27,7 +27,11 @@ trains — one trial, the branches of one regularized run, or a cohort:
   trial are K branches of one regularized run: equal in everything but the branch settings
   (threshold, threshold_mode, finetune_epochs, finetune_lr).  ``optuna`` mode asks them all up
   front (the others with the shared part fixed); ``proxy`` mode asks one and reserves K − 1
-  budget slots that the run fills itself after its regularized phase (``branch_plan``).
+  budget slots that the run fills itself after its regularized phase (``branch_plan``).  Runs
+  whose shared parts are equal (λ = 0 with one seed, say) train the same model and would choose
+  the same thresholds, which the searcher then refuses as repeats: each gets its place among
+  such runs (``run_repeat``), and its proxy passes over the picks of the runs before it
+  (``branch_skip``), so every one of them branches where no earlier one did.
 - **Cohorts.** With ``members_per_trial`` K > 1 (``budget.cohort_size``) the K members of a Ray
   trial are asked together and train as one stacked model (``sweeps.trainable.train_cohort``).
   Interrupted members that share a checkpoint (one cohort's) are handed out together and alone,
@@ -91,7 +95,9 @@ RESUME_KEY = "resume_checkpoint"
 BRANCH_SLOTS_KEY = "branch_slots"  # proxy branching: how many more branches the Ray trial chooses itself
 BRANCH_PLAN_KEY = "branch_plan"  # a Ray trial's report of the branch settings it chose (JSON list of dicts)
 BRANCH_INDEX_KEY = "branch_index"  # which branch of its Ray trial a report belongs to (0 = the asked member)
-GROUP_SLOTS_KEY = "group_slots"  # a branching cohort: [first member's number, branch slots] of each regularized run
+BRANCH_SKIP_KEY = "branch_skip"  # proxy branching: how many of the proxy's ranked picks earlier equal runs took
+GROUP_SLOTS_KEY = "group_slots"  # a branching cohort: [first member's number, branch slots, skip] of each run
+RUN_REPEAT_ATTR = "run_repeat"  # a proxy run's first trial: how many runs with equal shared settings came before
 CONDITIONED_ASKS = 20  # tries for a branch that repeats no known configuration, before giving up on it
 PROXY_ATTR_PREFIX = "proxy_"
 MAX_DUPLICATE_ASKS = 200
@@ -120,6 +126,19 @@ class Member:
 def members_of(config: Mapping[str, Any]) -> list[Member]:
     """The members a Ray trial's config holds (branches a trial chooses itself are added by the searcher)."""
     return [Member.from_config(item) for item in config.get(MEMBERS_KEY, [])]
+
+
+def branch_slots(config: Mapping[str, Any]) -> dict[int, tuple[int, int]]:
+    """Each regularized run's (branch slots, skip) by its first member's number, from a handed-out config.
+
+    ``skip``: how many of its proxy's ranked picks earlier runs with equal shared settings took
+    (``trainables.branching.more_thresholds``); 0 for configs from before it was handed out.
+    """
+    members = members_of(config)
+    entries = config.get(GROUP_SLOTS_KEY) or (
+        [[members[0].number, config.get(BRANCH_SLOTS_KEY, 0), config.get(BRANCH_SKIP_KEY, 0)]] if members else []
+    )
+    return {int(entry[0]): (int(entry[1]), int(entry[2]) if len(entry) > 2 else 0) for entry in entries}
 
 
 SplitFn = Callable[[Mapping[str, Any]], tuple[dict[str, Any], dict[str, Any]]]
@@ -344,6 +363,7 @@ class StudyProposer:
         self._max_duplicate_asks = max_duplicate_asks
         self._on_member = on_member  # called as each member is handed out; returns user attrs for its trial
         self._startup = startup
+        self._skips: dict[int, int] = {}  # a proxy run's first member → the proxy picks it passes over
 
         trials = study.get_trials(deepcopy=False)
         self._known: dict[str, FrozenTrial | optuna.Trial] = {}  # config key → the trial that holds it
@@ -353,6 +373,12 @@ class StudyProposer:
         own = [t for t in trials if is_own(t)]
         self._results_before = sum(t.state in FINISHED_STATES for t in own)
         self._adoptable = [t for t in own if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+        self._repeats: dict[str, int] = {}  # shared key → proxy runs with those shared settings so far
+        if self._branching is not None:
+            for trial in own:
+                if RUN_REPEAT_ATTR in trial.user_attrs:
+                    key = self._branching.shared_key(trial.params)
+                    self._repeats[key] = max(self._repeats.get(key, 0), int(trial.user_attrs[RUN_REPEAT_ATTR]) + 1)
         self._startup_points = sum(STARTUP_POINT_ATTR in t.user_attrs for t in trials)  # design points used
         self._budget = budget
         self._issued = 0
@@ -396,7 +422,11 @@ class StudyProposer:
             config[BRANCH_SLOTS_KEY] = slots
         if groups:
             self._group_slots[trial_id] = {group[0].number: group_slots for group, group_slots in groups}
-            config[GROUP_SLOTS_KEY] = [[group[0].number, group_slots] for group, group_slots in groups]
+            config[GROUP_SLOTS_KEY] = [
+                [group[0].number, group_slots, self._skips.pop(group[0].number, 0)] for group, group_slots in groups
+            ]
+        elif slots:
+            config[BRANCH_SKIP_KEY] = self._skips.pop(members[0].number, 0)
         return config
 
     def on_report(self, trial_id: str, result: Mapping[str, Any]) -> None:
@@ -497,6 +527,7 @@ class StudyProposer:
             return [], 0
         members = [Member(first.number, dict(first.params))]
         if branching.mode == "proxy":
+            self._skips[first.number] = self._repeat(first) * branching.per_run
             return members, count - 1
         shared = branching.split(first.params)[0]
         while len(members) < count:
@@ -505,6 +536,15 @@ class StudyProposer:
                 break
             members.append(Member(trial.number, dict(trial.params)))
         return members, 0
+
+    def _repeat(self, first: optuna.Trial) -> int:
+        """How many proxy runs with ``first``'s shared settings came before it (kept on its trial)."""
+        assert self._branching is not None
+        key = self._branching.shared_key(first.params)
+        repeat = self._repeats.get(key, 0)
+        self._repeats[key] = repeat + 1
+        first.set_user_attr(RUN_REPEAT_ATTR, repeat)
+        return repeat
 
     def propose_branch_groups(self, count: int) -> list[tuple[list[Member], int]]:
         """A branching cohort: up to ``count`` regularized runs (``propose_branches`` each) and their slots.

@@ -38,9 +38,8 @@ from sweeps.scheduler import RungChannel
 from sweeps.searcher import (
     BRANCH_INDEX_KEY,
     BRANCH_PLAN_KEY,
-    BRANCH_SLOTS_KEY,
-    GROUP_SLOTS_KEY,
     Member,
+    branch_slots,
     members_of,
 )
 from trainables import TrialConfig, run_trial
@@ -169,9 +168,16 @@ def train_member(
 
 
 def train_branches(
-    members: list[Member], slots: int, fixed: dict[str, Any], checkpoint_interval_s: float, settings: BranchSettings
+    members: list[Member],
+    slots: int,
+    fixed: dict[str, Any],
+    checkpoint_interval_s: float,
+    settings: BranchSettings,
+    skip: int = 0,
 ) -> None:
     """Train one regularized run and its branches: the members, plus ``slots`` more chosen by the proxy.
+
+    ``skip``: the proxy's ranked picks that earlier runs with equal shared settings took (``more_thresholds``).
 
     Every branch ends with its own final report (``branch_index`` = its place: members first, then
     the chosen ones in the order of the ``branch_plan`` report), sent as soon as that branch
@@ -212,7 +218,7 @@ def train_branches(
         def chooser(run: Any) -> list[dict[str, Any]]:
             """At the branch point: ``slots`` more thresholds spanning the prune-now front, reported as the plan."""
             points = prune_now_proxy(run, settings.grid, config.threshold_mode)
-            chosen = more_thresholds(points, config.threshold, slots, settings.caps, settings.floor)
+            chosen = more_thresholds(points, config.threshold, slots, settings.caps, settings.floor, skip)
             plan = [{"threshold": t} for t in chosen]
             tune.report({TRIAL_NUMBER_KEY: first.number, BRANCH_PLAN_KEY: json.dumps(plan)})
             return [*branches, *({**branches[0], **entry} for entry in plan)]
@@ -369,7 +375,7 @@ def _valid_configs(members: list[Member], fixed: dict[str, Any]) -> dict[int, Tr
 
 def train_branching_cohort(
     members: list[Member],
-    group_slots: list[list[int]],
+    slots: dict[int, tuple[int, int]],
     fixed: dict[str, Any],
     checkpoint_interval_s: float,
     settings: BranchSettings,
@@ -378,9 +384,10 @@ def train_branching_cohort(
     """A branching cohort: several regularized runs as one stack, each branching at its branch point.
 
     Members that agree on everything but the branch settings are one run (``trainables.config.
-    split_branch_settings``), its first member first; ``group_slots`` pairs each run's first
-    member with the branches it chooses itself (proxy mode: from its prune-now front over
-    ``settings.grid``, reported as its ``branch_plan``, which the searcher turns into trials).
+    split_branch_settings``), its first member first; ``slots`` (``branch_slots``) gives each run's
+    first member the branches it chooses itself and the proxy picks it passes over (proxy mode:
+    from its prune-now front over ``settings.grid``, reported as its ``branch_plan``, which the
+    searcher turns into trials).
     Reports and final results name their run (``shared_run``) and branch (``branch_index``), as
     ``train_branches``' do; the rung channel ranks whole runs.  A checkpoint is used to resume
     only when it holds exactly the members handed out (otherwise the cohort starts afresh: a
@@ -391,7 +398,6 @@ def train_branching_cohort(
     if not members:
         return
     groups = branch_runs(members, configs)
-    slots = {int(first): int(count) for first, count in group_slots}
     numbers = [m.number for m in members]
     reporter = cohort_reporter(checkpoint_interval_s, numbers, BRANCHING_COHORT_STAGE)
 
@@ -409,11 +415,11 @@ def train_branching_cohort(
 
     def choose(run: int, points: list[Any]) -> list[dict[str, Any]]:
         first = groups[run][0]
-        count = slots.get(first.number, 0)
+        count, skip = slots.get(first.number, (0, 0))
         if not count:
             return []
         own = configs[first.number].threshold
-        plan = [{"threshold": t} for t in more_thresholds(points, own, count, settings.caps, settings.floor)]
+        plan = [{"threshold": t} for t in more_thresholds(points, own, count, settings.caps, settings.floor, skip)]
         tune.report({TRIAL_NUMBER_KEY: first.number, BRANCH_PLAN_KEY: json.dumps(plan)})
         return plan
 
@@ -447,9 +453,9 @@ def train_branching_cohort(
                 model_path=model_path,
                 stop=(lambda run, metrics: stop.stops(groups[run][0].number, metrics)) if stop is not None else None,
                 on_end=ended,
-                choose=choose if any(slots.values()) else None,
+                choose=choose if any(count for count, _ in slots.values()) else None,
                 grid=settings.grid,
-                chosen_per_member=max(slots.values(), default=0),
+                chosen_per_member=max((count for count, _ in slots.values()), default=0),
             )
         except DETERMINISTIC_ERRORS as error:
             results = [[failed_result(error)] * len(group) for group in groups]
@@ -475,12 +481,12 @@ def deephoyer_trainable(
     member otherwise trains on its own (``train_member``).
     """
     members = members_of(config)
+    slots = branch_slots(config)
     if branching is not None and cohorts:
-        train_branching_cohort(
-            members, config.get(GROUP_SLOTS_KEY) or [], fixed, checkpoint_interval_s, branching, stop
-        )
+        train_branching_cohort(members, slots, fixed, checkpoint_interval_s, branching, stop)
     elif branching is not None:
-        train_branches(members, int(config.get(BRANCH_SLOTS_KEY, 0)), fixed, checkpoint_interval_s, branching)
+        count, skip = slots.get(members[0].number, (0, 0)) if members else (0, 0)
+        train_branches(members, count, fixed, checkpoint_interval_s, branching, skip)
     elif cohorts or len(members) > 1:
         train_cohort(members, fixed, checkpoint_interval_s, models_dir, stop)
     else:

@@ -211,6 +211,19 @@ def test_branching_cohorts_choose_their_branches_and_count_every_branch(tmp_path
     assert all(Path(row["model_file"]).name.startswith(f"run-{row['shared_run']:04d}-branch-") for row in rows)
 
 
+def test_lambda_zero_runs_branch_where_the_run_before_did_not(tmp_path, capsys):
+    """Only the threshold searched (λ = 0, one seed): both runs train one model, yet no chosen branch
+    repeats the other run's, so two runs fill the budget (a repeat would be refused and cost a third)."""
+    out = tmp_path / "magnitude"
+    search = "search={threshold: {type: float, low: 1.0e-3, high: 0.2, log: true}}"
+    flags = ["--set", "trial.reg=none", "trial.strength=0", search, "budget.thresholds_per_run=4"]
+    assert asktell.main(driver(out, *flags, "--num-samples", "8")) == 0
+    rows = read_ledger(out / "results.jsonl")
+    assert len(rows) == 8 and len({row["param.threshold"] for row in rows}) == 8
+    assert len({row["shared_run"] for row in rows}) == 2
+    assert "repeated" not in capsys.readouterr().out
+
+
 def test_moasha_ranks_a_member_out_in_process_while_its_cohort_mates_go_on(tmp_path):
     """``scheduler: moasha`` without Ray: the rung state lives in the driver, in ``scheduler.json``."""
     spec_file = tmp_path / "cohort_moasha.yaml"

@@ -15,6 +15,7 @@ from trainables.branching import (
     pareto_layers,
     projected_fractions,
     prune_now_proxy,
+    ranked_thresholds,
     run_branches,
     select_thresholds,
     threshold_grid,
@@ -293,6 +294,18 @@ def test_more_thresholds_never_repeats_the_asked_thresholds_mask():
     assert more_thresholds(points, 0.08, 4) == [0.01, 0.03, 0.05]  # given way with no other point to take its place
     assert more_thresholds(points, 0.08, 3) == [0.01, 0.03, 0.05]
     assert more_thresholds(points, 0.06, 4) == [0.01, 0.03, 0.05, 0.07]  # 0.06 may differ from both: all kept
+
+
+def test_runs_of_one_model_branch_where_the_runs_before_them_did_not():
+    # λ = 0 with one seed: two runs, one model, one proxy front; the second passes over the first's picks
+    points = _points([(0.01 * i, 1.0 - 0.05 * i, 0.5**i) for i in range(1, 11)])
+    ranked = ranked_thresholds(points, 10)
+    assert ranked[:4] == ranked_thresholds(points, 4) and sorted(ranked[:4]) == select_thresholds(points, 4)
+    first = more_thresholds(points, 0.055, 3)
+    second = more_thresholds(points, 0.035, 3, skip=4)
+    assert len(first) == len(second) == 3 and not set(first) & set(second)
+    assert set(second) <= set(ranked[4:8])
+    assert more_thresholds(points, 0.035, 3, skip=9) == [ranked[9]]  # what is left
 
 
 def test_select_thresholds_keeps_within_the_sparsity_caps():

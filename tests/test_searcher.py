@@ -249,6 +249,35 @@ def test_proxy_branching_records_the_branches_a_run_chose(tmp_path):
     assert study.trials[members[1].number].params["threshold"] == 0.002
 
 
+def test_proxy_runs_with_equal_shared_settings_pass_over_each_others_picks(tmp_path):
+    """λ = 0 with one seed: every run trains the same model, so the n-th skips the picks of the n before it."""
+    from sweeps.searcher import Branching, branch_slots
+    from sweeps.study import RUN_REPEAT_ATTR
+
+    threshold_only = {"threshold": BRANCH_SPACE["threshold"]}
+    study, storage = make_study(tmp_path)
+    branching = Branching(per_run=3, mode="proxy", split=split_threshold)
+    searcher = searcher_for(study, storage, threshold_only, budget=12, branching=branching)
+    configs = [searcher.suggest(name) for name in ("a", "b")]
+    assert [branch_slots(c) for c in configs] == [{0: (2, 0)}, {1: (2, 3)}]
+    assert [study.trials[n].user_attrs[RUN_REPEAT_ATTR] for n in (0, 1)] == [0, 1]
+
+    study, storage = make_study(tmp_path)  # a new driver counts the runs the study holds
+    again = searcher_for(study, storage, threshold_only, budget=12, branching=branching)
+    adopted = again.suggest("c")  # the interrupted runs, continued as one (equal shared settings): no slots
+    assert [m.number for m in members_of(adopted)] == [0, 1] and branch_slots(adopted) == {0: (0, 0)}
+    assert list(branch_slots(again.suggest("d")).values()) == [(2, 6)]
+
+    # a branching cohort of such runs: each run of the stack its own skip
+    study, storage = make_study(tmp_path, name="cohort")
+    cohort = searcher_for(study, storage, threshold_only, budget=9, branching=branching, members_per_trial=2)
+    assert sorted(branch_slots(cohort.suggest("f")).values()) == [(2, 0), (2, 3)]
+    # runs whose shared settings differ train different models: nothing to pass over
+    study, storage = make_study(tmp_path, name="strengths")
+    varied = searcher_for(study, storage, BRANCH_SPACE, budget=9, branching=branching)
+    assert [next(iter(branch_slots(varied.suggest(n)).values())) for n in ("g", "h")] == [(2, 0), (2, 0)]
+
+
 def test_an_interrupted_cohort_is_handed_out_together_and_alone(tmp_path):
     """Members of one interrupted cohort (one checkpoint) continue as one Ray trial, without new members;
     interrupted members without a checkpoint start a cohort topped up with new asks."""

@@ -574,6 +574,21 @@ def select_thresholds(
     accurate can be on the front, and the ε-net does not stretch into the tail where a handful of
     weights is left.
     """
+    return sorted(ranked_thresholds(points, k, low, high, caps, floor))
+
+
+def ranked_thresholds(
+    points: Sequence[ProxyPoint],
+    k: int,
+    low: float | None = None,
+    high: float | None = None,
+    caps: Mapping[str, float] | None = None,
+    floor: float | None = None,
+) -> list[float]:
+    """``select_thresholds``' picks in the order they were picked, best first.
+
+    The order does not depend on ``k``: the first ``k`` picks of ``k + n`` are the ``k`` picks.
+    """
     if k < 1:
         raise ValueError(f"k must be ≥ 1, got {k}")
     caps = dict(caps or {})
@@ -596,7 +611,7 @@ def select_thresholds(
     chosen = _spread_over_front([p for t, p in seen.items() if beyond[t] == 0.0], k)
     outside = sorted((t for t in seen if beyond[t] > 0.0), key=lambda t: (beyond[t], t))
     chosen += [seen[t] for t in outside[: k - len(chosen)]]
-    return sorted(p.threshold for p in chosen)
+    return [p.threshold for p in chosen]
 
 
 def _cap_excess(point: ProxyPoint, caps: Mapping[str, float]) -> float:
@@ -649,9 +664,15 @@ def more_thresholds(
     count: int,
     caps: Mapping[str, float] | None = None,
     floor: float | None = None,
+    skip: int = 0,
 ) -> list[float]:
     """``count`` thresholds for a run whose own (asked) threshold is ``own``: ``count + 1`` picks of the
-    proxy, less the one that adds least beside ``own``.
+    proxy, less the one that adds least beside ``own``; ascending.
+
+    ``skip``: how many of the proxy's ranked picks (``ranked_thresholds``) to pass over first.
+    Runs with equal shared settings train the same model, so their proxies rank the same points:
+    the n-th such run passes over the picks of the n before it (``skip`` = n × its picks per run)
+    and branches where none of them did.
 
     The pick that gives way, in this order: one certain to keep ``own``'s mask (``own`` itself, or
     a pick that grid points of one nonzero fraction bracket together with ``own``), which would
@@ -659,7 +680,7 @@ def more_thresholds(
     for want of points within; else the pick nearest ``own`` (log distance), which would nearly
     repeat it.  A pick with ``own``'s mask gives way even when the proxy had no more to offer.
     """
-    picks = select_thresholds(points, count + 1, caps=caps, floor=floor)
+    picks = sorted(ranked_thresholds(points, skip + count + 1, caps=caps, floor=floor)[skip:])
     repeats = [t for t in picks if _same_mask(points, own, t)]
     if repeats:
         picks.remove(repeats[0])
