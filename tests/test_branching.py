@@ -322,7 +322,11 @@ def test_select_thresholds_keeps_within_the_sparsity_caps():
     assert select_thresholds(points, 2, caps={"nonzero_frac": 1e-4}) == [0.07, 0.08]
     assert more_thresholds(points, 0.03, 2, caps={"nonzero_frac": 0.1}) == [0.06, 0.08]  # beside the asked one
     assert more_thresholds(points, 0.055, 2, caps={"nonzero_frac": 0.1}) == [0.03, 0.08]  # the nearest gives way
-    assert more_thresholds(points, 0.02, 2, caps={"nonzero_frac": 0.1}) == [0.06, 0.08]
+    # the asked 0.02 keeps 20 %, beyond the cap: its result adds nothing within, so 0.03 (in-cap, most
+    # accurate) stays and the last-ranked pick gives way
+    assert ranked_thresholds(points, 3, caps={"nonzero_frac": 0.1}) == [0.03, 0.08, 0.06]
+    assert more_thresholds(points, 0.02, 2, caps={"nonzero_frac": 0.1}) == [0.03, 0.08]
+    assert more_thresholds(points, 0.035, 2, caps={"nonzero_frac": 0.1}) == [0.06, 0.08]  # maybe within: nearest
     assert more_thresholds(points[:2], 0.01, 2) == [0.02]  # too few points: all but the asked one
     assert more_thresholds(points[:2], 0.5, 2) == [0.01, 0.02]
     # one pick of four lies beyond the cap: it gives way, not the in-cap pick nearest the asked 0.075

@@ -677,20 +677,32 @@ def more_thresholds(
     The pick that gives way, in this order: one certain to keep ``own``'s mask (``own`` itself, or
     a pick that grid points of one nonzero fraction bracket together with ``own``), which would
     repeat the run's own result; else the pick farthest beyond the caps, which the ε-net only took
-    for want of points within; else the pick nearest ``own`` (log distance), which would nearly
-    repeat it.  A pick with ``own``'s mask gives way even when the proxy had no more to offer.
+    for want of points within; else, when ``own`` surely lies beyond the caps, the last-ranked
+    pick (``own``'s result adds nothing within them, so the pick nearest it is no repeat); else
+    the pick nearest ``own`` (log distance), which would nearly repeat it.  A pick with ``own``'s
+    mask gives way even when the proxy had no more to offer.
     """
-    picks = sorted(ranked_thresholds(points, skip + count + 1, caps=caps, floor=floor)[skip:])
+    caps = caps or {}
+    picks = ranked_thresholds(points, skip + count + 1, caps=caps, floor=floor)[skip:]
     repeats = [t for t in picks if _same_mask(points, own, t)]
     if repeats:
         picks.remove(repeats[0])
     elif len(picks) > count:
-        beyond = [t for t in picks if _cap_excess(_point_at(points, t), caps or {}) > 0.0]
+        beyond = [t for t in picks if _cap_excess(_point_at(points, t), caps) > 0.0]
         if beyond:
-            picks.remove(max(beyond, key=lambda t: (_cap_excess(_point_at(points, t), caps or {}), t)))
+            picks.remove(max(beyond, key=lambda t: (_cap_excess(_point_at(points, t), caps), t)))
+        elif _surely_beyond(points, own, caps):
+            picks.pop()  # the run's own result adds nothing within the caps: the last-ranked pick gives way
         else:
             picks.remove(min(picks, key=lambda t: _log_distance(t, own)))
-    return picks[:count]
+    return sorted(picks[:count])
+
+
+def _surely_beyond(points: Sequence[ProxyPoint], own: float, caps: Mapping[str, float]) -> bool:
+    """Whether threshold ``own`` keeps more than ``caps`` allow: a grid point at or past it (a mask
+    it contains, since masks of one mode on one model are nested) already does."""
+    sparser = [p for p in points if p.threshold >= own]
+    return bool(caps and sparser) and _cap_excess(min(sparser, key=lambda p: p.threshold), caps) > 0.0
 
 
 def _point_at(points: Sequence[ProxyPoint], threshold: float) -> ProxyPoint:
