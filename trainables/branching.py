@@ -684,13 +684,16 @@ def more_thresholds(
     """
     caps = caps or {}
     picks = ranked_thresholds(points, skip + count + 1, caps=caps, floor=floor)[skip:]
+    at: dict[float, ProxyPoint] = {}
+    for point in points:
+        at.setdefault(point.threshold, point)  # the point a pick stands for, as ``ranked_thresholds`` took it
+    excess = {t: _cap_excess(at[t], caps) for t in picks}
     repeats = [t for t in picks if _same_mask(points, own, t)]
     if repeats:
         picks.remove(repeats[0])
     elif len(picks) > count:
-        beyond = [t for t in picks if _cap_excess(_point_at(points, t), caps) > 0.0]
-        if beyond:
-            picks.remove(max(beyond, key=lambda t: (_cap_excess(_point_at(points, t), caps), t)))
+        if any(excess[t] > 0.0 for t in picks):
+            picks.remove(max(picks, key=lambda t: (excess[t], t)))
         elif _surely_beyond(points, own, caps):
             picks.pop()  # the run's own result adds nothing within the caps: the last-ranked pick gives way
         else:
@@ -703,10 +706,6 @@ def _surely_beyond(points: Sequence[ProxyPoint], own: float, caps: Mapping[str, 
     it contains, since masks of one mode on one model are nested) already does."""
     sparser = [p for p in points if p.threshold >= own]
     return bool(caps and sparser) and _cap_excess(min(sparser, key=lambda p: p.threshold), caps) > 0.0
-
-
-def _point_at(points: Sequence[ProxyPoint], threshold: float) -> ProxyPoint:
-    return next(p for p in points if p.threshold == threshold)
 
 
 def _log_distance(a: float, b: float) -> float:
