@@ -21,7 +21,7 @@ import torch
 from sweeps.spec import FloatParam, SweepSpec
 from sweeps.study import Member
 from trainables.branching import threshold_grid
-from trainables.config import ConfigError, TrialConfig, split_branch_settings
+from trainables.config import BRANCH_SETTINGS, ConfigError, TrialConfig, split_branch_settings
 from trainables.contract import BRANCH_POINTS_DIR, MODELS_DIR, PRETRAIN_CACHE_DIR, Status, TrialResult
 from trainables.data import DataError
 
@@ -129,6 +129,28 @@ class BranchSettings:
     caps: Mapping[str, float] = field(default_factory=dict)  # proxy mode: branch within these (spec.sparsity_caps)
     floor: float | None = None  # proxy mode: sparser than this counts no more (spec.nonzero_floor)
     models_dir: str | None = None  # <sweep>/models, when trials keep their models
+    repeatable: bool = False  # runs may share their shared settings: see ``shared_phase_repeats``
+
+
+def shared_phase_repeats(spec: SweepSpec) -> bool:
+    """Whether regularized runs of ``spec`` can share their shared settings (those before the prune).
+
+    So when no continuous setting outside ``BRANCH_SETTINGS`` is searched (λ = 0 with one seed, or a
+    choice of regularizers): then a run's branch point may serve a later run, so it stays in
+    ``<sweep>/branch_points`` until the sweep completes, not only until that run's branches finished.
+    A searched float (λ, lr) makes equal shared settings a chance that never comes.
+    """
+    return not any(isinstance(param, FloatParam) and name not in BRANCH_SETTINGS for name, param in spec.search.items())
+
+
+def clear_branch_points(spec: SweepSpec, sweep_dir: Path) -> None:
+    """At a sweep's completion: remove the branch points kept for later runs (``shared_phase_repeats``),
+    unless ``keep_branch_points``."""
+    folder = sweep_dir / BRANCH_POINTS_DIR
+    if spec.keep_branch_points or not folder.is_dir():
+        return
+    for path in [*folder.glob("*.pt"), *folder.glob("*.lock")]:
+        path.unlink(missing_ok=True)
 
 
 def branch_point_path(settings: BranchSettings, shared: dict[str, Any]) -> Path:
@@ -151,4 +173,5 @@ def branch_settings(spec: SweepSpec, sweep_dir: Path) -> BranchSettings | None:
         models_dir=models_dir(spec, sweep_dir),
         caps=spec.sparsity_caps(),
         floor=spec.nonzero_floor(),
+        repeatable=shared_phase_repeats(spec),
     )

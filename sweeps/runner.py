@@ -42,7 +42,7 @@ from sweeps.folder import (
     verify_records,
 )
 from sweeps.interrupt import Interrupt
-from sweeps.plan import branch_settings, fixed_settings, models_dir
+from sweeps.plan import branch_settings, clear_branch_points, fixed_settings, models_dir
 from sweeps.progress import Progress, SweepOutcome, failure_counts, print_summary
 from sweeps.recorder import (
     ProcessRecorder,
@@ -509,6 +509,8 @@ def finalize_sweep(
     complete = bool(state.exhausted) or len(own_trials(study, FINISHED_STATES)) >= spec.budget.num_samples
     tracker.log_parent(sweep_progress(spec, front), step=len(rows))
     knee_uri = publish_models(spec, state, tracker, front) if complete else None
+    if complete:
+        clear_branch_points(spec, sweep_dir)
     attach_report(sweep_dir, tracker)
     if knee_uri and not quiet:
         print(f"[{state.name}] knee model registered: {knee_uri}", flush=True)

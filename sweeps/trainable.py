@@ -256,8 +256,9 @@ def train_branches(
             results = [failed_result(error)] * max(len(members), 1)
     for index, result in enumerate(results):  # after an error: the branches that had not finished
         ended(index, result)
-    if not settings.keep:
+    if not (settings.keep or settings.repeatable):  # a repeatable point waits for the sweep's end (runner)
         point.unlink(missing_ok=True)
+        point.with_suffix(".lock").unlink(missing_ok=True)
 
 
 COHORT_STAGE = "cohort"  # the stage of a cohort's checkpoints (their identity also lists every member's params)

@@ -2,6 +2,7 @@
 
 import json
 import math
+import threading
 from dataclasses import replace
 
 import pytest
@@ -192,6 +193,33 @@ def test_a_branch_point_file_spares_the_shared_phase(tmp_path, branched):
     assert [comparable(r) for r in resumed] == [comparable(r) for r in reference]
     with pytest.raises(ConfigError, match="strength"):  # a branch point of another regularized run is refused
         run_branches(dict(BASE, strength=1e-3), BRANCHES, branch_point=point)
+
+
+def test_runs_that_share_a_branch_point_at_once_train_the_shared_phase_once(tmp_path, branched):
+    """Two runs with equal shared settings start together: one trains, the other waits and adopts."""
+    reference, _ = branched
+    point = tmp_path / "branch_point.pt"
+    start = threading.Barrier(2)
+    results = {}
+
+    def run(index: int) -> None:
+        start.wait()
+        (results[index],) = run_branches(BASE, [BRANCHES[index]], branch_point=point)
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    (trained,) = [i for i in (0, 1) if results[i].resumed_from_epoch is None]
+    (adopted,) = [i for i in (0, 1) if results[i].resumed_from_epoch == 3]
+    assert comparable(results[trained]) == comparable(reference[trained])
+    # the adopter's result is the independent one's; its shared epochs lack the projections at its own
+    # threshold, which only the run that trained them could have measured (the doc says so)
+    body, expected = comparable(results[adopted]), comparable(reference[adopted])
+    assert {**body, "history": None} == {**expected, "history": None}
+    assert body["history"][2]["epoch"] == 3 and body["history"][2:] == expected["history"][2:]  # exact from the point
+    assert math.isnan(body["history"][0]["nonzero_frac"])
 
 
 def test_checkpoints_of_the_two_kinds_are_not_mixed_up(tmp_path):

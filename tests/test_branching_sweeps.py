@@ -121,3 +121,27 @@ def test_an_interrupted_branching_sweep_resumes_without_retraining_a_shared_phas
         if shared in shared_done:
             assert not [r for r in reports if r.get("phase") == "train"], result_file
     assert not list((sweep_dir / "branch_points").glob("*.pt"))
+
+
+def test_runs_with_one_shared_phase_train_it_once(local_ray, tmp_path):
+    """λ = 0 with only the threshold searched: every run trains the same model.  One trains it; the
+    other, waiting for it when both start at once, adopts its branch point and trains no epoch of its
+    own before the prune.  The point is kept for later runs until the sweep completes, then removed."""
+    search = {"threshold": {"type": "float", "low": 1e-3, "high": 0.2, "log": True}}
+    overrides = {**SMALL, "trial.reg": "none", "trial.strength": 0.0, "search": search, "budget.num_samples": 8}
+    spec, _ = load_spec("sweeps/digits_quick.yaml", overrides)
+    outcome = run_sweep(spec, storage=str(tmp_path), quiet=True)
+    sweep_dir = outcome.sweep_dir
+    rows = ResultsLedger(sweep_dir / "results.jsonl").rows
+    assert outcome.ok == 8 and len({row["param.threshold"] for row in rows.values()}) == 8
+    resumed_at: dict[int, set] = {}
+    for row in rows.values():
+        resumed_at.setdefault(row["shared_run"], set()).add(row["resumed_from_epoch"])
+    # one run trained the shared phase; the other started at its branch point (epoch 3)
+    assert sorted(resumed_at.values(), key=str) == [{3}, {None}], resumed_at
+    trained = []
+    for result_file in (sweep_dir / "ray" / "run-1").glob("*/result.json"):
+        reports = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+        trained.append(sum(r.get("phase") == "train" for r in reports))
+    assert sorted(trained) == [0, 3], trained
+    assert not list((sweep_dir / "branch_points").iterdir())  # kept for later runs, removed at completion

@@ -29,7 +29,10 @@ phase, or inside branch i with branches < i already finished; their stored resul
 returned again, so nothing is lost whatever the caller recorded.  ``skip`` names branch indices
 the caller already holds results for: they are neither run nor returned (None in their place).
 ``branch_point=path`` saves the branch point there; a later call that finds it never retrains
-the shared phase.
+the shared phase, and one that comes while another is training it (a run with equal shared
+settings: the branch point's name should say so) waits for it (a lock on ``<path>.lock``) and
+adopts it.  An adopted point brings the shared phase's projections at the pairs its writer
+tracked; the adopter's other pairs read NaN there, except at the branch point itself.
 
 Choosing thresholds by proxy.  ``prune_now_proxy(run, thresholds)`` prunes a copy of the
 branch-point weights at each threshold and measures validation accuracy (one pass each) and
@@ -71,6 +74,7 @@ from trainables.pipeline import (
     TrialState,
     _atomic_save,
     dense,
+    exclusive_lock,
     finish,
     load_checkpoint,
     regularize,
@@ -432,18 +436,16 @@ def run_branches(
         if driver.branches is not None and driver.branches != stored:
             raise ConfigError("resume_from was written for other branches; pass the same list (and skip finished ones)")
         driver.branches = [dict(b) for b in stored]
-    elif branch_point is not None and Path(branch_point).exists():
-        point = load_branch_point(branch_point)
-        _check_same_shared(point.config, config, f"branch point {branch_point}")
-        driver.adopt(point)
+    elif branch_point is None:
+        _train_shared(driver, base, saved)
     else:
-        if saved is not None:
-            base.restore(saved["run"])
-            driver.projections = list(saved["projections"])
-        diverged = not (dense(base) and regularize(base))
-        driver.point = driver.snapshot(base, diverged)
-        if branch_point is not None and not diverged:
-            _atomic_save(driver.point.payload(), Path(branch_point))
+        with exclusive_lock(branch_point):  # a run with equal shared settings that is at it now: wait, then adopt
+            if Path(branch_point).exists():
+                point = load_branch_point(branch_point)
+                _check_same_shared(point.config, config, f"branch point {branch_point}")
+                driver.adopt(point)
+            elif _train_shared(driver, base, saved):
+                _atomic_save(driver.point.payload(), Path(branch_point))
     if driver.branches is None:
         driver.branches = [dict(b) for b in branches(base)]
 
@@ -461,6 +463,17 @@ def run_branches(
         if on_end is not None:
             on_end(index, driver.results[index])
     return results
+
+
+def _train_shared(driver: _Driver, base: TrialRun, saved: Mapping[str, Any] | None) -> bool:
+    """Train the dense + regularized phase (from ``saved``'s run, if any) and keep the branch point;
+    False when it diverged."""
+    if saved is not None:
+        base.restore(saved["run"])
+        driver.projections = list(saved["projections"])
+    diverged = not (dense(base) and regularize(base))
+    driver.point = driver.snapshot(base, diverged)
+    return not diverged
 
 
 def _load_branching_checkpoint(path: str | os.PathLike, config: TrialConfig) -> dict[str, Any]:

@@ -734,19 +734,28 @@ def _save_pretrain_cache(run: TrialRun) -> None:
 
 
 @contextlib.contextmanager
-def _pretrain_lock(config: TrialConfig) -> Iterator[None]:
-    """Hold an exclusive file lock on the pretrain cache entry, so concurrent trials pretrain once."""
-    path = _pretrain_cache_path(config)
-    if path is None:
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as handle:
+def exclusive_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``<path>.lock`` (created with its folder): across processes
+    and threads, one holder at a time, so concurrent trials compute a shared file once."""
+    lock = Path(path).with_suffix(".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _pretrain_lock(config: TrialConfig) -> Iterator[None]:
+    """Hold the lock of the pretrain cache entry, so concurrent trials pretrain once."""
+    path = _pretrain_cache_path(config)
+    if path is None:
+        yield
+        return
+    with exclusive_lock(path):
+        yield
 
 
 def _load_dense_weights(run: TrialRun) -> bool:
