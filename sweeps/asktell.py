@@ -360,7 +360,6 @@ def train_branching(
     proposer turns them into trials (``on_report`` with the plan).  A checkpoint is used only when
     it holds exactly the members handed out.
     """
-    from trainables.branching import more_thresholds
     from trainables.cohort import run_cohort_branches
 
     spec, proposer, rungs = recorder.spec, recorder.proposer, recorder.rungs
@@ -384,7 +383,7 @@ def train_branching(
         if not count:
             return []
         own = configs[first.number].threshold
-        plan = [{"threshold": t} for t in more_thresholds(points, own, count, settings.caps, settings.floor, skip)]
+        plan = [{"threshold": t} for t in settings.more_thresholds(points, own, count, skip)]
         proposer.on_report(group, {TRIAL_NUMBER_KEY: first.number, BRANCH_PLAN_KEY: json.dumps(plan)})
         return plan
 

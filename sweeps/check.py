@@ -59,14 +59,20 @@ class CheckSummary:
 
     def branching_text(self) -> str:
         """How trials share regularized runs, e.g. ``, as 16 regularized runs × 8 thresholds (proxy, within
-        nonzero_frac ≤ 0.02)``; empty when runs do not branch."""
+        nonzero_frac ≤ 0.02, one under nonzero_frac 0.008, 0.0036)``; empty when runs do not branch."""
         budget = self.spec.budget
         if budget.thresholds_per_run <= 1:
             return ""
         runs = -(-budget.num_samples // budget.thresholds_per_run)
         caps = self.spec.sparsity_caps() if budget.branch_mode == "proxy" else {}
         within = ", within " + ", ".join(f"{metric} ≤ {cap:g}" for metric, cap in caps.items()) if caps else ""
-        return f", as {runs} regularized runs × {budget.thresholds_per_run} thresholds ({budget.branch_mode}{within})"
+        under = (
+            ", one under nonzero_frac " + ", ".join(f"{u:g}" for u in budget.branch_under)
+            if budget.branch_under
+            else ""
+        )
+        how = f"{budget.branch_mode}{within}{under}"
+        return f", as {runs} regularized runs × {budget.thresholds_per_run} thresholds ({how})"
 
     def lines(self) -> list[str]:
         """The summary ``hoyersweep check`` prints."""

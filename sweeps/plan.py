@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import torch
 
 from sweeps.spec import FloatParam, SweepSpec
 from sweeps.study import Member
-from trainables.branching import threshold_grid
+from trainables.branching import ProxyPoint, more_thresholds, threshold_grid
 from trainables.config import BRANCH_SETTINGS, ConfigError, TrialConfig, split_branch_settings
 from trainables.contract import BRANCH_POINTS_DIR, MODELS_DIR, PRETRAIN_CACHE_DIR, Status, TrialResult
 from trainables.data import DataError
@@ -130,6 +130,12 @@ class BranchSettings:
     floor: float | None = None  # proxy mode: sparser than this counts no more (spec.nonzero_floor)
     models_dir: str | None = None  # <sweep>/models, when trials keep their models
     repeatable: bool = False  # runs may share their shared settings: see ``shared_phase_repeats``
+    under: tuple[float, ...] = ()  # proxy mode: a branch at the best point under each (spec.budget.branch_under)
+
+    def more_thresholds(self, points: Sequence[ProxyPoint], own: float, count: int, skip: int = 0) -> list[float]:
+        """``count`` more thresholds for a run whose own is ``own``, by this sweep's caps, floor and
+        ``under`` (``trainables.branching.more_thresholds``)."""
+        return more_thresholds(points, own, count, self.caps, self.floor, skip, self.under)
 
 
 def shared_phase_repeats(spec: SweepSpec) -> bool:
@@ -174,4 +180,5 @@ def branch_settings(spec: SweepSpec, sweep_dir: Path) -> BranchSettings | None:
         caps=spec.sparsity_caps(),
         floor=spec.nonzero_floor(),
         repeatable=shared_phase_repeats(spec),
+        under=tuple(spec.budget.branch_under),
     )

@@ -232,6 +232,11 @@ class BudgetSpec(_Strict):
     K = 1 (the default) trains each trial on its own, as before.  With ``thresholds_per_run`` > 1
     too, a Ray trial trains up to K regularized runs as one stack, each branching into its
     ``thresholds_per_run`` trials (``sweeps.trainable.train_branching_cohort``).
+
+    ``branch_under`` (proxy mode): nonzero fractions a result is wanted at, e.g. ``[0.015, 0.01]``
+    for a floor and a stretch target.  Each run then branches at the most accurate proxy point
+    keeping at most each of them (right after its most accurate point), instead of leaving each cap
+    to whatever its spread of thresholds puts under it.
     """
 
     num_samples: int = Field(default=12, ge=1)
@@ -240,6 +245,7 @@ class BudgetSpec(_Strict):
     thresholds_per_run: int = Field(default=1, ge=1)
     branch_mode: Literal["proxy", "optuna"] = "proxy"
     cohort_size: int = Field(default=1, ge=1)
+    branch_under: list[Annotated[float, Field(gt=0, lt=1)]] = Field(default_factory=list)
 
 
 MOASHA_OBJECTIVES: tuple[str, ...] = tuple(PROXY_METRICS.values())  # the objectives with a prune-now proxy
@@ -382,6 +388,10 @@ class SweepSpec(_Strict):
                     "budget.branch_mode: proxy chooses thresholds from a grid inside a searched float range "
                     "(search.threshold: {type: float, ...}); use branch_mode: optuna for other branch settings"
                 )
+        if self.budget.branch_under and (self.budget.thresholds_per_run < 2 or self.budget.branch_mode != "proxy"):
+            raise ValueError(
+                "budget.branch_under: only the proxy places branches (thresholds_per_run > 1, branch_mode: proxy)"
+            )
         if self.scheduler.type == "moasha":
             unranked = [m for m in metrics if m not in MOASHA_OBJECTIVES]
             if unranked:

@@ -43,7 +43,7 @@ from sweeps.searcher import (
     members_of,
 )
 from trainables import TrialConfig, run_trial
-from trainables.branching import more_thresholds, prune_now_proxy, run_branches
+from trainables.branching import prune_now_proxy, run_branches
 from trainables.cohort import run_cohort, run_cohort_branches
 from trainables.config import split_branch_settings
 from trainables.contract import MODEL_FILE_KEY, SHARED_RUN_KEY, TRIAL_NUMBER_KEY, TrialResult
@@ -218,7 +218,7 @@ def train_branches(
         def chooser(run: Any) -> list[dict[str, Any]]:
             """At the branch point: ``slots`` more thresholds spanning the prune-now front, reported as the plan."""
             points = prune_now_proxy(run, settings.grid, config.threshold_mode)
-            chosen = more_thresholds(points, config.threshold, slots, settings.caps, settings.floor, skip)
+            chosen = settings.more_thresholds(points, config.threshold, slots, skip)
             plan = [{"threshold": t} for t in chosen]
             tune.report({TRIAL_NUMBER_KEY: first.number, BRANCH_PLAN_KEY: json.dumps(plan)})
             return [*branches, *({**branches[0], **entry} for entry in plan)]
@@ -420,7 +420,7 @@ def train_branching_cohort(
         if not count:
             return []
         own = configs[first.number].threshold
-        plan = [{"threshold": t} for t in more_thresholds(points, own, count, settings.caps, settings.floor, skip)]
+        plan = [{"threshold": t} for t in settings.more_thresholds(points, own, count, skip)]
         tune.report({TRIAL_NUMBER_KEY: first.number, BRANCH_PLAN_KEY: json.dumps(plan)})
         return plan
 

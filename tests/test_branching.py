@@ -366,6 +366,26 @@ def test_select_thresholds_keeps_within_the_sparsity_caps():
             select_thresholds(points, 2, caps=caps)
 
 
+def test_select_thresholds_branches_at_the_best_point_under_each_wanted_sparsity():
+    front = [(0.01, 0.98, 0.5), (0.02, 0.97, 0.2), (0.03, 0.96, 0.1), (0.04, 0.95, 0.05), (0.05, 0.93, 0.02)]
+    front += [(0.06, 0.90, 0.01), (0.07, 0.80, 0.005), (0.08, 0.60, 0.001)]
+    points = _points(front)
+    assert select_thresholds(points, 3) == [0.01, 0.05, 0.08]  # ≤ 10 % gets 2 %, whatever falls under it
+    # after the most accurate point, the most accurate under each wanted fraction, densest first
+    assert select_thresholds(points, 3, under=[0.1]) == [0.01, 0.03, 0.08]
+    assert ranked_thresholds(points, 4, under=[0.01, 0.1]) == [0.01, 0.03, 0.06, 0.08]
+    assert select_thresholds(points, 3, under=[0.5, 0.9]) == [0.01, 0.05, 0.08]  # the most accurate already is
+    assert select_thresholds(points, 3, under=[1e-4]) == [0.01, 0.05, 0.08]  # nothing keeps that little
+    assert ranked_thresholds(points, 3, caps={"nonzero_frac": 0.1}, under=[0.05]) == [0.03, 0.04, 0.08]
+    # the asked 0.035 keeps 5-10 %: the pick under 5 % stays though it is the nearest; 0.03 gives way
+    assert more_thresholds(points, 0.035, 2, caps={"nonzero_frac": 0.1}) == [0.06, 0.08]
+    assert more_thresholds(points, 0.035, 2, caps={"nonzero_frac": 0.1}, under=[0.05]) == [0.04, 0.08]
+    # the asked 0.045 surely keeps ≤ 5 % (0.04 keeps 5 % and contains its mask): its own result serves there
+    assert more_thresholds(points, 0.045, 2, caps={"nonzero_frac": 0.1}, under=[0.05]) == [0.03, 0.08]
+    with pytest.raises(ValueError, match="under"):
+        select_thresholds(points, 2, under=[1.5])
+
+
 def test_projected_fractions_are_those_of_a_sparsity_report():
     from trainables.pruning import compute_masks, sparsity_report
 

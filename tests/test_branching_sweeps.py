@@ -145,3 +145,17 @@ def test_runs_with_one_shared_phase_train_it_once(local_ray, tmp_path):
         trained.append(sum(r.get("phase") == "train" for r in reports))
     assert sorted(trained) == [0, 3], trained
     assert not list((sweep_dir / "branch_points").iterdir())  # kept for later runs, removed at completion
+
+
+def test_a_sweeps_wanted_sparsities_reach_the_proxy(tmp_path):
+    """``budget.branch_under`` goes from the spec to every run's choice of thresholds."""
+    from sweeps.plan import branch_settings
+    from trainables.branching import ProxyPoint
+
+    region = {"hypervolume.nonzero_frac": {"worst": 0.1, "best": 1e-3}}
+    spec, _ = load_spec("sweeps/digits_quick.yaml", {**SMALL, **region, "budget.branch_under": [0.05]})
+    settings = branch_settings(spec, tmp_path)
+    assert settings is not None and settings.under == (0.05,) and settings.caps == {"nonzero_frac": 0.1}
+    rows = [(0.01, 0.98, 0.5), (0.03, 0.96, 0.1), (0.04, 0.95, 0.05), (0.06, 0.9, 0.01), (0.08, 0.6, 0.001)]
+    points = [ProxyPoint(t, acc, nz, nz) for t, acc, nz in rows]
+    assert settings.more_thresholds(points, 0.035, 2) == [0.04, 0.08]  # without branch_under: [0.06, 0.08]

@@ -391,6 +391,8 @@ def test_summary_of_a_good_spec(env, capsys):
     branching += ["--set", "search.threshold={type: float, low: 0.01, high: 0.1}"]
     assert main(["check", str(spec), "--set", "budget.num_samples=10", *branching]) == 0
     assert "as 3 regularized runs × 4 thresholds (proxy, within flops_frac ≤ 0.2)" in capsys.readouterr().out
+    assert main(["check", str(spec), *branching, "--set", "budget.branch_under=[0.05, 0.01]"]) == 0
+    assert "(proxy, within flops_frac ≤ 0.2, one under nonzero_frac 0.05, 0.01)" in capsys.readouterr().out
 
 
 def test_parse_spec_integral_floats_only_for_integer_settings():

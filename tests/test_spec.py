@@ -49,6 +49,8 @@ def test_default_spec_is_found_from_anywhere(tmp_path, monkeypatch):
             {"sampler": {"type": "tpe", "population_size": 8}},
             "sampler: population_size is an nsga2 setting; tpe does not use it",
         ),
+        ({"budget": {"branch_under": [0.01]}}, "budget.branch_under: only the proxy places branches"),
+        ({"budget": {"thresholds_per_run": 4, "branch_under": [1.5]}}, "budget.branch_under.0: Input should be less"),
     ],
 )
 def test_bad_specs_name_file_and_field(change, message):

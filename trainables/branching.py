@@ -565,6 +565,7 @@ def select_thresholds(
     high: float | None = None,
     caps: Mapping[str, float] | None = None,
     floor: float | None = None,
+    under: Sequence[float] = (),
 ) -> list[float]:
     """K thresholds spanning the proxy Pareto front, ascending; deterministic.
 
@@ -586,8 +587,13 @@ def select_thresholds(
     the sweep's nonzero axis).  Points sparser than it rank as if at it, so of them only the most
     accurate can be on the front, and the ε-net does not stretch into the tail where a handful of
     weights is left.
+
+    ``under`` (nonzero fractions, e.g. ``(0.015, 0.01)``: the sparsities a result is wanted at): right
+    after the most accurate point, the most accurate point keeping at most each of them (sparser on
+    ties), densest fraction first.  Without them the ε-net serves such a cap only with whatever
+    falls under it; with them each gets the point a validation choice there would want.
     """
-    return sorted(ranked_thresholds(points, k, low, high, caps, floor))
+    return sorted(ranked_thresholds(points, k, low, high, caps, floor, under))
 
 
 def ranked_thresholds(
@@ -597,6 +603,7 @@ def ranked_thresholds(
     high: float | None = None,
     caps: Mapping[str, float] | None = None,
     floor: float | None = None,
+    under: Sequence[float] = (),
 ) -> list[float]:
     """``select_thresholds``' picks in the order they were picked, best first.
 
@@ -620,8 +627,11 @@ def ranked_thresholds(
             raise ValueError(f"floor: a nonzero fraction in (0, 1), got {floor}")
         seen = {t: replace(p, nonzero_frac=max(p.nonzero_frac, floor)) for t, p in seen.items()}
 
+    if not all(0 < fraction < 1 for fraction in under):
+        raise ValueError(f"under: nonzero fractions in (0, 1), got {list(under)}")
     beyond = {t: _cap_excess(p, caps) for t, p in seen.items()}
-    chosen = _spread_over_front([p for t, p in seen.items() if beyond[t] == 0.0], k)
+    within = [p for t, p in seen.items() if beyond[t] == 0.0]
+    chosen = _spread_over_front(within, k, _most_accurate_under(within, under))
     outside = sorted((t for t in seen if beyond[t] > 0.0), key=lambda t: (beyond[t], t))
     chosen += [seen[t] for t in outside[: k - len(chosen)]]
     return [p.threshold for p in chosen]
@@ -648,18 +658,39 @@ def _distinct_masks(points: Iterable[ProxyPoint]) -> list[ProxyPoint]:
     return list(distinct.values())
 
 
-def _spread_over_front(points: Iterable[ProxyPoint], k: int) -> list[ProxyPoint]:
-    """Up to ``k`` points as ``select_thresholds`` documents: an ε-net of the front in log nonzero fraction."""
+def _most_accurate_under(points: Sequence[ProxyPoint], under: Sequence[float]) -> list[ProxyPoint]:
+    """For each fraction of ``under``, densest first: the most accurate point keeping at most it (ties:
+    the sparser, then the smaller threshold), each once.  Each is on the front: a point dominating it
+    would be under the fraction too, and more accurate or as accurate and sparser."""
+    found: list[ProxyPoint] = []
+    finite = [p for p in points if math.isfinite(p.val_accuracy) and math.isfinite(p.nonzero_frac)]
+    for fraction in sorted(set(under), reverse=True):
+        eligible = [p for p in finite if p.nonzero_frac <= fraction]
+        if eligible:
+            best = max(eligible, key=lambda p: (p.val_accuracy, -p.nonzero_frac, -p.threshold))
+            if best not in found:
+                found.append(best)
+    return found
+
+
+def _spread_over_front(points: Iterable[ProxyPoint], k: int, anchors: Sequence[ProxyPoint] = ()) -> list[ProxyPoint]:
+    """Up to ``k`` points as ``select_thresholds`` documents: an ε-net of the front in log nonzero
+    fraction, whose first picks after the most accurate point are ``anchors`` (front points)."""
 
     def log_nonzero(p: ProxyPoint) -> float:
         return math.log(max(p.nonzero_frac, 1e-12)) if math.isfinite(p.nonzero_frac) else math.inf
 
     chosen: list[ProxyPoint] = []
+    pending = list(anchors)
     for layer in pareto_layers(points):
         candidates = sorted(layer, key=lambda p: (-_finite(p.val_accuracy), p.threshold))
         while candidates and len(chosen) < k:
             if not chosen:
                 pick = candidates[0]  # the most accurate point (ties: the smaller threshold)
+            elif pending:
+                pick = pending.pop(0)
+                if pick not in candidates:  # already chosen as the most accurate
+                    continue
             else:
 
                 def distance(p: ProxyPoint) -> float:
@@ -678,6 +709,7 @@ def more_thresholds(
     caps: Mapping[str, float] | None = None,
     floor: float | None = None,
     skip: int = 0,
+    under: Sequence[float] = (),
 ) -> list[float]:
     """``count`` thresholds for a run whose own (asked) threshold is ``own``: ``count + 1`` picks of the
     proxy, less the one that adds least beside ``own``; ascending.
@@ -692,11 +724,12 @@ def more_thresholds(
     repeat the run's own result; else the pick farthest beyond the caps, which the ε-net only took
     for want of points within; else, when ``own`` surely lies beyond the caps, the last-ranked
     pick (``own``'s result adds nothing within them, so the pick nearest it is no repeat); else
-    the pick nearest ``own`` (log distance), which would nearly repeat it.  A pick with ``own``'s
-    mask gives way even when the proxy had no more to offer.
+    the pick nearest ``own`` (log distance), which would nearly repeat it — but not the most
+    accurate pick under a fraction of ``under`` (``select_thresholds``) that ``own`` does not surely
+    keep within.  A pick with ``own``'s mask gives way even when the proxy had no more to offer.
     """
     caps = caps or {}
-    picks = ranked_thresholds(points, skip + count + 1, caps=caps, floor=floor)[skip:]
+    picks = ranked_thresholds(points, skip + count + 1, caps=caps, floor=floor, under=under)[skip:]
     at: dict[float, ProxyPoint] = {}
     for point in points:
         at.setdefault(point.threshold, point)  # the point a pick stands for, as ``ranked_thresholds`` took it
@@ -710,8 +743,29 @@ def more_thresholds(
         elif _surely_beyond(points, own, caps):
             picks.pop()  # the run's own result adds nothing within the caps: the last-ranked pick gives way
         else:
-            picks.remove(min(picks, key=lambda t: _log_distance(t, own)))
+            served = _best_under_each(points, picks, at, own, under)
+            removable = [t for t in picks if t not in served] or picks
+            picks.remove(min(removable, key=lambda t: _log_distance(t, own)))
     return sorted(picks[:count])
+
+
+def _best_under_each(
+    points: Sequence[ProxyPoint],
+    picks: Sequence[float],
+    at: Mapping[float, ProxyPoint],
+    own: float,
+    under: Sequence[float],
+) -> set[float]:
+    """The most accurate pick under each fraction of ``under`` that threshold ``own`` does not surely keep
+    within (no grid point at or below ``own``, whose mask contains ``own``'s, keeps at most it)."""
+    served = set()
+    for fraction in under:
+        if any(p.threshold <= own and p.nonzero_frac <= fraction for p in points):
+            continue  # the run's own result counts there
+        candidates = [t for t in picks if at[t].nonzero_frac <= fraction]
+        if candidates:
+            served.add(max(candidates, key=lambda t: (_finite(at[t].val_accuracy), -at[t].nonzero_frac, -t)))
+    return served
 
 
 def _surely_beyond(points: Sequence[ProxyPoint], own: float, caps: Mapping[str, float]) -> bool:
@@ -756,6 +810,7 @@ class ProxyChoice:
     settings: Mapping[str, Any] = field(default_factory=dict)
     caps: Mapping[str, float] = field(default_factory=dict)  # see ``select_thresholds``
     floor: float | None = None  # see ``select_thresholds``
+    under: tuple[float, ...] = ()  # see ``select_thresholds``
     points: list[ProxyPoint] = field(default_factory=list, compare=False)
 
     @property
@@ -765,5 +820,5 @@ class ProxyChoice:
     def __call__(self, run: TrialRun) -> list[dict[str, Any]]:
         points = prune_now_proxy(run, self.grid, self.threshold_mode)
         self.points[:] = points
-        chosen = select_thresholds(points, self.k, caps=self.caps, floor=self.floor)
+        chosen = select_thresholds(points, self.k, caps=self.caps, floor=self.floor, under=self.under)
         return [{**self.settings, "threshold": t, "threshold_mode": self.threshold_mode} for t in chosen]
