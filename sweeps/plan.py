@@ -20,10 +20,11 @@ import torch
 
 from sweeps.spec import FloatParam, SweepSpec
 from sweeps.study import Member
-from trainables.branching import ProxyPoint, more_thresholds, threshold_grid
+from trainables.branching import ProxyPoint, more_thresholds, prune_now_proxy, refine_under, threshold_grid
 from trainables.config import BRANCH_SETTINGS, ConfigError, TrialConfig, split_branch_settings
-from trainables.contract import BRANCH_POINTS_DIR, MODELS_DIR, PRETRAIN_CACHE_DIR, Status, TrialResult
+from trainables.contract import BRANCH_POINTS_DIR, MODELS_DIR, NONZERO_FRAC, PRETRAIN_CACHE_DIR, Status, TrialResult
 from trainables.data import DataError
+from trainables.pipeline import TrialRun
 
 PROXY_GRID_SIZE = 32  # thresholds a proxy-branching run evaluates at its branch point (one validation pass each)
 DETERMINISTIC_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, torch.OutOfMemoryError)
@@ -131,6 +132,13 @@ class BranchSettings:
     models_dir: str | None = None  # <sweep>/models, when trials keep their models
     repeatable: bool = False  # runs may share their shared settings: see ``shared_phase_repeats``
     under: tuple[float, ...] = ()  # proxy mode: a branch at the best point under each (spec.budget.branch_under)
+
+    def proxy_points(self, run: TrialRun, threshold_mode: str) -> list[ProxyPoint]:
+        """The prune-now proxy over the grid, plus a point refined between grid points right under each
+        wanted nonzero fraction (``under`` and a nonzero cap; ``trainables.branching.refine_under``)."""
+        points = prune_now_proxy(run, self.grid, threshold_mode)
+        wanted = [*self.under, *([self.caps[NONZERO_FRAC]] if NONZERO_FRAC in self.caps else [])]
+        return points + refine_under(run, points, wanted, threshold_mode)
 
     def more_thresholds(self, points: Sequence[ProxyPoint], own: float, count: int, skip: int = 0) -> list[float]:
         """``count`` more thresholds for a run whose own is ``own``, by this sweep's caps, floor and

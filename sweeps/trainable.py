@@ -43,7 +43,7 @@ from sweeps.searcher import (
     members_of,
 )
 from trainables import TrialConfig, run_trial
-from trainables.branching import prune_now_proxy, run_branches
+from trainables.branching import run_branches
 from trainables.cohort import run_cohort, run_cohort_branches
 from trainables.config import split_branch_settings
 from trainables.contract import MODEL_FILE_KEY, SHARED_RUN_KEY, TRIAL_NUMBER_KEY, TrialResult
@@ -217,7 +217,7 @@ def train_branches(
 
         def chooser(run: Any) -> list[dict[str, Any]]:
             """At the branch point: ``slots`` more thresholds spanning the prune-now front, reported as the plan."""
-            points = prune_now_proxy(run, settings.grid, config.threshold_mode)
+            points = settings.proxy_points(run, config.threshold_mode)
             chosen = settings.more_thresholds(points, config.threshold, slots, skip)
             plan = [{"threshold": t} for t in chosen]
             tune.report({TRIAL_NUMBER_KEY: first.number, BRANCH_PLAN_KEY: json.dumps(plan)})

@@ -17,6 +17,7 @@ from trainables.branching import (
     projected_fractions,
     prune_now_proxy,
     ranked_thresholds,
+    refine_under,
     run_branches,
     select_thresholds,
     threshold_grid,
@@ -411,6 +412,20 @@ def test_prune_now_proxy_is_what_pruning_there_gives():
         reference = run_trial(dict(BASE, threshold=threshold))
         assert point.val_accuracy == reference.val_accuracy_after_prune
         assert point.nonzero_frac == reference.history[2]["nonzero_frac"]
+
+
+def test_refine_under_finds_the_densest_threshold_under_a_fraction_between_grid_points():
+    run = start_run(TrialConfig(**BASE))
+    assert dense(run) and regularize(run)
+    grid = threshold_grid(0.01, 0.2, n=4)
+    points = prune_now_proxy(run, grid)
+    denser, sparser = points[1], points[2]  # a fraction between two grid points
+    fraction = (denser.nonzero_frac + sparser.nonzero_frac) / 2
+    (refined,) = refine_under(run, points, [fraction, 2.0, 1e-9])  # the others have no bracket: nothing
+    assert denser.threshold < refined.threshold < sparser.threshold
+    assert sparser.nonzero_frac < refined.nonzero_frac <= fraction
+    assert refined == prune_now_proxy(run, [refined.threshold])[0]  # a proxy point like any other
+    assert refine_under(run, points, [sparser.nonzero_frac]) == []  # the grid hits it already
 
 
 def test_the_proxy_marks_masks_that_cut_the_input_off_and_never_picks_them():

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -19,6 +20,7 @@ from sweeps.records import ResultsLedger
 from sweeps.runner import run_sweep
 from sweeps.searcher import config_key, own_trials
 from sweeps.spec import load_spec
+from trainables.branching import threshold_grid
 from trainables.config import split_branch_settings
 from trainables.contract import SHARED_RUN_TAG, tracking_uri_of
 
@@ -159,3 +161,17 @@ def test_a_sweeps_wanted_sparsities_reach_the_proxy(tmp_path):
     rows = [(0.01, 0.98, 0.5), (0.03, 0.96, 0.1), (0.04, 0.95, 0.05), (0.06, 0.9, 0.01), (0.08, 0.6, 0.001)]
     points = [ProxyPoint(t, acc, nz, nz) for t, acc, nz in rows]
     assert settings.more_thresholds(points, 0.035, 2) == [0.04, 0.08]  # without branch_under: [0.06, 0.08]
+    # a real run's proxy: the grid, then a refined point right under 5 % (if no grid point keeps 5 %
+    # exactly) and under the cap, 10 %
+    from trainables.pipeline import dense, regularize, start_run
+
+    run = start_run(spec.trial_config({"strength": 3e-4, "threshold": 0.05, "reg": "hs"}))
+    assert dense(run) and regularize(run)
+    settings = replace(settings, grid=tuple(threshold_grid(0.02, 0.3, 4)))
+    proxy = settings.proxy_points(run, "abs")
+    grid_points, refined = proxy[:4], proxy[4:]
+    for fraction in (0.05, 0.1):
+        below = [p.nonzero_frac for p in grid_points if p.nonzero_frac <= fraction]
+        above = [p for p in grid_points if p.nonzero_frac > fraction]
+        if below and above and fraction not in below:
+            assert any(max(below) < p.nonzero_frac <= fraction for p in refined), (fraction, proxy)

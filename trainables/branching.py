@@ -520,6 +520,42 @@ def prune_now_proxy(run: TrialRun, thresholds: Sequence[float], threshold_mode: 
     return points
 
 
+@torch.no_grad()
+def refine_under(
+    run: TrialRun, points: Sequence[ProxyPoint], fractions: Iterable[float], threshold_mode: str = "abs", steps: int = 8
+) -> list[ProxyPoint]:
+    """Proxy points at the densest threshold found under each nonzero fraction, between grid points.
+
+    A grid's densest point under a wanted fraction may keep well below it (a 32-point grid over a
+    decade steps by 7.7 % in threshold).  For each fraction with grid points on both sides (a denser
+    one keeping more, a sparser one keeping at most it), the threshold is bisected in log ``steps``
+    times on the nonzero fraction alone (masks of one mode on one model are nested, so it falls as
+    the threshold grows; no validation pass), and the sparse end is measured as a ``prune_now_proxy``
+    point.  Returns the new points (none where the grid has no bracket or already hits the fraction).
+    """
+    include_bias = run.config.include_bias
+
+    def nonzero(threshold: float) -> float:
+        masks = compute_masks(run.model, threshold, threshold_mode, include_bias=include_bias)
+        return sparsity_report(run.model, run.positions, masks, include_bias=include_bias).nonzero_frac
+
+    found: list[float] = []
+    for fraction in sorted(set(fractions)):
+        denser = [p.threshold for p in points if p.nonzero_frac > fraction and p.threshold > 0]
+        sparser = [p.threshold for p in points if p.nonzero_frac <= fraction]
+        if not denser or not sparser or max(denser) >= min(sparser):
+            continue
+        low, high = max(denser), min(sparser)
+        if nonzero(high) == fraction:
+            continue
+        for _ in range(steps):
+            middle = math.sqrt(low * high)
+            low, high = (middle, high) if nonzero(middle) > fraction else (low, middle)
+        if high != min(sparser) and high not in found and nonzero(high) > 0:  # a mask that keeps nothing is no branch
+            found.append(high)
+    return prune_now_proxy(run, found, threshold_mode) if found else []
+
+
 def threshold_grid(low: float, high: float, n: int = 32, log: bool = True) -> list[float]:
     """``n`` thresholds from ``low`` to ``high`` inclusive, evenly spaced in log (default) or linearly."""
     if n < 1 or high < low or (log and low <= 0):
