@@ -2,8 +2,11 @@
 
 import json
 import math
-import threading
+import os
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +26,7 @@ from trainables.branching import (
     threshold_grid,
 )
 from trainables.config import BRANCH_SETTINGS, ConfigError, TrialConfig, check_branchable, split_branch_settings
-from trainables.contract import Status
+from trainables.contract import Status, TrialResult
 from trainables.pipeline import BRANCH_FIELDS, dense, regularize, run_trial, start_run
 
 BASE = dict(epochs=3, finetune_epochs=2, batch_size=256, strength=3e-4)
@@ -196,30 +199,44 @@ def test_a_branch_point_file_spares_the_shared_phase(tmp_path, branched):
         run_branches(dict(BASE, strength=1e-3), BRANCHES, branch_point=point)
 
 
+RUN_ONE_BRANCH = """
+import json, sys
+from trainables.branching import run_branches
+base, branch, point, out = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
+(result,) = run_branches(base, [branch], branch_point=point)
+open(out, "w").write(json.dumps(result.to_dict()))
+"""
+
+
 def test_runs_that_share_a_branch_point_at_once_train_the_shared_phase_once(tmp_path, branched):
-    """Two runs with equal shared settings start together: one trains, the other waits and adopts."""
+    """Two processes (as two Ray workers) with equal shared settings start together: one trains the
+    shared phase, the other waits for its branch point and adopts it."""
     reference, _ = branched
-    point = tmp_path / "branch_point.pt"
-    start = threading.Barrier(2)
-    results = {}
+    point, root = tmp_path / "branch_point.pt", Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    outs = [tmp_path / f"result-{index}.json" for index in (0, 1)]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RUN_ONE_BRANCH, json.dumps(BASE), json.dumps(BRANCHES[i]), str(point), str(outs[i])],
+            cwd=root,
+            env=env,
+        )
+        for i in (0, 1)
+    ]
+    assert [run.wait(timeout=300) for run in runs] == [0, 0]
+    results = [TrialResult.from_dict(json.loads(out.read_text())) for out in outs]
 
-    def run(index: int) -> None:
-        start.wait()
-        (results[index],) = run_branches(BASE, [BRANCHES[index]], branch_point=point)
+    def text(body: dict) -> str:
+        return json.dumps(body, sort_keys=True)  # NaN-safe equality
 
-    threads = [threading.Thread(target=run, args=(index,)) for index in (0, 1)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
     (trained,) = [i for i in (0, 1) if results[i].resumed_from_epoch is None]
     (adopted,) = [i for i in (0, 1) if results[i].resumed_from_epoch == 3]
-    assert comparable(results[trained]) == comparable(reference[trained])
+    assert text(comparable(results[trained])) == text(comparable(reference[trained]))
     # the adopter's result is the independent one's; its shared epochs lack the projections at its own
     # threshold, which only the run that trained them could have measured (the doc says so)
     body, expected = comparable(results[adopted]), comparable(reference[adopted])
-    assert {**body, "history": None} == {**expected, "history": None}
-    assert body["history"][2]["epoch"] == 3 and body["history"][2:] == expected["history"][2:]  # exact from the point
+    assert text({**body, "history": None}) == text({**expected, "history": None})
+    assert body["history"][2]["epoch"] == 3 and text(body["history"][2:]) == text(expected["history"][2:])
     assert math.isnan(body["history"][0]["nonzero_frac"])
 
 
