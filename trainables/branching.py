@@ -541,17 +541,22 @@ def refine_under(
 
     found: list[float] = []
     for fraction in sorted(set(fractions)):
-        denser = [p.threshold for p in points if p.nonzero_frac > fraction and p.threshold > 0]
-        sparser = [p.threshold for p in points if p.nonzero_frac <= fraction]
-        if not denser or not sparser or max(denser) >= min(sparser):
+        denser = [p for p in points if p.nonzero_frac > fraction and p.threshold > 0]
+        sparser = [p for p in points if p.nonzero_frac <= fraction]
+        if not denser or not sparser:
             continue
-        low, high = max(denser), min(sparser)
-        if nonzero(high) == fraction:
+        low = max(denser, key=lambda p: p.threshold).threshold
+        start = min(sparser, key=lambda p: p.threshold)
+        high, kept = start.threshold, start.nonzero_frac
+        if low >= high or kept == fraction:
             continue
         for _ in range(steps):
             middle = math.sqrt(low * high)
-            low, high = (middle, high) if nonzero(middle) > fraction else (low, middle)
-        if high != min(sparser) and high not in found and nonzero(high) > 0:  # a mask that keeps nothing is no branch
+            if (middle_kept := nonzero(middle)) > fraction:
+                low = middle
+            else:
+                high, kept = middle, middle_kept
+        if high != start.threshold and high not in found and kept > 0:  # a mask that keeps nothing is no branch
             found.append(high)
     return prune_now_proxy(run, found, threshold_mode) if found else []
 
@@ -779,29 +784,13 @@ def more_thresholds(
         elif _surely_beyond(points, own, caps):
             picks.pop()  # the run's own result adds nothing within the caps: the last-ranked pick gives way
         else:
-            served = _best_under_each(points, picks, at, own, under)
+            # the most accurate pick under each wanted fraction that ``own`` does not surely keep within
+            # (no grid point at or below ``own``, whose mask contains ``own``'s, keeps at most it) stays
+            unmet = [f for f in under if not any(p.threshold <= own and p.nonzero_frac <= f for p in points)]
+            served = {p.threshold for p in _most_accurate_under([at[t] for t in picks], unmet)}
             removable = [t for t in picks if t not in served] or picks
             picks.remove(min(removable, key=lambda t: _log_distance(t, own)))
     return sorted(picks[:count])
-
-
-def _best_under_each(
-    points: Sequence[ProxyPoint],
-    picks: Sequence[float],
-    at: Mapping[float, ProxyPoint],
-    own: float,
-    under: Sequence[float],
-) -> set[float]:
-    """The most accurate pick under each fraction of ``under`` that threshold ``own`` does not surely keep
-    within (no grid point at or below ``own``, whose mask contains ``own``'s, keeps at most it)."""
-    served = set()
-    for fraction in under:
-        if any(p.threshold <= own and p.nonzero_frac <= fraction for p in points):
-            continue  # the run's own result counts there
-        candidates = [t for t in picks if at[t].nonzero_frac <= fraction]
-        if candidates:
-            served.add(max(candidates, key=lambda t: (_finite(at[t].val_accuracy), -at[t].nonzero_frac, -t)))
-    return served
 
 
 def _surely_beyond(points: Sequence[ProxyPoint], own: float, caps: Mapping[str, float]) -> bool:
