@@ -226,6 +226,8 @@ def test_memory_plan_splits_a_cohort_that_would_not_fit_and_refuses_one_that_nev
         close_results(mine, theirs)
     model, payload = load_model(paths[2])
     assert payload["config"]["threshold"] == MEMBERS[2]["threshold"]
+    for saved in torch.load(paths[0], weights_only=True)["masks"].values():  # a row's own mask, not the stack's
+        assert saved.untyped_storage().nbytes() == saved.numel() * saved.element_size()
     zeros = sum(int((p == 0).sum()) for n, p in model.named_parameters() if n.endswith("weight"))
     total = sum(p.numel() for n, p in model.named_parameters() if n.endswith("weight"))
     assert zeros == pytest.approx(total * (1 - split[2].nonzero_frac), abs=1)

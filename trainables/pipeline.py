@@ -652,11 +652,18 @@ def write_model_file(
         "model": config.model,
         "input_shape": list(data.input_shape),
         "num_classes": int(data.num_classes),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "masks": {k: v.detach().cpu() for k, v in masks.items()},
+        "state_dict": {k: _own_storage(v) for k, v in model.state_dict().items()},
+        "masks": {k: _own_storage(v) for k, v in masks.items()},
         "config": config.to_dict(),
     }
     _atomic_save(payload, Path(path))
+
+
+def _own_storage(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` on the CPU with a storage of its own: ``torch.save`` writes a view's whole storage, so a
+    cohort row's mask (a view into the stack's) would otherwise carry every row's mask into each file."""
+    tensor = tensor.detach().cpu()
+    return tensor if tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size() else tensor.clone()
 
 
 def permanent(model: nn.Module) -> nn.Module:
