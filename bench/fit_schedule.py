@@ -17,9 +17,10 @@ import argparse
 import json
 import statistics
 import sys
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 PHASES = ("pretrain", "train", "finetune")
 
@@ -121,8 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     measured = epoch_seconds(probe_histories(args.probe))
     if "train" not in measured or "finetune" not in measured:
-        print(f"fit_schedule: {args.probe}: the probe's results hold no regularized or fine-tune epoch times "
-              "(the probe needs at least 2 of each)", file=sys.stderr)
+        print(
+            f"fit_schedule: {args.probe}: the probe's results hold no regularized or fine-tune epoch times "
+            "(the probe needs at least 2 of each)",
+            file=sys.stderr,
+        )
         return 2
     overhead = probe_overhead(args.probe_wall_s, measured, *probe_epochs)
     planned = {phase: seconds * args.margin for phase, seconds in measured.items()}
@@ -140,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     if schedule is None:
         print(f"fit_schedule: not even 1 regularized epoch fits {args.seconds:.0f} s ({record})", file=sys.stderr)
         return 1
-    print(f"PRETRAIN_EPOCHS={schedule.pretrain_epochs} EPOCHS={schedule.epochs} FINETUNE_EPOCHS={schedule.finetune_epochs}")
+    chosen = (schedule.pretrain_epochs, schedule.epochs, schedule.finetune_epochs)
+    print("PRETRAIN_EPOCHS={} EPOCHS={} FINETUNE_EPOCHS={}".format(*chosen))
     return 0
 
 
