@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,8 +137,25 @@ class BranchSettings:
         """The prune-now proxy over the grid, plus a point refined between grid points right under each
         wanted nonzero fraction (``under`` and a nonzero cap; ``trainables.branching.refine_under``)."""
         points = prune_now_proxy(run, self.grid, threshold_mode)
-        wanted = [*self.under, *([self.caps[NONZERO_FRAC]] if NONZERO_FRAC in self.caps else [])]
-        return points + refine_under(run, points, wanted, threshold_mode)
+        return points + refine_under(run, points, self.refine_fractions, threshold_mode)
+
+    def cohort_options(
+        self, slots: Mapping[int, tuple[int, int]], choose: Callable[[int, list[ProxyPoint]], list[dict[str, Any]]]
+    ) -> dict[str, Any]:
+        """``trainables.cohort.run_cohort_branches``'s branching keywords for runs with these ``slots``
+        (first trial number → (branches to choose, picks to skip)): ``choose`` only when some run chooses."""
+        counts = [count for count, _ in slots.values()]
+        return {
+            "choose": choose if any(counts) else None,
+            "grid": self.grid,
+            "refine_under": self.refine_fractions,
+            "chosen_per_member": max(counts, default=0),
+        }
+
+    @property
+    def refine_fractions(self) -> list[float]:
+        """The nonzero fractions a proxy point is refined under: ``under`` and the spec's nonzero cap."""
+        return [*self.under, *([self.caps[NONZERO_FRAC]] if NONZERO_FRAC in self.caps else [])]
 
     def more_thresholds(self, points: Sequence[ProxyPoint], own: float, count: int, skip: int = 0) -> list[float]:
         """``count`` more thresholds for a run whose own is ``own``, by this sweep's caps, floor and

@@ -454,9 +454,7 @@ def train_branching_cohort(
                 model_path=model_path,
                 stop=(lambda run, metrics: stop.stops(groups[run][0].number, metrics)) if stop is not None else None,
                 on_end=ended,
-                choose=choose if any(count for count, _ in slots.values()) else None,
-                grid=settings.grid,
-                chosen_per_member=max((count for count, _ in slots.values()), default=0),
+                **settings.cohort_options(slots, choose),
             )
         except DETERMINISTIC_ERRORS as error:
             results = [[failed_result(error)] * len(group) for group in groups]

@@ -158,6 +158,11 @@ def test_a_sweeps_wanted_sparsities_reach_the_proxy(tmp_path):
     spec, _ = load_spec("sweeps/digits_quick.yaml", {**SMALL, **region, "budget.branch_under": [0.05]})
     settings = branch_settings(spec, tmp_path)
     assert settings is not None and settings.under == (0.05,) and settings.caps == {"nonzero_frac": 0.1}
+    # cohorts (Ray's and the ask/tell driver's) refine toward the same fractions as a run on its own
+    options = settings.cohort_options({3: (2, 0), 7: (0, 0)}, print)
+    assert options["refine_under"] == [0.05, 0.1] and options["grid"] == settings.grid
+    assert options["choose"] is print and options["chosen_per_member"] == 2
+    assert settings.cohort_options({3: (0, 0)}, print)["choose"] is None  # no run chooses: no proxy pass
     rows = [(0.01, 0.98, 0.5), (0.03, 0.96, 0.1), (0.04, 0.95, 0.05), (0.06, 0.9, 0.01), (0.08, 0.6, 0.001)]
     points = [ProxyPoint(t, acc, nz, nz) for t, acc, nz in rows]
     assert settings.more_thresholds(points, 0.035, 2) == [0.04, 0.08]  # without branch_under: [0.06, 0.08]

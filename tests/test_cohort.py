@@ -19,7 +19,7 @@ import math
 import pytest
 import torch
 
-from trainables.branching import prune_now_proxy, select_thresholds, threshold_grid
+from trainables.branching import prune_now_proxy, refine_under, select_thresholds, threshold_grid
 from trainables.cohort import (
     COHORT_SIZE_KEY,
     StackedOptimizer,
@@ -295,6 +295,32 @@ def test_members_choose_their_branches_from_their_prune_now_front():
                 assert abs(chosen.metric(key) - single.metric(key)) <= SAMPLE + 1e-12, key
             assert math.isnan(chosen.history[0]["nonzero_frac"])
             assert chosen.history[-1]["nonzero_frac"] == pytest.approx(single.history[-1]["nonzero_frac"])
+
+
+def test_members_refine_a_point_under_each_wanted_fraction_as_a_single_run_does():
+    """With ``refine_under``, ``choose`` also sees the point bisected right under each fraction between
+    grid points: the threshold, sparsity and proxy accuracy ``branching.refine_under`` finds for the run."""
+    config = MEMBERS[0]
+    run = start_run(TrialConfig(**config))
+    assert dense(run) and regularize(run)
+    grid = threshold_grid(0.005, 0.2, 8)
+    points = prune_now_proxy(run, grid)
+    fraction = (points[3].nonzero_frac + points[4].nonzero_frac) / 2
+    (single,) = refine_under(run, points, [fraction])
+    seen = {}
+
+    def choose(member, member_points):
+        seen[member] = member_points
+        return []
+
+    run_cohort_branches([config, MEMBERS[2]], None, choose=choose, grid=grid, refine_under=[fraction, 2.0])
+    cohort_grid, refined = seen[0][: len(grid)], seen[0][len(grid) :]
+    assert [p.nonzero_frac for p in cohort_grid] == pytest.approx([p.nonzero_frac for p in points], abs=1e-6)
+    assert len(refined) == 1 and refined[0].threshold == pytest.approx(single.threshold, rel=1e-6)
+    assert points[3].threshold < refined[0].threshold < points[4].threshold
+    assert refined[0].nonzero_frac <= fraction
+    assert refined[0].nonzero_frac == pytest.approx(single.nonzero_frac, abs=1e-6)
+    assert refined[0].val_accuracy == pytest.approx(single.val_accuracy, abs=SAMPLE + 1e-12)
 
 
 def test_a_cohort_marks_the_masks_that_cut_the_input_off_as_a_single_run_does():

@@ -521,24 +521,18 @@ def prune_now_proxy(run: TrialRun, thresholds: Sequence[float], threshold_mode: 
 
 
 @torch.no_grad()
-def refine_under(
-    run: TrialRun, points: Sequence[ProxyPoint], fractions: Iterable[float], threshold_mode: str = "abs", steps: int = 8
-) -> list[ProxyPoint]:
-    """Proxy points at the densest threshold found under each nonzero fraction, between grid points.
+def refine_thresholds(
+    points: Sequence[ProxyPoint], fractions: Iterable[float], nonzero: Callable[[float], float], steps: int = 8
+) -> list[float]:
+    """The densest threshold found under each nonzero fraction, between the grid's ``points``.
 
     A grid's densest point under a wanted fraction may keep well below it (a 32-point grid over a
     decade steps by 7.7 % in threshold).  For each fraction with grid points on both sides (a denser
     one keeping more, a sparser one keeping at most it), the threshold is bisected in log ``steps``
-    times on the nonzero fraction alone (masks of one mode on one model are nested, so it falls as
-    the threshold grows; no validation pass), and the sparse end is measured as a ``prune_now_proxy``
-    point.  Returns the new points (none where the grid has no bracket or already hits the fraction).
+    times on ``nonzero(threshold)`` alone (masks of one mode on one model are nested, so it falls as
+    the threshold grows; no validation pass).  None where the grid has no bracket, already hits the
+    fraction, or the bisection ends on a mask that keeps nothing.
     """
-    include_bias = run.config.include_bias
-
-    def nonzero(threshold: float) -> float:
-        masks = compute_masks(run.model, threshold, threshold_mode, include_bias=include_bias)
-        return sparsity_report(run.model, run.positions, masks, include_bias=include_bias).nonzero_frac
-
     found: list[float] = []
     for fraction in sorted(set(fractions)):
         denser = [p for p in points if p.nonzero_frac > fraction and p.threshold > 0]
@@ -558,6 +552,21 @@ def refine_under(
                 high, kept = middle, middle_kept
         if high != start.threshold and high not in found and kept > 0:  # a mask that keeps nothing is no branch
             found.append(high)
+    return found
+
+
+def refine_under(
+    run: TrialRun, points: Sequence[ProxyPoint], fractions: Iterable[float], threshold_mode: str = "abs", steps: int = 8
+) -> list[ProxyPoint]:
+    """Proxy points at the densest threshold found under each nonzero fraction, between grid points
+    (``refine_thresholds`` on ``run``'s model), each measured as a ``prune_now_proxy`` point."""
+    include_bias = run.config.include_bias
+
+    def nonzero(threshold: float) -> float:
+        masks = compute_masks(run.model, threshold, threshold_mode, include_bias=include_bias)
+        return sparsity_report(run.model, run.positions, masks, include_bias=include_bias).nonzero_frac
+
+    found = refine_thresholds(points, fractions, nonzero, steps)
     return prune_now_proxy(run, found, threshold_mode) if found else []
 
 

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.branching import ProxyPoint
+from trainables.branching import ProxyPoint, refine_thresholds
 from trainables.config import BRANCH_SETTINGS, ConfigError, TrialConfig, check_cohort, same_computation
 from trainables.contract import (
     COHORT_INDEX_KEY,
@@ -319,6 +319,7 @@ class Cohort:
         on_end: EndFn | None = None,
         choose: ChooseFn | None = None,
         grid: Sequence[float] = (),
+        refine_under: Sequence[float] = (),
     ) -> None:
         indices = list(indices) if indices is not None else list(range(len(configs)))
         self.data = data
@@ -327,6 +328,7 @@ class Cohort:
         self.on_end = on_end
         self.choose = choose
         self.grid = list(grid)
+        self.refine_under = list(refine_under)
         self.branching = branches is not None or choose is not None
         self.branch_configs = {
             member: [
@@ -766,11 +768,25 @@ class Cohort:
         self.work = {}
 
     def proxy_points(self, row: int) -> list[ProxyPoint]:
-        """What pruning row ``row`` now at each threshold of ``grid`` (its own mode) would give: one
-        vmapped validation pass over every threshold (``branching.prune_now_proxy`` for a cohort row)."""
+        """What pruning row ``row`` now at each threshold of ``grid`` (its own mode) would give, plus a
+        point refined between grid points right under each fraction of ``refine_under``: as
+        ``plan.BranchSettings.proxy_points`` for a single run (``branching.refine_thresholds``)."""
         self.sync()
         mode = self.rows[row].config.threshold_mode
-        pairs = [(threshold, mode) for threshold in self.grid]
+        points = self.measure_thresholds(row, self.grid, mode)
+        if not self.refine_under:
+            return points
+
+        def nonzero(threshold: float) -> float:
+            return self.fractions([row], self.stacked_masks([row], [(threshold, mode)]))[0][0]
+
+        found = refine_thresholds(points, self.refine_under, nonzero)
+        return points + (self.measure_thresholds(row, found, mode) if found else [])
+
+    def measure_thresholds(self, row: int, thresholds: Sequence[float], mode: str) -> list[ProxyPoint]:
+        """Prune-now proxy points of row ``row`` at ``thresholds``: one vmapped validation pass over them all
+        (``branching.prune_now_proxy`` for a cohort row)."""
+        pairs = [(threshold, mode) for threshold in thresholds]
         rows = [row] * len(pairs)
         masks = self.stacked_masks(rows, pairs)
         fractions = self.fractions(rows, masks)
@@ -1002,6 +1018,7 @@ def run_cohort_branches(
     choose: ChooseFn | None = None,
     grid: Sequence[float] = (),
     chosen_per_member: int = 0,
+    refine_under: Sequence[float] = (),
 ) -> list[list[TrialResult]]:
     """A cohort whose members each branch at the branch point: member i's results, one per ``branches[i]``.
 
@@ -1012,7 +1029,8 @@ def run_cohort_branches(
     ``branches=None``: no branching (one result per member, reports without ``branch``), unless
     ``choose`` is given: then at the branch point ``choose(member, points)`` — the member's
     prune-now front over the thresholds of ``grid`` (``ProxyPoint``s, as ``branching.ProxyChoice``
-    sees them) — returns more branches (at most ``chosen_per_member``, for the memory plan),
+    sees them), plus a point refined right under each nonzero fraction of ``refine_under`` — returns
+    more branches (at most ``chosen_per_member``, for the memory plan),
     trained after the given ones; their pre-prune histories hold NaN sparsity (not tracked).
     ``model_path(member, branch)``: where each ok branch's model goes.  See ``run_cohort``.
     """
@@ -1061,6 +1079,7 @@ def run_cohort_branches(
             on_end=on_end,
             choose=choose,
             grid=grid,
+            refine_under=refine_under,
         )
         if payload is not None and sorted(int(m) for m in payload["members"]) == chunk:
             cohort.restore(payload)
