@@ -76,7 +76,7 @@ say "probe took ${probe_wall} s; ${left} s left for the sweep"
 sizes=$("$PY" bench/fit_schedule.py "$WORK/probe" --probe-wall-s "$probe_wall" --probe-epochs "$PROBE_EPOCHS" \
   --target-epochs "$target" --seconds "$left" --json-out "$OUT/fit.json" 2>>"$log") || { say "no schedule fits"; exit 1; }
 eval "$sizes"
-say "sweep: $PRETRAIN_EPOCHS + $EPOCHS + $FINETUNE_EPOCHS epochs ($(cat "$OUT/fit.json" | tr -d '\n ' | cut -c1-300))"
+say "sweep: $PRETRAIN_EPOCHS + $EPOCHS + $FINETUNE_EPOCHS epochs ($(tr -d '\n ' <"$OUT/fit.json" | cut -c1-300))"
 
 timeout -s INT -k 10 "$left" "$PY" -m sweeps.asktell "$SPEC" --out "$WORK/asktell" "${common[@]}" --set \
   "trial.pretrain_epochs=$PRETRAIN_EPOCHS" "trial.epochs=$EPOCHS" "trial.finetune_epochs=$FINETUNE_EPOCHS" \

@@ -8,6 +8,19 @@ from pathlib import Path
 import pytest
 
 
+def bench_module(name: str):
+    """A bench/ script as a module (bench/ is scripts, not a package); registered in ``sys.modules``,
+    where dataclasses look their module up."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    module_spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def local_ray():
     """A real local Ray of 2 CPUs (always address="local": an address-less init may join another cluster)."""

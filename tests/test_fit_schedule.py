@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import bench_module
 
 
 @pytest.fixture(scope="module")
 def fit_schedule():
-    path = ROOT / "bench" / "fit_schedule.py"
-    module_spec = importlib.util.spec_from_file_location("fit_schedule", path)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[module_spec.name] = module  # dataclasses look their module up there
-    module_spec.loader.exec_module(module)
-    return module
+    return bench_module("fit_schedule")
 
 
 def history(pretrain_s: float, train_s: float, finetune_s: float, start_s: float = 5.0) -> list[dict]:

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import bench_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def tables():
-    path = ROOT / "bench" / "reproduction_tables.py"
-    module_spec = importlib.util.spec_from_file_location("reproduction_tables", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
+    return bench_module("reproduction_tables")
 
 
 def _comparison() -> pd.DataFrame:

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from conftest import bench_module
 
 from sweeps.cli import main as cli_main
 from sweeps.spec import SpecError, load_spec, parse_spec
@@ -87,19 +88,8 @@ def test_cli_reports_a_malformed_spec_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def _bench_module(name: str):
-    """A bench/ script as a module (bench/ is scripts, not a package)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
-
-
 def test_reproduction_baselines_share_everything_but_the_method():
-    bench = _bench_module("bench_reproduction")
+    bench = bench_module("bench_reproduction")
     base, _ = load_spec("sweeps/mnist_lenet300.yaml")
     shifts = {"l1": 1.0, "hoyer": 2.9}
     hs, hoyer, l1, magnitude = (
