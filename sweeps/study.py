@@ -365,14 +365,14 @@ class StudyProposer:
         self._startup = startup
         self._skips: dict[int, int] = {}  # a proxy run's first member → the proxy picks it passes over
 
-        trials = study.get_trials(deepcopy=False)
+        trials = self._claim_waiting(study.get_trials(deepcopy=False))
         self._known: dict[str, FrozenTrial | optuna.Trial] = {}  # config key → the trial that holds it
         for trial in trials:
             if DUPLICATE_ATTR not in trial.user_attrs and trial.params:
                 self._known.setdefault(config_key(trial.params), trial)
         own = [t for t in trials if is_own(t)]
         self._results_before = sum(t.state in FINISHED_STATES for t in own)
-        self._adoptable = [t for t in own if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+        self._adoptable = [t for t in own if t.state == TrialState.RUNNING]
         self._repeats: dict[str, int] = {}  # shared key → proxy runs with those shared settings so far
         if self._branching is not None:
             for trial in own:
@@ -387,6 +387,22 @@ class StudyProposer:
         self.duplicates = 0  # proposals rejected as repeats in this run
         self.exhausted = False
         self.exhausted_reason = ""
+
+    def _claim_waiting(self, trials: list[FrozenTrial]) -> list[FrozenTrial]:
+        """Ask every trial a killed driver enqueued but never asked; the study's trials afterwards.
+
+        A kill that falls between ``enqueue_trial`` and ``ask`` (a start-up design point, a chosen
+        branch) leaves a WAITING trial with no parameters yet, which Optuna cannot be told about.
+        ``ask`` takes waiting trials oldest first and gives each its enqueued parameters, so after
+        this they are RUNNING and a resume continues them like any other interrupted trial.
+        """
+        waiting = sum(t.state == TrialState.WAITING for t in trials)
+        if not waiting:
+            return trials
+        for _ in range(waiting):
+            claimed = self.study.ask(self._space)
+            logger.info("trial %d was enqueued but never asked before the interruption: asked now", claimed.number)
+        return self.study.get_trials(deepcopy=False)
 
     # --- budget ----------------------------------------------------------------------------
 

@@ -156,6 +156,24 @@ def test_an_interrupted_trial_is_continued_under_its_own_number_before_anything_
     )
 
 
+def test_a_trial_enqueued_but_never_asked_before_a_kill_is_continued_and_told(tmp_path):
+    """A kill between ``enqueue_trial`` and ``ask`` (a design point, a chosen branch) leaves a WAITING
+    trial without parameters; the next driver asks it, hands it out first with its enqueued
+    parameters and can tell its result (Optuna refuses to tell a WAITING trial)."""
+    study, storage = make_study(tmp_path)
+    enqueued = {"strength": 1e-3, "reg": "l1"}
+    study.enqueue_trial(enqueued)
+    assert study.trials[0].state == TrialState.WAITING
+
+    study, storage = make_study(tmp_path)
+    searcher = searcher_for(study, storage, budget=3, resume_checkpoints={})
+    continued = members_of(searcher.suggest("a"))[0]
+    assert (continued.number, continued.params) == (0, enqueued)
+    searcher.on_trial_result("a", final(continued.number))
+    assert study.trials[0].state == TrialState.COMPLETE
+    assert len(run_all(searcher)) == 2 and len(own_trials(study, [TrialState.COMPLETE])) == 3
+
+
 def test_the_same_seed_on_a_fresh_study_proposes_the_same_sequence(tmp_path):
     sequences = []
     for run in ("one", "two"):
