@@ -217,7 +217,7 @@ class BudgetSpec(_Strict):
     ``num_samples`` counts results (trials that end ok, failed, diverged or pruned), however many
     of them one Ray trial trains; ``max_concurrent_trials`` counts Ray trials running at once.
     ``thresholds_per_run`` K > 1: one regularized run serves K trials that differ only in the
-    branch settings (threshold, threshold_mode, finetune_epochs, finetune_lr) — K results per
+    branch settings (threshold, threshold_mode, finetune_epochs, finetune_lr, prune_ramp_epochs) — K results per
     run; ``branch_mode`` says how the K are chosen (``proxy``: by the run, spanning the front of
     prune-now accuracy and sparsity over a grid of thresholds; ``optuna``: by the sampler, with
     the shared settings fixed).
@@ -226,7 +226,7 @@ class BudgetSpec(_Strict):
     (``trainables.cohort``), with the resources of one trial — K results per Ray trial, each its
     own Optuna trial, results row and MLflow run.  The members of a cohort may differ only in
     ``trainables.config.COHORT_SETTINGS`` (reg, strength, threshold, threshold_mode, lr,
-    finetune_lr, weight_decay, momentum, seed), so a spec that *searches* any other setting
+    finetune_lr, prune_ramp_epochs, weight_decay, momentum, seed), so a spec that *searches* any other setting
     (batch_size, epochs, optimizer, …) with K > 1 is refused here, naming the setting — our
     choice: every cohort is then one stack, rather than grouping proposals that happen to agree.
     K = 1 (the default) trains each trial on its own, as before.  With ``thresholds_per_run`` > 1

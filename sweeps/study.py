@@ -25,7 +25,7 @@ trains — one trial, the branches of one regularized run, or a cohort:
   ``max_duplicate_asks`` duplicates in a row (``exhausted``).
 - **Branching.** With ``Branching`` (``budget.thresholds_per_run`` K > 1), the members of one Ray
   trial are K branches of one regularized run: equal in everything but the branch settings
-  (threshold, threshold_mode, finetune_epochs, finetune_lr).  ``optuna`` mode asks them all up
+  (``trainables.config.BRANCH_SETTINGS``: threshold, fine-tuning, prune ramp).  ``optuna`` mode asks them all up
   front (the others with the shared part fixed); ``proxy`` mode asks one and reserves K − 1
   budget slots that the run fills itself after its regularized phase (``branch_plan``).  Runs
   whose shared parts are equal (λ = 0 with one seed, say) train the same model and would choose

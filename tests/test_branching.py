@@ -259,7 +259,8 @@ def test_checkpoints_of_the_two_kinds_are_not_mixed_up(tmp_path):
 
 
 def test_one_rule_says_what_branches_may_differ_in():
-    assert BRANCH_FIELDS == BRANCH_SETTINGS == ("threshold", "threshold_mode", "finetune_epochs", "finetune_lr")
+    assert BRANCH_FIELDS == BRANCH_SETTINGS
+    assert BRANCH_SETTINGS == ("threshold", "threshold_mode", "finetune_epochs", "finetune_lr", "prune_ramp_epochs")
     shared, branch = split_branch_settings(dict(strength=1e-4, threshold=0.01, finetune_lr=1e-4, epochs=3))
     assert shared == dict(strength=1e-4, epochs=3) and branch == dict(threshold=0.01, finetune_lr=1e-4)
     check_branchable(["strength", "threshold"])

@@ -260,6 +260,29 @@ def test_each_member_branches_at_its_branch_point_like_separate_trials(tmp_path)
         run_cohort_branches(configs, [[{"strength": 1.0}], [{}]])
 
 
+def test_branches_pruning_gradually_match_their_separate_trials_and_resume_inside_the_ramp(tmp_path):
+    """Rows may differ in ``prune_ramp_epochs``: each tightens its own masks as its trial would."""
+    configs = [dict(MEMBERS[0], finetune_epochs=4, threshold=0.05), dict(MEMBERS[2], finetune_epochs=4)]
+    branches = [[{}, {"prune_ramp_epochs": 3}], [{"prune_ramp_epochs": 4}, {"threshold": 1.0, "prune_ramp_epochs": 2}]]
+    checkpoint = tmp_path / "cohort.pt"
+
+    def report(member, metrics, state):
+        if metrics["phase"] == "finetune" and metrics["phase_epoch"] == 2 and not checkpoint.exists():
+            state.save(checkpoint)
+
+    results = run_cohort_branches(configs, branches, report=report)
+    for member, (config, member_branches) in enumerate(zip(configs, branches)):
+        for branch, settings in enumerate(member_branches):
+            single = run_trial({**config, **settings})
+            close_results(results[member][branch], single)
+            assert results[member][branch].val_accuracy_after_prune == pytest.approx(
+                single.val_accuracy_after_prune, abs=SAMPLE + 1e-12
+            )
+    resumed = run_cohort_branches(configs, branches, resume_from=checkpoint)
+    for mine, theirs in zip(sum(resumed, []), sum(results, [])):
+        close_results(mine, theirs, loss_rtol=1e-6)
+
+
 def test_a_convolutional_cohort_matches_separate_trials():
     """LeNet-5: vmapped convolutions, Group-HS over filters and channels, FLOPs per output position."""
     configs = [

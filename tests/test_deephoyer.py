@@ -110,6 +110,33 @@ def test_phases_branch_from_a_checkpoint_taken_after_regularizing(tmp_path):
             assert result.metric(key) == reference.metric(key), (threshold, key)
 
 
+def test_a_gradual_prune_tightens_over_its_ramp_to_the_thresholds_count_and_resumes_inside_it(tmp_path):
+    """``prune_ramp_epochs`` R: the masks tighten at each of the first R fine-tune epochs and end with
+    each layer's count from the threshold at the prune (the one-shot trial's), then hold; a run
+    interrupted inside the ramp resumes to the same numbers."""
+    config = dict(FAST, epochs=3, finetune_epochs=4, threshold=0.05, prune_ramp_epochs=3)
+    one_shot = run_trial(dict(config, prune_ramp_epochs=0))
+    gradual = run_trial(config)
+    assert [layer["nonzero"] for layer in gradual.layers] == [layer["nonzero"] for layer in one_shot.layers]
+    ramp = [epoch[NONZERO_FRAC] for epoch in gradual.history if epoch["phase"] == "finetune"]
+    assert ramp[0] > ramp[1] > ramp[2] == ramp[3] == one_shot.nonzero_frac
+    checkpoint = tmp_path / "state.pt"
+
+    def save_then_die(metrics, state):
+        state.save(checkpoint)
+        if metrics["phase"] == "finetune" and metrics["phase_epoch"] == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run_trial(config, report=save_then_die)
+    resumed = run_trial(config, resume_from=checkpoint)
+    for key in FINAL + ("val_accuracy_after_prune",):
+        assert resumed.metric(key) == gradual.metric(key), key
+    assert _without_times(resumed.history) == _without_times(gradual.history)
+    with pytest.raises(ConfigError, match="prune_ramp_epochs must be ≤ finetune_epochs"):
+        TrialConfig.from_dict(dict(config, prune_ramp_epochs=5))
+
+
 def test_importing_the_package_config_and_contract_loads_no_torch():
     code = "import sys, trainables, trainables.config, trainables.contract; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

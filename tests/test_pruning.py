@@ -9,8 +9,11 @@ from trainables.pruning import (
     compute_masks,
     cut_off,
     effective_tensor,
+    kept_counts,
+    largest_magnitude_masks,
     make_pruning_permanent,
     output_positions,
+    ramp_counts,
     sparsity_report,
     threshold_mask,
 )
@@ -103,3 +106,29 @@ def test_cut_off_tells_a_constant_network_from_a_collapsed_one():
         assert not cut_off(model(x)).item()
         model[0].weight.zero_()  # no weight left in a layer every path crosses: the biases alone remain
         assert cut_off(model(x)).item()
+
+
+def test_a_gradual_prune_cuts_most_early_and_ends_exactly_at_the_final_counts():
+    start, final = {"a.weight": 1000, "b.weight": 10}, {"a.weight": 100, "b.weight": 10}
+    steps = [ramp_counts(start, final, (k + 1) / 4)["a.weight"] for k in range(4)]
+    assert steps == [100 + round(900 * 0.75**3), 100 + round(900 * 0.5**3), 100 + round(900 * 0.25**3), 100]
+    cuts = [a - b for a, b in zip([1000, *steps], steps)]
+    assert cuts == sorted(cuts, reverse=True)  # the large cuts first
+    assert ramp_counts(start, final, 0.0) == start and ramp_counts(start, final, 2.0) == final
+
+
+def test_largest_magnitude_masks_keep_the_largest_among_those_held():
+    layer = nn.Linear(4, 3)
+    with torch.no_grad():
+        layer.weight.copy_(torch.arange(12.0).view(3, 4) - 5.5)  # |w|: 5.5 4.5 … 0.5 0.5 … 5.5
+    model = nn.Sequential(layer)
+    five = largest_magnitude_masks(model, {"0.weight": 5})
+    assert kept_counts(five) == {"0.weight": 5}
+    kept = effective_tensor(layer, "weight")[five["0.weight"]].abs()
+    assert kept.min() >= effective_tensor(layer, "weight")[~five["0.weight"]].abs().max()
+    held = torch.zeros(3, 4, dtype=torch.bool)
+    held[0, 1:] = True  # |w| 4.5, 3.5, 2.5 held; the larger 5.5 at [0, 0] and [2, 3] pruned
+    apply_masks(model, {"0.weight": held})
+    two = largest_magnitude_masks(model, {"0.weight": 2})["0.weight"]
+    assert two[0, 1] and two[0, 2] and int(two.sum()) == 2  # a pruned weight never comes back
+    assert int(largest_magnitude_masks(model, {"0.weight": 7})["0.weight"].sum()) == 3  # no more than held

@@ -66,6 +66,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--finetune-lr", type=float, default=d.finetune_lr, help="learning rate of fine-tuning (default: --lr)"
     )
+    parser.add_argument(
+        "--prune-ramp-epochs",
+        type=int,
+        default=d.prune_ramp_epochs,
+        help="prune gradually over the first N fine-tune epochs (cubic schedule) to the threshold's count "
+        "(default 0: at once)",
+    )
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
     parser.add_argument(
         "--augment",

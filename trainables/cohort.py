@@ -94,6 +94,7 @@ from trainables.pruning import (
     compute_masks,
     cut_off,
     output_positions,
+    ramp_counts,
     sparsity_report,
 )
 from trainables.regularizers import prunable_weights, stacked_regularization
@@ -244,6 +245,7 @@ class Row:
     marks: dict[str, Any] = field(default_factory=dict)
     message: str = ""
     results: list[TrialResult] = field(default_factory=list)
+    ramp_final: dict[str, int] | None = None  # a gradual prune's end: the threshold's count per layer
 
     def to_payload(self) -> dict[str, Any]:
         return {
@@ -255,6 +257,7 @@ class Row:
             "marks": self.marks,
             "message": self.message,
             "results": [result.to_dict() for result in self.results],
+            "ramp_final": self.ramp_final,
         }
 
     @classmethod
@@ -268,6 +271,7 @@ class Row:
             marks=dict(payload["marks"]),
             message=payload["message"],
             results=[TrialResult.from_dict(r) for r in payload["results"]],
+            ramp_final=payload.get("ramp_final"),
         )
 
 
@@ -666,6 +670,8 @@ class Cohort:
         phase = self.phases[name]
         schedule = self.shared.lr_schedule
         for index in range(self.begin_phase(name), phase.epochs):
+            if name == FINETUNE and index > 0:
+                self.ramp_step(index)
             lr = self.vector([plan_phases(self.rows[r].config)[name].lr_at(index, schedule) for r in self.active])
             losses = self.train_epoch(name, index, lr)
             finite = torch.isfinite(losses["loss"]).tolist()
@@ -807,6 +813,9 @@ class Cohort:
         masks = {r: self.masks_at(r, _pair(self.rows[r].config)) for r in self.active}
         held = {n: torch.ones_like(self.params[n], dtype=torch.bool) for n in self.prunable}
         for row, mask in masks.items():
+            if self.rows[row].config.prune_ramp_epochs > 1:  # pruned gradually: ``ramp_step(0)`` takes the first step
+                self.rows[row].ramp_final = {name: int(mask[name].sum()) for name in self.prunable}
+                continue
             for name in self.prunable:
                 held[name][row] = mask[name]
         with torch.no_grad():
@@ -814,9 +823,50 @@ class Cohort:
                 self.params[name].mul_(held[name])
         self.masks = held
         self.work, self.work_masks = {}, {}
+        self.ramp_step(0)
         after, _ = self.validate(self.active)
         for row, value in zip(self.active, after.tolist()):
             self.rows[row].marks["val_accuracy_after_prune"] = value
+
+    def ramp_step(self, index: int) -> None:
+        """Before fine-tune epoch ``index``: the rows pruning gradually tighten their masks to their
+        ramp's step ``index`` (``pipeline.TrialRun.ramp_masks`` for every such row at once: each
+        layer's largest-magnitude weights among those held, as many as ``ramp_counts`` says)."""
+        rows = [
+            r
+            for r in self.active
+            if self.rows[r].ramp_final is not None and index < self.rows[r].config.prune_ramp_epochs
+        ]
+        if not rows or self.masks is None:
+            return
+        self.sync()
+        index_of = self._index(rows)
+        counts = [
+            ramp_counts(
+                {n: self.params[n][0].numel() for n in self.prunable},
+                self.rows[r].ramp_final,
+                (index + 1) / self.rows[r].config.prune_ramp_epochs,
+            )
+            for r in rows
+        ]
+        with torch.no_grad():
+            for name in self.prunable:
+                held = self.masks[name][index_of]
+                scores = (self.params[name][index_of] * held).abs().masked_fill(~held, -1.0).flatten(1)
+                order = scores.argsort(dim=1, descending=True, stable=True)
+                rank = torch.empty_like(order)
+                rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+                keep = torch.tensor([c[name] for c in counts], dtype=rank.dtype, device=rank.device)
+                kept = (rank < keep[:, None]).view_as(held)
+                self.masks[name][index_of] = kept
+                self.params[name][index_of] = self.params[name][index_of] * kept
+        if self.work:
+            position = {row: p for p, row in enumerate(self.active)}
+            where = self._index([position[r] for r in rows])
+            with torch.no_grad():
+                for name in self.prunable:
+                    self.work[name][where] = self.params[name][index_of]
+            self.work_masks = {n: m[self._index(self.active)].to(torch.float32) for n, m in self.masks.items()}
 
     def end(self, row: int, status: Status) -> None:
         """Row ``row``'s final results (metrics NaN unless ok): one, or one per branch for a row not yet expanded."""

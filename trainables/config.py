@@ -23,7 +23,13 @@ OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 AUGMENTATIONS: tuple[str, ...] = ("none", "crop_flip", "shift")
 
-BRANCH_SETTINGS: tuple[str, ...] = ("threshold", "threshold_mode", "finetune_epochs", "finetune_lr")
+BRANCH_SETTINGS: tuple[str, ...] = (
+    "threshold",
+    "threshold_mode",
+    "finetune_epochs",
+    "finetune_lr",
+    "prune_ramp_epochs",
+)
 """The settings only prune + finetune depend on: the one rule for what threshold branches may differ in.
 
 Nothing before the prune reads them (the threshold only decides the masks), so trials that agree
@@ -42,7 +48,10 @@ class TrialConfig:
     Phases: ``pretrain_epochs`` of dense training without the regularizer (or weights from
     ``init_checkpoint``), then ``epochs`` of training with ``strength`` × ``reg``, then pruning
     at ``threshold`` (``threshold_mode``), then ``finetune_epochs`` with the mask held and no
-    regularizer.  ``pretrain_cache_dir`` shares the dense pretraining between trials that
+    regularizer.  ``prune_ramp_epochs`` R > 1 prunes gradually instead: the masks tighten at the
+    start of each of the first R fine-tune epochs, on a cubic schedule, and from epoch R on hold
+    exactly as many weights per layer as the threshold kept at the prune (R ≤ 1: at once, as the
+    paper does).  ``pretrain_cache_dir`` shares the dense pretraining between trials that
     agree on everything it depends on.  ``augment``: ``None`` picks by the data (crop + flip
     for colour images of 32×32 and up, else none), ``"shift"`` moves digits by up to 2 pixels,
     ``"crop_flip"`` (or ``True``) and ``"none"`` (or ``False``) force one.
@@ -63,6 +72,7 @@ class TrialConfig:
     optimizer: str = "adam"
     lr: float = 1e-3
     finetune_lr: float | None = None
+    prune_ramp_epochs: int = 0
     lr_schedule: str = "cosine"
     momentum: float = 0.9
     weight_decay: float = 0.0
@@ -104,8 +114,12 @@ class TrialConfig:
             _check_number(name, getattr(self, name), minimum=0.0, strict=True)
         if self.finetune_lr is not None:
             _check_number("finetune_lr", self.finetune_lr, minimum=0.0, strict=True)
-        for name in ("pretrain_epochs", "epochs", "finetune_epochs"):
+        for name in ("pretrain_epochs", "epochs", "finetune_epochs", "prune_ramp_epochs"):
             _check_int(name, getattr(self, name), minimum=0)
+        if self.prune_ramp_epochs > self.finetune_epochs:
+            raise ConfigError(
+                f"prune_ramp_epochs must be ≤ finetune_epochs ({self.finetune_epochs}), got {self.prune_ramp_epochs}"
+            )
         for name in ("batch_size", "eval_batch_size"):
             _check_int(name, getattr(self, name), minimum=1)
         if self.num_threads is not None:
@@ -184,6 +198,7 @@ COHORT_SETTINGS: tuple[str, ...] = (
     "threshold_mode",
     "lr",
     "finetune_lr",
+    "prune_ramp_epochs",
     "weight_decay",
     "momentum",
     "seed",

@@ -73,8 +73,11 @@ from trainables.pruning import (
     apply_masks,
     compute_masks,
     cut_off,
+    kept_counts,
+    largest_magnitude_masks,
     make_pruning_permanent,
     output_positions,
+    ramp_counts,
     sparsity_report,
 )
 from trainables.regularizers import model_regularization, prunable_weights
@@ -235,6 +238,7 @@ class TrialRun:
         self.optimizer: torch.optim.Optimizer | None = None
         self.optimizer_state: dict[str, Any] | None = None
         self.masks: Masks | None = None
+        self.prune_ramp: dict[str, dict[str, int]] | None = None  # a gradual prune's {"start", "final"} counts
         self.history: list[dict[str, Any]] = []
         self.marks: dict[str, Any] = {}
         self.message = ""
@@ -270,6 +274,7 @@ class TrialRun:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
             "masks": self.masks,
+            "prune_ramp": self.prune_ramp,
             "history": self.history,
             "marks": self.marks,
             "elapsed_s": self.elapsed(),
@@ -284,6 +289,7 @@ class TrialRun:
         if checkpoint["masks"] is not None:
             self.set_masks(checkpoint["masks"])
         self.model.load_state_dict(checkpoint["model"])
+        self.prune_ramp = checkpoint.get("prune_ramp")
         self.optimizer_state = checkpoint["optimizer"]
         self.history = list(checkpoint["history"])
         self.marks = dict(checkpoint["marks"])
@@ -301,6 +307,14 @@ class TrialRun:
         """The masks pruning at the trial's threshold would give right now."""
         config = self.config
         return compute_masks(self.model, config.threshold, config.threshold_mode, include_bias=config.include_bias)
+
+    def ramp_masks(self, step: int) -> Masks:
+        """The masks of the gradual prune's step ``step`` (fine-tune epoch ``step``, from 0): each layer's
+        largest-magnitude weights, as many as ``ramp_counts`` says at progress (step + 1) / R."""
+        assert self.prune_ramp is not None
+        progress = (step + 1) / self.config.prune_ramp_epochs
+        counts = ramp_counts(self.prune_ramp["start"], self.prune_ramp["final"], progress)
+        return largest_magnitude_masks(self.model, counts, include_bias=self.config.include_bias)
 
     def sparsity(self) -> SparsityReport:
         """The sparsity of the held masks, or, before the prune, the projected one."""
@@ -555,6 +569,8 @@ def train_phase(run: TrialRun, name: str) -> bool:
         return True
     phase = run.phases[name]
     for index in range(run.begin_phase(phase), phase.epochs):
+        if name == FINETUNE:
+            ramp_step(run, index)
         lr = phase.lr_at(index, run.config.lr_schedule)
         losses = run.train_epoch(name, index, lr)
         if not math.isfinite(losses["loss"]):
@@ -602,12 +618,28 @@ def regularize(run: TrialRun) -> bool:
 
 
 def prune(run: TrialRun) -> None:
-    """Prune at the trial's threshold, recording validation accuracy before and after (once: a no-op if pruned)."""
+    """Prune at the trial's threshold, recording validation accuracy before and after (once: a no-op if pruned).
+
+    With a gradual prune (``prune_ramp_epochs`` > 1) this is its first step, and the threshold's
+    per-layer counts become the ramp's end; "after" is then after that first step.
+    """
     if run.masks is not None:
         return
     run.marks["val_accuracy_before_prune"] = run.validate()[0]
-    run.set_masks(run.projected_masks())
+    masks = run.projected_masks()
+    if run.config.prune_ramp_epochs > 1:
+        start = {key: mask.numel() for key, mask in masks.items()}
+        run.prune_ramp = {"start": start, "final": kept_counts(masks)}
+        masks = run.ramp_masks(0)
+    run.set_masks(masks)
     run.marks["val_accuracy_after_prune"] = run.validate()[0]
+
+
+def ramp_step(run: TrialRun, index: int) -> None:
+    """Before fine-tune epoch ``index``: tighten the masks to the gradual prune's step ``index`` (the
+    prune took step 0; nothing past the ramp, or without one)."""
+    if run.prune_ramp is not None and 0 < index < run.config.prune_ramp_epochs:
+        run.set_masks(run.ramp_masks(index))
 
 
 def finetune(run: TrialRun) -> bool:

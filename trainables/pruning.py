@@ -68,6 +68,42 @@ def compute_masks(
     }
 
 
+def kept_counts(masks: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """How many entries each mask keeps."""
+    return {key: int(mask.sum()) for key, mask in masks.items()}
+
+
+def ramp_counts(start: Mapping[str, int], final: Mapping[str, int], progress: float) -> dict[str, int]:
+    """Kept counts a gradual prune holds at ``progress`` (0 → 1): from ``start`` to ``final`` on the
+    cubic schedule of Zhu & Gupta (2017), so the large cuts come early, while the network can still
+    adapt, and the last steps are small."""
+    left = (1.0 - min(max(progress, 0.0), 1.0)) ** 3
+    return {key: final[key] + round((start[key] - final[key]) * left) for key in final}
+
+
+def largest_magnitude_masks(
+    model: nn.Module,
+    counts: Mapping[str, int],
+    layer_types: tuple[type[nn.Module], ...] = DEFAULT_LAYER_TYPES,
+    include_bias: bool = False,
+) -> Masks:
+    """Masks keeping the ``counts[key]`` largest-magnitude entries of each prunable tensor, among
+    those its held mask keeps (a pruned entry never comes back; ties go by position)."""
+    masks = {}
+    for module_name, module, name in prunable_weights(model, layer_types, include_bias):
+        key = f"{module_name}.{name}"
+        scores = effective_tensor(module, name).detach().abs()
+        held = getattr(module, name + "_mask", None)
+        if held is not None:
+            scores = scores.masked_fill(~held.bool(), -1.0)
+        keep = min(max(int(counts[key]), 0), int((scores >= 0).sum()))
+        order = scores.flatten().argsort(descending=True, stable=True)
+        flat = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+        flat[order[:keep]] = True
+        masks[key] = flat.view_as(scores)
+    return masks
+
+
 def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
     """Hold ``masks`` on ``model`` through training with ``torch.nn.utils.prune.custom_from_mask``.
 
