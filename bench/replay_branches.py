@@ -5,7 +5,8 @@ fine-tune (its length, its learning rate)?  A sweep answers with one branch per 
 the same regularized run again.  It takes one trial's configuration from a committed results table
 (``hoyersweep pareto <sweep> --save <table>.parquet``), trains its shared phase once (or adopts the
 branch point saved by an earlier call: ``--branch-point``), and fine-tunes each ``--branch``:
-``threshold=…`` and optionally ``finetune_epochs=…``, ``finetune_lr=…`` (``BRANCH_SETTINGS``).
+``threshold=…`` and optionally ``finetune_epochs=…``, ``finetune_lr=…``, ``prune_ramp_epochs=…``
+(``BRANCH_SETTINGS``).
 ``--densest-under CAP`` adds a branch at the smallest threshold of ``--grid`` whose mask keeps at most
 CAP (a nonzero fraction), found by the prune-now proxy at the branch point.
 
@@ -75,7 +76,8 @@ def parse_branch(text: str) -> dict[str, Any]:
         key, _, value = part.partition("=")
         if key not in BRANCH_SETTINGS or not value:
             raise SystemExit(f"--branch {text}: each part is KEY=VALUE with KEY in {', '.join(BRANCH_SETTINGS)}")
-        branch[key] = value if key == "threshold_mode" else (int(value) if key == "finetune_epochs" else float(value))
+        kind = str(TrialConfig.__dataclass_fields__[key].type)
+        branch[key] = value if key == "threshold_mode" else (int(value) if kind == "int" else float(value))
     return branch
 
 
