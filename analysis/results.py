@@ -69,6 +69,7 @@ def _setting_dtype(annotation: str) -> str:
 
 
 SETTING_COLUMNS: dict[str, str] = {f.name: _setting_dtype(str(f.type)) for f in fields(TrialConfig)}
+SETTING_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(TrialConfig)}
 COLUMNS: dict[str, str] = {
     "sweep": "string",
     TRIAL_NUMBER_KEY: "Int64",
@@ -355,4 +356,7 @@ def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
     table = pd.read_parquet(path, engine="pyarrow")
     if "status" in table.columns:
         table["status"] = _statuses(table["status"].astype(object))
+    for column in COLUMNS:
+        if column not in table.columns:  # saved before the column existed: a setting's trials ran at its default
+            table[column] = SETTING_DEFAULTS.get(column)
     return table.astype(COLUMNS)

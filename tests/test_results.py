@@ -69,6 +69,10 @@ def test_parquet_round_trip_keeps_dtypes(digits_sweep, tmp_path):
     write_parquet(table, tmp_path / "t.parquet")
     pd.testing.assert_frame_equal(read_parquet(tmp_path / "t.parquet"), table)
     assert len(load_results(tmp_path / "t.parquet")) == expected
+    # a table saved before a setting existed reads with the setting at its default (what its trials ran at)
+    write_parquet(table.drop(columns=["prune_ramp_epochs"]), tmp_path / "older.parquet")
+    older = read_parquet(tmp_path / "older.parquet")
+    assert older["prune_ramp_epochs"].tolist() == [0] * expected and str(older["prune_ramp_epochs"].dtype) == "Int64"
 
 
 def test_layers_table(digits_sweep):
