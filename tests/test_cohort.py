@@ -54,15 +54,15 @@ def deterministic():
     torch.use_deterministic_algorithms(previous)
 
 
-def close_results(a, b, *, loss_rtol: float = 1e-5) -> None:
+def close_results(a, b, *, loss_rtol: float = 1e-5, samples: int = 1) -> None:
     assert a.status == b.status
     for key in FINAL:
-        assert abs(a.metric(key) - b.metric(key)) <= SAMPLE + 1e-12, (key, a.metric(key), b.metric(key))
+        assert abs(a.metric(key) - b.metric(key)) <= samples * SAMPLE + 1e-12, (key, a.metric(key), b.metric(key))
     assert a.loss == pytest.approx(b.loss, rel=loss_rtol)
     assert len(a.history) == len(b.history)
     for mine, theirs in zip(a.history, b.history):
         assert mine["phase"] == theirs["phase"] and mine["epoch"] == theirs["epoch"]
-        assert mine["val_accuracy"] == pytest.approx(theirs["val_accuracy"], abs=SAMPLE + 1e-12)
+        assert mine["val_accuracy"] == pytest.approx(theirs["val_accuracy"], abs=samples * SAMPLE + 1e-12)
         assert mine["loss"] == pytest.approx(theirs["loss"], rel=loss_rtol)
         for key in ("nonzero_frac", "flops_frac", "proxy_val_accuracy", "proxy_nonzero_frac"):
             assert mine.get(key) == pytest.approx(theirs.get(key), abs=SAMPLE + 1e-12), key
@@ -261,7 +261,14 @@ def test_each_member_branches_at_its_branch_point_like_separate_trials(tmp_path)
 
 
 def test_branches_pruning_gradually_match_their_separate_trials_and_resume_inside_the_ramp(tmp_path):
-    """Rows may differ in ``prune_ramp_epochs``: each tightens its own masks as its trial would."""
+    """Rows may differ in ``prune_ramp_epochs``: each tightens its own masks as its trial would.
+
+    A ramp step keeps the n largest magnitudes among ~10⁵ small weights, whose spacing is below the
+    ~1e-6 that stacked and single matmuls round apart, so a ramped row may keep a different weight
+    of a near-tie than its trial (seen once in CI, with another thread count: loss 3e-5 apart).
+    Counts are exact by construction, so every fine-tune epoch's nonzero fraction and each layer's
+    final count are still compared exactly; accuracies within two samples and the loss within 1e-3.
+    """
     configs = [dict(MEMBERS[0], finetune_epochs=4, threshold=0.05), dict(MEMBERS[2], finetune_epochs=4)]
     branches = [[{}, {"prune_ramp_epochs": 3}], [{"prune_ramp_epochs": 4}, {"threshold": 1.0, "prune_ramp_epochs": 2}]]
     checkpoint = tmp_path / "cohort.pt"
@@ -274,10 +281,14 @@ def test_branches_pruning_gradually_match_their_separate_trials_and_resume_insid
     for member, (config, member_branches) in enumerate(zip(configs, branches)):
         for branch, settings in enumerate(member_branches):
             single = run_trial({**config, **settings})
-            close_results(results[member][branch], single)
+            ramped = settings.get("prune_ramp_epochs", 0) > 1
+            close_results(results[member][branch], single, **({"loss_rtol": 1e-3, "samples": 2} if ramped else {}))
             assert results[member][branch].val_accuracy_after_prune == pytest.approx(
                 single.val_accuracy_after_prune, abs=SAMPLE + 1e-12
             )
+            assert [e["nonzero_frac"] for e in results[member][branch].history if e["phase"] == "finetune"] == [
+                e["nonzero_frac"] for e in single.history if e["phase"] == "finetune"
+            ]
     resumed = run_cohort_branches(configs, branches, resume_from=checkpoint)
     for mine, theirs in zip(sum(resumed, []), sum(results, [])):
         close_results(mine, theirs, loss_rtol=1e-6)
