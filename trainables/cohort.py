@@ -841,12 +841,9 @@ class Cohort:
             return
         self.sync()
         index_of = self._index(rows)
+        dense = {n: self.params[n][0].numel() for n in self.prunable}
         counts = [
-            ramp_counts(
-                {n: self.params[n][0].numel() for n in self.prunable},
-                self.rows[r].ramp_final,
-                (index + 1) / self.rows[r].config.prune_ramp_epochs,
-            )
+            ramp_counts(dense, self.rows[r].ramp_final, (index + 1) / self.rows[r].config.prune_ramp_epochs)
             for r in rows
         ]
         with torch.no_grad():
@@ -860,13 +857,8 @@ class Cohort:
                 kept = (rank < keep[:, None]).view_as(held)
                 self.masks[name][index_of] = kept
                 self.params[name][index_of] = self.params[name][index_of] * kept
-        if self.work:
-            position = {row: p for p, row in enumerate(self.active)}
-            where = self._index([position[r] for r in rows])
-            with torch.no_grad():
-                for name in self.prunable:
-                    self.work[name][where] = self.params[name][index_of]
-            self.work_masks = {n: m[self._index(self.active)].to(torch.float32) for n, m in self.masks.items()}
+        if self.work:  # mid-phase: the working stack picks up the new masks, as after ``leave``
+            self.build_work()
 
     def end(self, row: int, status: Status) -> None:
         """Row ``row``'s final results (metrics NaN unless ok): one, or one per branch for a row not yet expanded."""

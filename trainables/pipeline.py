@@ -238,7 +238,7 @@ class TrialRun:
         self.optimizer: torch.optim.Optimizer | None = None
         self.optimizer_state: dict[str, Any] | None = None
         self.masks: Masks | None = None
-        self.prune_ramp: dict[str, dict[str, int]] | None = None  # a gradual prune's {"start", "final"} counts
+        self.ramp_final: dict[str, int] | None = None  # a gradual prune's end: the threshold's count per layer
         self.history: list[dict[str, Any]] = []
         self.marks: dict[str, Any] = {}
         self.message = ""
@@ -274,7 +274,7 @@ class TrialRun:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
             "masks": self.masks,
-            "prune_ramp": self.prune_ramp,
+            "ramp_final": self.ramp_final,
             "history": self.history,
             "marks": self.marks,
             "elapsed_s": self.elapsed(),
@@ -289,7 +289,7 @@ class TrialRun:
         if checkpoint["masks"] is not None:
             self.set_masks(checkpoint["masks"])
         self.model.load_state_dict(checkpoint["model"])
-        self.prune_ramp = checkpoint.get("prune_ramp")
+        self.ramp_final = checkpoint.get("ramp_final")
         self.optimizer_state = checkpoint["optimizer"]
         self.history = list(checkpoint["history"])
         self.marks = dict(checkpoint["marks"])
@@ -311,10 +311,14 @@ class TrialRun:
     def ramp_masks(self, step: int) -> Masks:
         """The masks of the gradual prune's step ``step`` (fine-tune epoch ``step``, from 0): each layer's
         largest-magnitude weights, as many as ``ramp_counts`` says at progress (step + 1) / R."""
-        assert self.prune_ramp is not None
-        progress = (step + 1) / self.config.prune_ramp_epochs
-        counts = ramp_counts(self.prune_ramp["start"], self.prune_ramp["final"], progress)
-        return largest_magnitude_masks(self.model, counts, include_bias=self.config.include_bias)
+        assert self.ramp_final is not None
+        include_bias = self.config.include_bias
+        dense = {
+            f"{m}.{n}": getattr(module, n).numel()
+            for m, module, n in prunable_weights(self.model, include_bias=include_bias)
+        }
+        counts = ramp_counts(dense, self.ramp_final, (step + 1) / self.config.prune_ramp_epochs)
+        return largest_magnitude_masks(self.model, counts, include_bias=include_bias)
 
     def sparsity(self) -> SparsityReport:
         """The sparsity of the held masks, or, before the prune, the projected one."""
@@ -628,8 +632,7 @@ def prune(run: TrialRun) -> None:
     run.marks["val_accuracy_before_prune"] = run.validate()[0]
     masks = run.projected_masks()
     if run.config.prune_ramp_epochs > 1:
-        start = {key: mask.numel() for key, mask in masks.items()}
-        run.prune_ramp = {"start": start, "final": kept_counts(masks)}
+        run.ramp_final = kept_counts(masks)
         masks = run.ramp_masks(0)
     run.set_masks(masks)
     run.marks["val_accuracy_after_prune"] = run.validate()[0]
@@ -638,7 +641,7 @@ def prune(run: TrialRun) -> None:
 def ramp_step(run: TrialRun, index: int) -> None:
     """Before fine-tune epoch ``index``: tighten the masks to the gradual prune's step ``index`` (the
     prune took step 0; nothing past the ramp, or without one)."""
-    if run.prune_ramp is not None and 0 < index < run.config.prune_ramp_epochs:
+    if run.ramp_final is not None and 0 < index < run.config.prune_ramp_epochs:
         run.set_masks(run.ramp_masks(index))
 
 
